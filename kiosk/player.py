@@ -1,0 +1,237 @@
+"""The player: feeds PCM to an audio sink from one dedicated writer thread, never from the event loop.
+
+Streamed audio waits for a pre-roll before the device starts, so small gaps in arrival do not underrun it;
+cached audio starts at once. Chunks of any size are re-aligned to whole frames, the last period is padded with
+silence, and a stop request silences the device within one period (the longest a blocking write can take).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from kiosk.errors import AudioError
+from kiosk.pcm import AudioFormat, FrameAligner
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_IDLE_WAKE_S = 0.5
+
+
+class AudioSink(Protocol):
+    """A playback device open for one format (see kiosk.alsa_output.AlsaOutput)."""
+
+    fmt: AudioFormat
+    period_frames: int
+    buffer_frames: int
+
+    def write(self, frames: bytes) -> int:
+        """Write whole frames (blocking); return the number of underruns recovered."""
+
+    def wait_played(self, stop: threading.Event) -> None:
+        """Block until the written audio has played or `stop` is set, then drop the rest."""
+
+    def drop(self) -> None:
+        """Discard buffered audio at once."""
+
+    def close(self) -> None: ...
+
+
+SinkOpener = Callable[[AudioFormat], AudioSink]
+
+
+@dataclass
+class PlaybackStats:
+    frames: int = 0
+    underruns: int = 0
+    first_audio_at: float | None = None
+    stopped: bool = False
+    error: AudioError | None = None
+
+
+class Playback:
+    """One stream of audio on its way to the speaker. `feed`, `finish` and `stop` may be called from any thread."""
+
+    def __init__(self, fmt: AudioFormat, preroll_bytes: int, loop: asyncio.AbstractEventLoop):
+        self.fmt = fmt
+        self.preroll_bytes = preroll_bytes
+        self.stats = PlaybackStats()
+        self._chunks: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._loop = loop
+        self._done = loop.create_future()
+
+    def feed(self, chunk: bytes) -> None:
+        if chunk:
+            self._chunks.put(chunk)
+
+    def finish(self) -> None:
+        """No more audio: play what is queued to the end."""
+        self._chunks.put(_END)
+
+    def stop(self) -> None:
+        """Silence the speaker within one period."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def wait(self) -> PlaybackStats:
+        """Wait until the audio has played out (or was stopped); raises AudioError if the device failed."""
+        stats = await asyncio.shield(self._done)
+        if stats.error:
+            raise stats.error
+        return stats
+
+    def _complete(self) -> None:
+        def resolve() -> None:
+            if not self._done.done():
+                self._done.set_result(self.stats)
+
+        try:
+            self._loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+class Player:
+    """Plays one Playback after another on a dedicated writer thread, keeping the device open between them."""
+
+    def __init__(self, open_sink: SinkOpener, *, preroll_ms: int, clock: Callable[[], float] = time.monotonic):
+        self._open_sink = open_sink
+        self._preroll_ms = preroll_ms
+        self._clock = clock
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._sink: AudioSink | None = None
+        self._thread = threading.Thread(target=self._serve, name="alsa-writer", daemon=True)
+        #: Monotonic time the writer thread last showed it is not stuck (for the service watchdog).
+        self.heartbeat = clock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def play(self, fmt: AudioFormat, *, streamed: bool) -> Playback:
+        """Queue a new playback; streamed audio gets the pre-roll, cached audio starts at once."""
+        preroll = fmt.bytes_for_ms(self._preroll_ms) if streamed else 0
+        playback = Playback(fmt, preroll, asyncio.get_running_loop())
+        self._jobs.put(playback)
+        return playback
+
+    async def open_device(self, fmt: AudioFormat) -> None:
+        """Open the device now rather than at the first line, so a bad device is reported at once."""
+        playback = self.play(fmt, streamed=False)
+        playback.finish()
+        await playback.wait()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the writer thread (bounded) and close the device."""
+        self._jobs.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("ALSA writer did not stop within %.1f s; leaving the device to the process exit", timeout)
+            return
+        self._close_sink()
+
+    def _serve(self) -> None:
+        while True:
+            self.heartbeat = self._clock()
+            try:
+                playback = self._jobs.get(timeout=_IDLE_WAKE_S)
+            except queue.Empty:
+                continue
+            if playback is None:
+                return
+            self._run(playback)
+
+    def _run(self, playback: Playback) -> None:
+        try:
+            if not playback.stopping:
+                self._play(self._sink_for(playback.fmt), playback)
+            else:
+                playback.stats.stopped = True
+        except AudioError as exc:
+            log.error("%s", exc)
+            playback.stats.error = exc
+            self._close_sink()  # reopen on the next playback
+        except Exception as exc:  # never let the writer thread die silently
+            log.exception("ALSA writer failed")
+            playback.stats.error = AudioError(f"audio writer failed: {exc}")
+            self._close_sink()
+        finally:
+            playback._complete()
+
+    def _sink_for(self, fmt: AudioFormat) -> AudioSink:
+        if self._sink is not None and self._sink.fmt != fmt:
+            self._close_sink()
+        if self._sink is None:
+            self._sink = self._open_sink(fmt)
+        return self._sink
+
+    def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.warning("closing the audio device failed: %s", exc)
+
+    def _play(self, sink: AudioSink, playback: Playback) -> None:
+        frame_bytes = playback.fmt.frame_bytes
+        period_bytes = sink.period_frames * frame_bytes
+        poll_s = sink.period_frames / playback.fmt.rate / 2
+        aligner = FrameAligner(frame_bytes)
+        pending = bytearray()
+        started = ended = False
+        while True:
+            self.heartbeat = self._clock()
+            if playback.stopping:
+                sink.drop()
+                playback.stats.stopped = True
+                return
+            target = 1 if started else playback.preroll_bytes
+            starved = not ended and len(pending) < max(target, 1)
+            ended = _take(playback, pending, aligner, poll_s if starved else None) or ended
+            if not started and len(pending) < playback.preroll_bytes and not ended:
+                continue
+            started = True
+            if ended and len(pending) <= period_bytes:
+                self._write(sink, playback, bytes(pending), pad_to=period_bytes)
+                if aligner.pending:
+                    log.warning("stream ended inside a frame; dropped %d stray byte(s)", aligner.pending)
+                sink.wait_played(playback._stop)
+                return
+            if pending:
+                chunk = bytes(pending[:period_bytes])
+                del pending[:period_bytes]
+                self._write(sink, playback, chunk)
+
+    def _write(self, sink: AudioSink, playback: Playback, audio: bytes, pad_to: int = 0) -> None:
+        if not audio:
+            return
+        padding = b"\x00" * (pad_to - len(audio)) if pad_to > len(audio) else b""
+        playback.stats.underruns += sink.write(audio + padding)
+        playback.stats.frames += len(audio) // playback.fmt.frame_bytes
+        if playback.stats.first_audio_at is None:
+            playback.stats.first_audio_at = self._clock()
+
+
+def _take(playback: Playback, pending: bytearray, aligner: FrameAligner, wait_s: float | None) -> bool:
+    """Move every chunk that has arrived into `pending`, waiting up to `wait_s` for the first; True at the end."""
+    try:
+        item = playback._chunks.get(timeout=wait_s) if wait_s else playback._chunks.get_nowait()
+        while True:
+            if item is _END:
+                return True
+            pending += aligner.push(item)
+            item = playback._chunks.get_nowait()
+    except queue.Empty:
+        return False

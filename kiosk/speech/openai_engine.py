@@ -1,0 +1,193 @@
+"""OpenAI text-to-speech, streamed as raw PCM. The only module that imports `openai` (and its `httpx2`).
+
+The SDK's defaults (600 s timeout, 2 blind retries) suit a batch job, not a visitor waiting at a button, so
+every deadline is explicit: connect, first audio byte (which also bounds all retries), gap between chunks and
+the whole request. A request is retried only before its first audio byte: after that, a retry would repeat
+words the visitor has already heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import httpx2
+import openai
+
+from kiosk.config import OpenAIConfig
+from kiosk.errors import SpeechError
+from kiosk.pcm import OPENAI_PCM
+from kiosk.speech import AudioCallback
+from kiosk.speech.text import split_text
+
+log = logging.getLogger(__name__)
+
+#: The speech API rejects input longer than this.
+API_TEXT_LIMIT = 4096
+_BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+_CHUNK_BYTES = 4096
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class OpenAIEngine:
+    name = "openai"
+    fmt = OPENAI_PCM
+
+    def __init__(self, cfg: OpenAIConfig, api_key: str | None):
+        self._cfg = cfg
+        self._api_key = api_key
+        self._client: openai.AsyncOpenAI | None = None
+
+    def identity(self) -> dict:
+        c = self._cfg
+        return {"engine": self.name, "model": c.model, "voice": c.voice, "instructions": c.instructions,
+                "speed": c.speed}
+
+    async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
+        client = self._client_or_fail()
+        for piece in split_text(text, API_TEXT_LIMIT):
+            await self._synthesize_piece(client, piece, on_audio)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def _client_or_fail(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            if not self._api_key:
+                raise SpeechError("no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config")
+            c = self._cfg
+            self._client = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
+                max_retries=0,  # retries are ours, and only before the first audio byte
+                timeout=openai.Timeout(
+                    connect=c.connect_timeout_s,
+                    read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
+                    write=c.connect_timeout_s,
+                    pool=c.connect_timeout_s,
+                ),
+            )
+        return self._client
+
+    async def _synthesize_piece(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
+        c = self._cfg
+        try:
+            async with asyncio.timeout(c.request_timeout_s):
+                await self._request_with_retries(client, text, on_audio)
+        except TimeoutError:
+            raise SpeechError(f"OpenAI: the request took longer than {c.request_timeout_s:g} s") from None
+
+    async def _request_with_retries(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
+        first_byte_deadline = time.monotonic() + self._cfg.first_byte_timeout_s
+        for attempt in range(self._cfg.retries + 1):
+            try:
+                return await self._request(client, text, on_audio, first_byte_deadline)
+            except _Retryable as exc:
+                pause = _pause(exc, attempt)
+                if attempt == self._cfg.retries or time.monotonic() + pause >= first_byte_deadline:
+                    raise SpeechError(f"OpenAI: {exc}") from None
+                log.warning("OpenAI: %s; retrying in %.1f s", exc, pause)
+                await asyncio.sleep(pause)
+
+    def _params(self, text: str) -> dict:
+        c = self._cfg
+        params = {"input": text, "model": c.model, "voice": c.voice, "response_format": "pcm", "speed": c.speed}
+        if c.instructions:
+            params["instructions"] = c.instructions
+        return params
+
+    async def _request(
+        self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback, first_byte_deadline: float
+    ) -> None:
+        c = self._cfg
+        received = 0
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(first_byte_deadline - time.monotonic()):
+                        response = await stack.enter_async_context(
+                            client.audio.speech.with_streaming_response.create(**self._params(text))
+                        )
+                        chunks = aiter(response.iter_bytes(_CHUNK_BYTES))
+                        first = await anext(chunks, b"")
+                except TimeoutError:
+                    raise _Retryable(f"no audio within {c.first_byte_timeout_s:g} s") from None
+                if not first:
+                    raise SpeechError("OpenAI: the server answered with no audio")
+                received = len(first)
+                on_audio(first)
+                while True:
+                    try:
+                        async with asyncio.timeout(c.chunk_gap_timeout_s):
+                            chunk = await anext(chunks, None)
+                    except TimeoutError:
+                        raise SpeechError(
+                            f"OpenAI: the stream stalled for more than {c.chunk_gap_timeout_s:g} s "
+                            f"after {received} bytes"
+                        ) from None
+                    if chunk is None:
+                        return
+                    received += len(chunk)
+                    on_audio(chunk)
+        except (openai.APIStatusError, openai.APIConnectionError, httpx2.HTTPError) as exc:
+            if received:
+                raise SpeechError(f"OpenAI: the stream was cut after {received} bytes ({_describe(exc)})") from None
+            raise _classify(exc) from None
+
+
+def _classify(exc: Exception) -> Exception:
+    """Before the first byte: rate limits, server errors and network faults are worth a retry; the rest is not."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429 and _error_code(exc) == "insufficient_quota":
+            return SpeechError("OpenAI: the account has run out of credit (429 insufficient_quota)")
+        if status == 429 or status >= 500:
+            return _Retryable(_describe(exc), _retry_after(exc))
+        if status in (401, 403):
+            return SpeechError(f"OpenAI: the API key was refused ({status})")
+        return SpeechError(f"OpenAI: {_describe(exc)}")
+    return _Retryable(_describe(exc))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+        message = error.get("message") if isinstance(error, dict) else None
+        reason = exc.response.reason_phrase
+        return f"server answered {exc.status_code} {reason}" + (f": {message}" if message else "")
+    if isinstance(exc, openai.APITimeoutError):
+        return "timed out connecting"
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        return f"cannot connect ({cause or exc})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _error_code(exc: openai.APIStatusError) -> str | None:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner.get("code") or inner.get("type")
+    return None
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        return float(exc.response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+
+
+def _pause(exc: _Retryable, attempt: int) -> float:
+    backoff = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
+    return max(backoff, exc.retry_after or 0.0)
