@@ -88,9 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config).with_overrides(
-        device=getattr(args, "device", None), cache_dir=args.cache_dir
-    )
+    return load_config(args.config).with_overrides(device=getattr(args, "device", None), cache_dir=args.cache_dir)
 
 
 def cmd_say(args: argparse.Namespace) -> int:
@@ -170,4 +168,3 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
         f"cache now {cache.total_bytes() / 1e6:.1f} MB"
     )
     return 0
-

@@ -112,13 +112,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
     values = {}
-    for name, f in fields.items():
-        if name in data:
-            values[name] = _value(hints[name], data[name], f"{prefix}{name}", f.metadata, problems)
+    for key, raw in data.items():  # in file order, so problems read top to bottom
+        if key in fields:
+            values[key] = _value(hints[key], raw, f"{prefix}{key}", fields[key].metadata, problems)
+        else:
+            problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
     return cls(**{k: v for k, v in values.items() if v is not _INVALID})
 
 

@@ -8,6 +8,7 @@ silence, and a stop request silences the device within one period (the longest a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -96,10 +97,8 @@ class Playback:
             if not self._done.done():
                 self._done.set_result(self.stats)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(resolve)
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
 
 
 class Player:

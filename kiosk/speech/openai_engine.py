@@ -47,8 +47,13 @@ class OpenAIEngine:
 
     def identity(self) -> dict:
         c = self._cfg
-        return {"engine": self.name, "model": c.model, "voice": c.voice, "instructions": c.instructions,
-                "speed": c.speed}
+        return {
+            "engine": self.name,
+            "model": c.model,
+            "voice": c.voice,
+            "instructions": c.instructions,
+            "speed": c.speed,
+        }
 
     async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
         client = self._client_or_fail()

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from kiosk.config import Config, load_config, parse_config, resolve_api_key
+from kiosk.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "kiosk.yaml"
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return info.value.problems
+
+
+def test_example_config_is_valid_and_has_lines():
+    cfg = load_config(EXAMPLE)
+    assert cfg.phrases["welcome"] == "Welcome to the hall of minerals."
+    assert len(cfg.phrases) >= 3
+    assert cfg.openai.model and cfg.audio.preroll_ms == 120
+
+
+def test_empty_file_gives_defaults():
+    assert parse_config("") == Config()
+
+
+def test_every_problem_is_reported_at_once_with_its_path():
+    found = problems(
+        "audio:\n  devise: hw:0\n  preroll_ms: -1\n"
+        "openai:\n  speed: fast\n  retries: 1.5\n"
+        "cache:\n  max_mb: true\n"
+        "phrases:\n  Bad Id: hi\n  empty: ''\n  number: 7\n"
+        "extra: 1\n"
+    )
+    assert found == [
+        "audio.devise: unknown key (did you mean 'device'?)",
+        "audio.preroll_ms: -1 is out of range (0 to 2000)",
+        "openai.speed: must be a number, not a string",
+        "openai.retries: must be a whole number, not a number",
+        "cache.max_mb: must be a number, not true/false",
+        "phrases.Bad Id: id must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
+        "phrases.empty: text is empty",
+        "phrases.number: text must be a string, not a whole number",
+        "extra: unknown key (known keys: audio, openai, cache, phrases)",
+    ]
+
+
+def test_wrong_shapes_and_bad_yaml():
+    assert problems("- a\n- b\n") == ["<config>: the top level must be a mapping of sections, not a list"]
+    assert problems("audio: 5\n") == ["audio: must be a mapping of keys, not a whole number"]
+    assert problems("audio: [1\n")[0].startswith("<config>: not valid YAML at line")
+
+
+def test_unsafe_yaml_tags_are_refused():
+    found = problems("phrases:\n  x: !!python/object/apply:os.system ['echo hacked']\n")
+    assert "not valid YAML" in found[0]
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_win():
+    cfg = parse_config("audio:\n  device: hw:0\ncache:\n  dir: /x\n").with_overrides(device="null", cache_dir="/y")
+    assert cfg.audio.device == "null" and str(cfg.cache.dir) == "/y"
+
+
+def test_api_key_from_env_then_file_and_never_shown(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    cfg = parse_config(f"openai:\n  api_key_file: {key_file}\n").openai
+    assert resolve_api_key(cfg, {"OPENAI_API_KEY": "sk-env"}) == "sk-env"
+    key = resolve_api_key(cfg, {})
+    assert key == "sk-from-file"
+    assert "sk-from-file" not in repr(key) and "sk-from-file" not in repr([key])
+    assert resolve_api_key(parse_config("").openai, {}) is None
+
+
+def test_unreadable_or_empty_key_file(tmp_path):
+    cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'missing'}\n").openai
+    with pytest.raises(ConfigError, match="openai.api_key_file: cannot read"):
+        resolve_api_key(cfg, {})
+    (tmp_path / "empty").write_text("\n")
+    cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'empty'}\n").openai
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_api_key(cfg, {})

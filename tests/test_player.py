@@ -1,0 +1,182 @@
+"""The player on real ALSA: the `file` plugin for exact bytes, a PulseAudio null sink for timing and underruns."""
+
+import asyncio
+import math
+import random
+import struct
+import time
+
+import pytest
+from conftest import file_sink_opener
+
+from kiosk.alsa_output import AlsaOutput
+from kiosk.errors import AudioError
+from kiosk.pcm import OPENAI_PCM
+from kiosk.player import Player
+
+PERIOD_BYTES = OPENAI_PCM.bytes_for_ms(40)
+
+
+def tone(seconds: float, hz: float = 440.0) -> bytes:
+    frames = int(OPENAI_PCM.rate * seconds)
+    return b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * hz * i / OPENAI_PCM.rate))) for i in range(frames)
+    )
+
+
+@pytest.fixture
+async def file_player(alsa_file):
+    device, out = alsa_file
+    player = Player(file_sink_opener(device), preroll_ms=120)
+    player.start()
+    yield player, out
+    await asyncio.to_thread(player.close)
+
+
+def assert_device_got(out, audio: bytes):
+    """The device received exactly the audio, then silence up to the end of the last period."""
+    got = out.read_bytes()
+    assert got[: len(audio)] == audio
+    padding = got[len(audio) :]
+    assert padding == bytes(len(padding)) and len(padding) < PERIOD_BYTES
+
+
+async def test_odd_chunks_reach_alsa_byte_exact(file_player):
+    player, out = file_player
+    audio = tone(0.7)
+    playback = player.play(OPENAI_PCM, streamed=True)
+    rng = random.Random(7)
+    pos = 0
+    while pos < len(audio):
+        size = rng.choice([1, 3, 7, 333, 4095])
+        playback.feed(audio[pos : pos + size])
+        pos += size
+    playback.finish()
+    stats = await asyncio.wait_for(playback.wait(), timeout=5)
+    assert stats.frames == len(audio) // 2 and stats.underruns == 0 and stats.first_audio_at is not None
+    await asyncio.to_thread(player.close)
+    assert_device_got(out, audio)
+
+
+async def test_last_period_is_padded_with_silence(file_player):
+    player, out = file_player
+    audio = tone(0.05)  # 1.25 periods
+    playback = player.play(OPENAI_PCM, streamed=False)
+    playback.feed(audio)
+    playback.finish()
+    await asyncio.wait_for(playback.wait(), timeout=5)
+    await asyncio.to_thread(player.close)
+    got = out.read_bytes()
+    assert len(got) == 2 * PERIOD_BYTES
+    assert got[: len(audio)] == audio and got[len(audio) :] == bytes(2 * PERIOD_BYTES - len(audio))
+
+
+async def test_stray_half_sample_at_the_end_is_dropped(file_player):
+    player, out = file_player
+    audio = tone(0.04)
+    playback = player.play(OPENAI_PCM, streamed=True)
+    playback.feed(audio + b"\x7f")
+    playback.finish()
+    stats = await asyncio.wait_for(playback.wait(), timeout=5)
+    assert stats.frames == len(audio) // 2
+
+
+async def test_streamed_audio_waits_for_the_preroll(file_player):
+    player, out = file_player
+    playback = player.play(OPENAI_PCM, streamed=True)
+    playback.feed(tone(0.1))  # less than the 120 ms pre-roll
+    await asyncio.sleep(0.3)
+    assert playback.stats.first_audio_at is None and playback.stats.frames == 0
+    playback.feed(tone(0.05))
+    playback.finish()
+    stats = await asyncio.wait_for(playback.wait(), timeout=5)
+    assert stats.frames == OPENAI_PCM.frames_for_ms(150)
+
+
+async def test_short_stream_below_the_preroll_still_plays(file_player):
+    player, _ = file_player
+    playback = player.play(OPENAI_PCM, streamed=True)
+    playback.feed(tone(0.03))
+    playback.finish()
+    stats = await asyncio.wait_for(playback.wait(), timeout=5)
+    assert stats.frames == OPENAI_PCM.frames_for_ms(30)
+
+
+async def test_bad_device_is_a_clear_error_naming_what_exists():
+    player = Player(file_sink_opener("hw:CARD=NoSuchCard"), preroll_ms=120)
+    player.start()
+    try:
+        with pytest.raises(AudioError, match=r"cannot open ALSA device 'hw:CARD=NoSuchCard'.*Sound cards"):
+            await asyncio.wait_for(player.open_device(OPENAI_PCM), timeout=5)
+    finally:
+        await asyncio.to_thread(player.close)
+
+
+async def test_writes_happen_off_the_event_loop(file_player):
+    import threading
+
+    player, _ = file_player
+    seen = []
+    real_write = AlsaOutput.write
+
+    def spy(self, frames):
+        seen.append(threading.current_thread().name)
+        return real_write(self, frames)
+
+    AlsaOutput.write = spy
+    try:
+        playback = player.play(OPENAI_PCM, streamed=False)
+        playback.feed(tone(0.2))
+        playback.finish()
+        await asyncio.wait_for(playback.wait(), timeout=5)
+    finally:
+        AlsaOutput.write = real_write
+    assert seen and set(seen) == {"alsa-writer"}
+
+
+# A device with a clock: PulseAudio's null sink through ALSA's pulse plugin.
+
+
+async def wait_until(predicate, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_stop_silences_within_one_period(pulse_device):
+    player = Player(file_sink_opener(pulse_device), preroll_ms=120)
+    player.start()
+    try:
+        playback = player.play(OPENAI_PCM, streamed=False)
+        playback.feed(tone(8.0))
+        playback.finish()
+        # PulseAudio holds a new stream for a moment before its clock runs; stop once it is really playing.
+        await wait_until(lambda: playback.stats.frames > OPENAI_PCM.frames_for_ms(600), timeout=6)
+        asked = time.monotonic()
+        playback.stop()
+        stats = await asyncio.wait_for(playback.wait(), timeout=2)
+        took_ms = (time.monotonic() - asked) * 1000
+        assert stats.stopped
+        assert stats.frames < OPENAI_PCM.frames_for_ms(8000)
+        assert took_ms < 40 + 60, f"stop took {took_ms:.0f} ms; one period is 40 ms"
+    finally:
+        await asyncio.to_thread(player.close)
+
+
+async def test_underrun_is_recovered_and_counted(pulse_device):
+    player = Player(file_sink_opener(pulse_device), preroll_ms=120)
+    player.start()
+    try:
+        first, second = tone(0.5), tone(0.3, hz=660)
+        playback = player.play(OPENAI_PCM, streamed=True)
+        playback.feed(first)
+        await wait_until(lambda: playback.stats.frames == len(first) // 2, timeout=6)
+        await asyncio.sleep(0.5)  # the network stalls: the 160 ms device buffer runs dry
+        playback.feed(second)
+        playback.finish()
+        stats = await asyncio.wait_for(playback.wait(), timeout=5)
+        assert stats.underruns >= 1
+        assert stats.frames == (len(first) + len(second)) // 2
+    finally:
+        await asyncio.to_thread(player.close)
