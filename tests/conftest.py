@@ -41,10 +41,19 @@ def pulse_device(tmp_path_factory):
     socket = runtime / "native"
     env = dict(os.environ, PULSE_RUNTIME_PATH=str(runtime), HOME=str(runtime))
     proc = subprocess.Popen(
-        [binary, "--daemonize=no", "--exit-idle-time=-1", "-n", "--use-pid-file=no", "--disallow-exit",
-         "--load=module-null-sink sink_name=kiosk_test_sink",
-         f"--load=module-native-protocol-unix auth-anonymous=1 socket={socket}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            binary,
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "-n",
+            "--use-pid-file=no",
+            "--disallow-exit",
+            "--load=module-null-sink sink_name=kiosk_test_sink",
+            f"--load=module-native-protocol-unix auth-anonymous=1 socket={socket}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 15
     while not socket.exists():

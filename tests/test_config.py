@@ -80,7 +80,7 @@ def test_api_key_from_env_then_file_and_never_shown(tmp_path):
 
 def test_unreadable_or_empty_key_file(tmp_path):
     cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'missing'}\n").openai
-    with pytest.raises(ConfigError, match="openai.api_key_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"openai\.api_key_file: cannot read"):
         resolve_api_key(cfg, {})
     (tmp_path / "empty").write_text("\n")
     cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'empty'}\n").openai

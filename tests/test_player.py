@@ -72,7 +72,7 @@ async def test_last_period_is_padded_with_silence(file_player):
 
 
 async def test_stray_half_sample_at_the_end_is_dropped(file_player):
-    player, out = file_player
+    player, _out = file_player
     audio = tone(0.04)
     playback = player.play(OPENAI_PCM, streamed=True)
     playback.feed(audio + b"\x7f")
@@ -82,7 +82,7 @@ async def test_stray_half_sample_at_the_end_is_dropped(file_player):
 
 
 async def test_streamed_audio_waits_for_the_preroll(file_player):
-    player, out = file_player
+    player, _out = file_player
     playback = player.play(OPENAI_PCM, streamed=True)
     playback.feed(tone(0.1))  # less than the 120 ms pre-roll
     await asyncio.sleep(0.3)

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 #: The speech API rejects input longer than this.
 API_TEXT_LIMIT = 4096
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
-_CHUNK_BYTES = 4096
 
 
 class _Retryable(Exception):
@@ -122,7 +121,7 @@ class OpenAIEngine:
                         response = await stack.enter_async_context(
                             client.audio.speech.with_streaming_response.create(**self._params(text))
                         )
-                        chunks = aiter(response.iter_bytes(_CHUNK_BYTES))
+                        chunks = aiter(response.iter_bytes())  # as they arrive: no re-chunking delay
                         first = await anext(chunks, b"")
                 except TimeoutError:
                     raise _Retryable(f"no audio within {c.first_byte_timeout_s:g} s") from None
