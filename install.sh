@@ -49,6 +49,8 @@ system_packages() {
     # libasound2-dev and gcc build pyalsaaudio; alsa-utils gives aplay -L for finding devices.
     local pkgs=(libasound2 libasound2-dev alsa-utils gcc)
     "$python" -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
+    "$python" -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+        2>/dev/null || pkgs+=(python3-dev)
     if [ "$with_test" -eq 1 ]; then
         # A PulseAudio null sink behind ALSA's pulse plugin is the test suite's clocked audio device.
         pkgs+=(pulseaudio libasound2-plugins)
@@ -82,7 +84,8 @@ quietly() {
 
 dev_install() {
     system_packages
-    local extras=""
+    # The local Piper voice lets a checkout with no key and no network speak; the test extra includes it.
+    local extras="[piper]"
     [ "$with_test" -eq 1 ] && extras="[test]"
     python_env "$here/.venv" "$here$extras"
     say "ready: $here/.venv/bin/kiosk"

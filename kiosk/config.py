@@ -29,6 +29,17 @@ def _bounded(default: Any, lo: float | None = None, hi: float | None = None) -> 
     return field(default=default, metadata={"min": lo, "max": hi})
 
 
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": (default, *choices)})
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """Which engine speaks lines that are not cached yet."""
+
+    engine: str = _choice("auto", "openai", "piper")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How audio reaches the speaker."""
@@ -57,6 +68,14 @@ class OpenAIConfig:
 
 
 @dataclass(frozen=True)
+class PiperConfig:
+    """The local Piper voice (optional extra `kiosk[piper]`)."""
+
+    voice: str = "joe-us"
+    speed: float = _bounded(1.0, 0.25, 4.0)
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     """The on-disk phrase cache."""
 
@@ -67,7 +86,9 @@ class CacheConfig:
 @dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()
+    speech: SpeechConfig = SpeechConfig()
     openai: OpenAIConfig = OpenAIConfig()
+    piper: PiperConfig = PiperConfig()
     cache: CacheConfig = CacheConfig()
     phrases: dict[str, str] = field(default_factory=dict)
 
@@ -154,6 +175,10 @@ def _scalar(base: type, raw: Any, where: str, meta: Any, problems: list[str]) ->
         return Path(raw).expanduser()
     if not isinstance(raw, base) or (base is not bool and isinstance(raw, bool)):
         problems.append(f"{where}: must be {_TYPE_NAMES[base]}, not {_kind(raw)}")
+        return _INVALID
+    choices = meta.get("choices")
+    if choices and raw not in choices:
+        problems.append(f"{where}: {raw!r} is not one of {', '.join(choices)}")
         return _INVALID
     lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and raw < lo) or (hi is not None and raw > hi):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator
 
 from kiosk.alsa_output import AlsaOutput
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
 from kiosk.config import AudioConfig, Config, resolve_api_key
+from kiosk.errors import SpeechError
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
+from kiosk.speech import SpeechEngine
 from kiosk.speech.openai_engine import OpenAIEngine
 
 
@@ -26,8 +29,23 @@ def build_cache(cfg: Config) -> PhraseCache:
     return PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000)).open()
 
 
-def build_engine(cfg: Config) -> OpenAIEngine:
-    return OpenAIEngine(cfg.openai, resolve_api_key(cfg.openai))
+def piper_installed() -> bool:
+    return importlib.util.find_spec("piper") is not None
+
+
+def build_engine(cfg: Config) -> SpeechEngine:
+    """OpenAI when a key is configured; otherwise the local Piper voice if it is installed ("auto")."""
+    key = resolve_api_key(cfg.openai)
+    choice = cfg.speech.engine
+    if choice == "auto":
+        choice = "openai" if key or not piper_installed() else "piper"
+    if choice == "piper":
+        if not piper_installed():
+            raise SpeechError("speech.engine is piper but Piper is not installed (pip install 'kiosk[piper]')")
+        from kiosk.speech.piper_engine import PiperEngine  # imported only when chosen: it loads onnxruntime
+
+        return PiperEngine(cfg.piper)
+    return OpenAIEngine(cfg.openai, key)
 
 
 @contextlib.asynccontextmanager

@@ -110,7 +110,10 @@ def assert_one_line_error(result, code, *fragments):
 
 def test_expected_faults_are_one_clear_line(tmp_path, env, server):
     no_key = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}
-    assert_one_line_error(say(tmp_path, no_key, "Hello")[0], 1, "no OpenAI API key")
+    openai_only = tmp_path / "openai-only.yaml"
+    openai_only.write_text(EXAMPLE.read_text() + "\nspeech:\n  engine: openai\n")
+    result = kiosk("say", "--config", str(openai_only), "--cache-dir", str(tmp_path / "c"), "Hello", env=no_key)
+    assert_one_line_error(result, 1, "no OpenAI API key")
 
     bad_device = kiosk(
         "say", "--config", str(EXAMPLE), "--cache-dir", str(tmp_path / "c"), "--device", "hw:CARD=Nope", "Hi", env=env

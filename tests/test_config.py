@@ -28,6 +28,7 @@ def test_empty_file_gives_defaults():
 def test_every_problem_is_reported_at_once_with_its_path():
     found = problems(
         "audio:\n  devise: hw:0\n  preroll_ms: -1\n"
+        "speech:\n  engine: espeak\n"
         "openai:\n  speed: fast\n  retries: 1.5\n"
         "cache:\n  max_mb: true\n"
         "phrases:\n  Bad Id: hi\n  empty: ''\n  number: 7\n"
@@ -36,13 +37,14 @@ def test_every_problem_is_reported_at_once_with_its_path():
     assert found == [
         "audio.devise: unknown key (did you mean 'device'?)",
         "audio.preroll_ms: -1 is out of range (0 to 2000)",
+        "speech.engine: 'espeak' is not one of auto, openai, piper",
         "openai.speed: must be a number, not a string",
         "openai.retries: must be a whole number, not a number",
         "cache.max_mb: must be a number, not true/false",
         "phrases.Bad Id: id must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
         "phrases.empty: text is empty",
         "phrases.number: text must be a string, not a whole number",
-        "extra: unknown key (known keys: audio, openai, cache, phrases)",
+        "extra: unknown key (known keys: audio, speech, openai, piper, cache, phrases)",
     ]
 
 

@@ -67,7 +67,10 @@ class OpenAIEngine:
     def _client_or_fail(self) -> openai.AsyncOpenAI:
         if self._client is None:
             if not self._api_key:
-                raise SpeechError("no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config")
+                raise SpeechError(
+                    "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
+                    "(or install the local voice: pip install 'kiosk[piper]')"
+                )
             c = self._cfg
             self._client = openai.AsyncOpenAI(
                 api_key=self._api_key,
