@@ -19,7 +19,7 @@ from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.cache import PhraseCache, cache_key
 from kiosk.config import DEFAULT_CONFIG_PATH, Config, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
-from kiosk.service import build_cache, build_engine, open_announcer
+from kiosk.service import build_cache, build_engine, open_announcer, run_service
 
 log = logging.getLogger("kiosk")
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         format="kiosk: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    for chatty in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request is noise in the journal
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -65,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(verbose=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = commands.add_parser("run", parents=[common], help="the always-on service: buttons, HTTP API, systemd")
+    run.add_argument("--device", metavar="ALSA_PCM", help="ALSA playback device (overrides audio.device)")
+    run.add_argument("--port", type=int, metavar="N", help="HTTP API port (overrides api.port)")
+    run.set_defaults(func=cmd_run, verbose=True)
+
     say = commands.add_parser("say", parents=[common], help="speak a line and exit")
     say.add_argument("text", nargs="?", help="text to speak")
     say.add_argument("--phrase", metavar="ID", help="speak the configured exhibit line with this id")
@@ -87,8 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"device": getattr(args, "device", None), "cache_dir": args.cache_dir, "port": getattr(args, "port", None)}
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config).with_overrides(device=getattr(args, "device", None), cache_dir=args.cache_dir)
+    return load_config(args.config).with_overrides(**_overrides(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    return asyncio.run(run_service(cfg, config_path=args.config, overrides=_overrides(args)))
 
 
 def cmd_say(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import types
@@ -33,11 +34,42 @@ def _choice(default: str, *choices: str) -> Any:
     return field(default=default, metadata={"choices": (default, *choices)})
 
 
+def _required(hint_default: Any = None, lo: float | None = None, hi: float | None = None) -> Any:
+    return field(default=hint_default, metadata={"required": True, "min": lo, "max": hi})
+
+
 @dataclass(frozen=True)
 class SpeechConfig:
-    """Which engine speaks lines that are not cached yet."""
+    """Which engine speaks lines that are not cached yet, and how many lines may wait their turn."""
 
     engine: str = _choice("auto", "openai", "piper")
+    queue_limit: int = _bounded(5, 1, 100)
+
+
+@dataclass(frozen=True)
+class ButtonConfig:
+    """A push button on a GPIO pin (BCM numbering), wired between the pin and ground unless pull_up is false."""
+
+    pin: int | None = _required(None, 0, 53)
+    phrase: str | None = None
+    action: str = _choice("speak", "stop")
+    pull_up: bool = True
+    bounce_ms: int = _bounded(50, 0, 1000)
+    cooldown_ms: int = _bounded(1500, 0, 600_000)
+    when_busy: str = _choice("restart", "ignore", "queue")
+    led: int | None = _bounded(None, 0, 53)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The local HTTP trigger and status API."""
+
+    bind: str = "127.0.0.1"
+    port: int = _bounded(8080, 0, 65535)  # 0: any free port
+    token_file: Path | None = None
+    allow_text: bool = False
+    when_busy: str = _choice("queue", "restart", "ignore")
+    rate_limit_per_min: int = _bounded(30, 1, 100_000)
 
 
 @dataclass(frozen=True)
@@ -90,11 +122,17 @@ class Config:
     openai: OpenAIConfig = OpenAIConfig()
     piper: PiperConfig = PiperConfig()
     cache: CacheConfig = CacheConfig()
+    api: ApiConfig = ApiConfig()
+    buttons: tuple[ButtonConfig, ...] = ()
     phrases: dict[str, str] = field(default_factory=dict)
 
-    def with_overrides(self, *, device: str | None = None, cache_dir: Path | None = None) -> Config:
+    def with_overrides(
+        self, *, device: str | None = None, cache_dir: Path | None = None, port: int | None = None
+    ) -> Config:
         """Command-line options win over the file."""
         cfg = self
+        if port is not None:
+            cfg = dataclasses.replace(cfg, api=dataclasses.replace(cfg.api, port=port))
         if device:
             cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, device=device))
         if cache_dir:
@@ -125,6 +163,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError([f"{source}: the top level must be a mapping of sections, not {_kind(data)}"])
     problems: list[str] = []
     cfg = _build(Config, data, "", problems)
+    if not problems:
+        problems += _cross_check(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -139,6 +179,9 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
             values[key] = _value(hints[key], raw, f"{prefix}{key}", fields[key].metadata, problems)
         else:
             problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
+    for name, f in fields.items():
+        if f.metadata.get("required") and name not in data:
+            problems.append(f"{prefix}{name}: must be set")
     return cls(**{k: v for k, v in values.items() if v is not _INVALID})
 
 
@@ -155,6 +198,8 @@ def _value(hint: Any, raw: Any, where: str, meta: Any, problems: list[str]) -> A
         return _build(hint, raw, f"{where}.", problems)
     if hint == dict[str, str]:
         return _phrases(raw, where, problems)
+    if typing.get_origin(hint) is tuple:
+        return _items(typing.get_args(hint)[0], raw, where, problems)
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     if raw is None:
         if optional:
@@ -185,6 +230,62 @@ def _scalar(base: type, raw: Any, where: str, meta: Any, problems: list[str]) ->
         problems.append(f"{where}: {raw} is out of range ({lo} to {hi})")
         return _INVALID
     return raw
+
+
+def _items(item_cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.append(f"{where}: must be a list, not {_kind(raw)}")
+        return _INVALID
+    items = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            problems.append(f"{where}[{i}]: must be a mapping of keys, not {_kind(item)}")
+            continue
+        items.append(_build(item_cls, item, f"{where}[{i}].", problems))
+    return tuple(items)
+
+
+def _cross_check(cfg: Config) -> list[str]:
+    """Rules that span keys: buttons name existing lines, no pin is used twice, an open API has a token."""
+    problems = []
+    if not _is_loopback(cfg.api.bind) and cfg.api.token_file is None:
+        problems.append(f"api.token_file: required when api.bind ({cfg.api.bind}) is not a loopback address")
+    used: dict[int, str] = {}
+    for i, b in enumerate(cfg.buttons):
+        where = f"buttons[{i}]"
+        if b.action == "speak" and b.phrase is None:
+            problems.append(f"{where}.phrase: must be set for a speak button (or set action: stop)")
+        elif b.phrase is not None and b.phrase not in cfg.phrases:
+            problems.append(f"{where}.phrase: no line '{b.phrase}' in phrases{_suggest(b.phrase, cfg.phrases)}")
+        for role, pin in (("pin", b.pin), ("led", b.led)):
+            if pin is None:
+                continue
+            if pin in used:
+                problems.append(f"{where}.{role}: GPIO {pin} is already used by {used[pin]}")
+            used[pin] = f"{where}.{role}"
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_secret_file(path: Path, where: str) -> Secret:
+    """A key or token from a file (stripped); ConfigError naming `where` if unreadable or empty."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"{where}: cannot read {path} ({exc.strerror or exc})"]) from exc
+    if not value:
+        raise ConfigError([f"{where}: {path} is empty"])
+    return Secret(value)
 
 
 def _phrases(raw: Any, where: str, problems: list[str]) -> Any:
@@ -253,10 +354,4 @@ def resolve_api_key(cfg: OpenAIConfig, environ: typing.Mapping[str, str] = os.en
         return Secret(key)
     if cfg.api_key_file is None:
         return None
-    try:
-        key = cfg.api_key_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError([f"openai.api_key_file: cannot read {cfg.api_key_file} ({exc.strerror or exc})"]) from exc
-    if not key:
-        raise ConfigError([f"openai.api_key_file: {cfg.api_key_file} is empty"])
-    return Secret(key)
+    return read_secret_file(cfg.api_key_file, "openai.api_key_file")

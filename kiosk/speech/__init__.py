@@ -25,4 +25,7 @@ class SpeechEngine(Protocol):
         Raises kiosk.errors.SpeechError with a one-line explanation on any failure.
         """
 
+    async def probe(self) -> None:
+        """Raise SpeechError if the engine cannot speak now (server unreachable, key refused, voice missing)."""
+
     async def aclose(self) -> None: ...

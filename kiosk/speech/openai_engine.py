@@ -60,6 +60,18 @@ class OpenAIEngine:
         for piece in split_text(text, API_TEXT_LIMIT):
             await self._synthesize_piece(client, piece, on_audio)
 
+    async def probe(self) -> None:
+        """Check the server is reachable and accepts the key (a models listing); raises SpeechError if not."""
+        client = self._client_or_fail()
+        try:
+            async with asyncio.timeout(self._cfg.connect_timeout_s + self._cfg.first_byte_timeout_s):
+                await client.models.list()
+        except TimeoutError:
+            raise SpeechError("OpenAI: no answer to a reachability check") from None
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            problem = _classify(exc)
+            raise SpeechError(str(problem) if isinstance(problem, SpeechError) else f"OpenAI: {problem}") from None
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()

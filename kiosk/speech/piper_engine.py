@@ -66,6 +66,10 @@ class PiperEngine:
             for chunk in await asyncio.to_thread(self._synthesize_piece, voice, piece):
                 on_audio(chunk)
 
+    async def probe(self) -> None:
+        """A local voice is reachable when it loads."""
+        await self.load()
+
     async def aclose(self) -> None:
         self._voice = None
 

@@ -1,0 +1,99 @@
+"""GPIO push buttons and their LEDs. The only module that imports gpiozero.
+
+gpiozero calls `when_pressed` on its own thread; each press is handed to the event loop with
+call_soon_threadsafe and all decisions (cooldown, policy) are made there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from gpiozero import LED, Button, Device
+from gpiozero.exc import BadPinFactory, GPIOZeroError
+from gpiozero.pins.mock import MockFactory
+
+from kiosk.config import ButtonConfig
+
+log = logging.getLogger(__name__)
+
+PressHandler = Callable[[ButtonConfig], None]
+
+
+class Buttons:
+    """The configured buttons; `on_press` runs on the event loop for every press outside its cooldown."""
+
+    def __init__(
+        self,
+        configs: tuple[ButtonConfig, ...],
+        on_press: PressHandler,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        pin_factory=None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._on_press = on_press
+        self._loop = loop
+        self._clock = clock
+        self._last_press: dict[int, float] = {}
+        self._devices: list = []
+        self._leds: dict[int, LED] = {}
+        self.cooled_down = 0  # presses ignored because they came within a button's cooldown
+        self.factory = "none"
+        self.error: str | None = None
+        try:
+            for cfg in configs:
+                self._add(cfg, pin_factory)
+            self.factory = _factory_name(pin_factory or Device.pin_factory)
+        except (BadPinFactory, GPIOZeroError, OSError) as exc:
+            self.close()
+            self.error = f"GPIO unavailable, buttons disabled: {exc}"
+
+    @property
+    def simulated(self) -> bool:
+        return self.factory == "mock"
+
+    def _add(self, cfg: ButtonConfig, pin_factory) -> None:
+        button = Button(
+            cfg.pin, pull_up=cfg.pull_up, bounce_time=(cfg.bounce_ms / 1000) or None, pin_factory=pin_factory
+        )
+        button.when_pressed = lambda: self._loop.call_soon_threadsafe(self._pressed, cfg)
+        self._devices.append(button)
+        if cfg.led is not None:
+            led = LED(cfg.led, pin_factory=pin_factory)
+            self._devices.append(led)
+            self._leds[cfg.pin] = led
+
+    def _pressed(self, cfg: ButtonConfig) -> None:
+        now = self._clock()
+        last = self._last_press.get(cfg.pin)
+        if last is not None and now - last < cfg.cooldown_ms / 1000:
+            self.cooled_down += 1
+            return
+        self._last_press[cfg.pin] = now
+        self._on_press(cfg)
+
+    def light(self, pin: int, on: bool) -> None:
+        """Light (or put out) the LED of the button on `pin`, if it has one."""
+        led = self._leds.get(pin)
+        if led is not None:
+            led.value = on
+
+    def close(self) -> None:
+        for device in self._devices:
+            try:
+                device.close()
+            except Exception as exc:  # closing must not stop a shutdown or a reload
+                log.warning("closing %s failed: %s", device, exc)
+        self._devices.clear()
+        self._leds.clear()
+
+
+def _factory_name(factory) -> str:
+    if factory is None:
+        return "none"
+    if isinstance(factory, MockFactory):
+        return "mock"
+    return type(factory).__name__.removesuffix("Factory").lower()

@@ -1,0 +1,169 @@
+"""One line at a time: requests from buttons, the HTTP API and staff, with a policy for a request while speaking.
+
+- restart: the line playing now stops (within one period) and the new one starts;
+- ignore: the new request is dropped;
+- queue: the new request waits its turn; the queue is bounded, so a stuck button cannot grow it without end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kiosk.announcer import Announcer, Trace
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("restart", "ignore", "queue")
+_HISTORY = 50
+
+
+@dataclass
+class Request:
+    id: str
+    text: str
+    origin: str  # "button:17", "api", ...
+    phrase: str | None = None
+    state: str = "queued"  # queued → playing → done | stopped | failed | dropped
+    requested_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    trace: Trace | None = None
+
+    def summary(self) -> dict:
+        return {"id": self.id, "phrase": self.phrase, "origin": self.origin, "state": self.state, "text": self.text}
+
+
+class Rejected(Exception):
+    """The request was not accepted; `reason` is busy, queue_full, unknown_phrase or text_disabled."""
+
+    def __init__(self, message: str, reason: str = "busy"):
+        super().__init__(message)
+        self.reason = reason
+
+
+Listener = Callable[[Request], None]
+
+
+class Speaker:
+    def __init__(self, announcer: Announcer, *, queue_limit: int, clock: Callable[[], float] = time.monotonic):
+        self.announcer = announcer
+        self.queue_limit = queue_limit
+        self._clock = clock
+        self._queue: collections.deque[Request] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._current: Request | None = None
+        self._current_task: asyncio.Task | None = None
+        self._ids = itertools.count(1)
+        self._prefix = f"{int(time.time()) % 100000:05d}"
+        self.history: collections.OrderedDict[str, Request] = collections.OrderedDict()
+        self.last_trace: Trace | None = None
+        self._listeners: list[Listener] = []
+
+    def on_change(self, listener: Listener) -> None:
+        """Call `listener(request)` whenever a request changes state (LEDs, metrics, events)."""
+        self._listeners.append(listener)
+
+    @property
+    def current(self) -> Request | None:
+        return self._current
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def speaking(self) -> bool:
+        return self._current is not None
+
+    def request(self, text: str, *, origin: str, policy: str, phrase: str | None = None) -> Request:
+        """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
+        req = Request(
+            id=f"{self._prefix}-{next(self._ids)}", text=text, origin=origin, phrase=phrase, requested_at=self._clock()
+        )
+        busy = self._current is not None or bool(self._queue)
+        if busy and policy == "ignore":
+            raise Rejected("busy speaking")
+        if busy and policy == "queue" and len(self._queue) >= self.queue_limit:
+            raise Rejected(f"the queue is full ({self.queue_limit} waiting)", "queue_full")
+        if policy == "restart":
+            self._drop_queue()
+            self._cancel_current()
+        self._queue.append(req)
+        self._remember(req)
+        self._notify(req)
+        self._wakeup.set()
+        return req
+
+    def stop(self) -> None:
+        """Silence now and forget what was waiting."""
+        self._drop_queue()
+        self._cancel_current()
+
+    async def run(self) -> None:
+        """Speak queued requests one after another until cancelled."""
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            req = self._queue.popleft()
+            await self._speak(req)
+
+    async def idle(self) -> None:
+        """Wait until nothing is playing or queued (for tests and orderly shutdown; bound it with a timeout)."""
+        while self._queue or self._current is not None:
+            await asyncio.sleep(0.01)
+
+    async def _speak(self, req: Request) -> None:
+        self._current = req
+        req.state = "playing"
+        req.started_at = self._clock()
+        self._notify(req)
+        self._current_task = asyncio.ensure_future(self.announcer.say(req.text))
+        try:
+            req.trace = await self._current_task
+            req.state = "failed" if req.trace.error else "stopped" if req.trace.stopped else "done"
+            self.last_trace = req.trace
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the speaker itself is shutting down, not just this line
+            req.state = "stopped"
+        finally:
+            self._current = None
+            self._current_task = None
+            self._notify(req)
+
+    def _cancel_current(self) -> None:
+        if self._current_task is not None and not self._current_task.done():
+            self.announcer.stop()
+            self._current_task.cancel()
+
+    def _drop_queue(self) -> None:
+        while self._queue:
+            dropped = self._queue.popleft()
+            dropped.state = "dropped"
+            self._notify(dropped)
+
+    def _remember(self, req: Request) -> None:
+        self.history[req.id] = req
+        while len(self.history) > _HISTORY:
+            self.history.popitem(last=False)
+
+    def _notify(self, req: Request) -> None:
+        for listener in self._listeners:
+            try:
+                listener(req)
+            except Exception:
+                log.exception("state listener failed")
+
+
+async def cancel_and_wait(task: asyncio.Task, timeout: float) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, timeout)

@@ -1,0 +1,182 @@
+"""The local HTTP API: trigger and stop lines, status, health and metrics. JSON in and out.
+
+Bad input always gets a 4xx JSON answer with a message, never a 5xx: bad JSON, wrong types, unknown fields,
+empty or over-long text, oversized bodies. Triggers are rate-limited; the speaker's queue is bounded.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from kiosk.speaker import Rejected, Request
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024
+MAX_TEXT_CHARS = 4096
+_REJECTED_STATUS = {"unknown_phrase": 404, "text_disabled": 403, "busy": 409, "queue_full": 409}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class Backend(Protocol):
+    """What the API needs from the service."""
+
+    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
+    def stop_speaking(self) -> bool: ...
+    def find(self, request_id: str) -> Request | None: ...
+    async def status(self) -> dict: ...
+    def health(self) -> tuple[bool, str]: ...
+    def metrics_text(self) -> tuple[bytes, str]: ...
+    @property
+    def api_token(self) -> str | None: ...
+    def allow_trigger(self) -> float | None: ...
+
+
+BACKEND = web.AppKey("backend", Backend)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(backend: Backend) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, _bearer_token])
+    app[BACKEND] = backend
+    app.router.add_post("/api/play", play)
+    app.router.add_get("/api/play/{id}", playback)
+    app.router.add_post("/api/stop", stop)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=lambda o: json.dumps(o, default=str))
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json(exc.status, {"error": str(exc)}, exc.headers)
+    except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself: same JSON shape
+        if exc.status < 400:
+            raise
+        message = "request body too large" if exc.status == 413 else exc.reason.lower()
+        return _json(exc.status, {"error": message}, {k: v for k, v in exc.headers.items() if k == "Allow"})
+
+
+@web.middleware
+async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[BACKEND].api_token
+    if token and request.path.startswith("/api/"):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+async def _body(request: web.Request, allowed: set[str]) -> dict:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "request body too large")
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return body
+
+
+def _string(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"'{name}' must be a string")
+    return value
+
+
+async def play(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    body = await _body(request, {"phrase", "text"})
+    phrase, text = _string(body, "phrase"), _string(body, "text")
+    if (phrase is None) == (text is None):
+        raise ApiError(400, "give exactly one of 'phrase' or 'text'")
+    if text is not None and not text.strip():
+        raise ApiError(400, "'text' is empty")
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        raise ApiError(400, f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    retry_after = backend.allow_trigger()
+    if retry_after is not None:
+        raise ApiError(429, "too many requests", {"Retry-After": str(max(1, round(retry_after)))})
+    try:
+        req = backend.play(phrase=phrase, text=text, origin="api")
+    except Rejected as exc:
+        raise ApiError(_REJECTED_STATUS.get(exc.reason, 409), str(exc)) from None
+    return _json(202, {"id": req.id, "state": req.state})
+
+
+async def playback(request: web.Request) -> web.Response:
+    req = request.app[BACKEND].find(request.match_info["id"])
+    if req is None:
+        raise ApiError(404, "no such playback (only the most recent ones are kept)")
+    return _json(200, {**req.summary(), "trace": req.trace.__dict__ if req.trace else None})
+
+
+async def stop(request: web.Request) -> web.Response:
+    await _body(request, set())
+    return _json(200, {"stopped": request.app[BACKEND].stop_speaking()})
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(200, await request.app[BACKEND].status())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    ok, problem = request.app[BACKEND].health()
+    return _json(200 if ok else 503, {"ok": ok, "problem": problem or None})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[BACKEND].metrics_text()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+class RateLimiter:
+    """Token bucket: bursts of up to `burst`, refilled at `per_minute`."""
+
+    def __init__(self, per_minute: int, burst: int = 10, clock: Callable[[], float] = time.monotonic):
+        self._rate = per_minute / 60
+        self._capacity = float(min(burst, per_minute))
+        self._tokens = self._capacity
+        self._clock = clock
+        self._at = clock()
+
+    def take(self) -> float | None:
+        """None when allowed; otherwise the seconds until the next request would be."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return None
+        return (1 - self._tokens) / self._rate
