@@ -85,7 +85,7 @@ def test_sigterm_stops_playback_and_exits_0_within_2_s(tmp_path, env, pulse_devi
     env["PULSE_SERVER"] = os.environ["PULSE_SERVER"]
     running = Running(config, env, "--device", pulse_device)
     try:
-        status, body = running.request("POST", "/api/play", {"text": LONG_LINE})
+        status, _body = running.request("POST", "/api/play", {"text": LONG_LINE})
         assert status == 202
         deadline = time.monotonic() + 10
         while running.request("GET", "/api/status")[1]["state"] != "speaking":

@@ -104,7 +104,7 @@ async def test_button_press_speaks_its_line_to_alsa_and_lights_its_led(server, t
 
 
 async def test_cached_line_press_to_first_audio(server, tmp_path, alsa_file, pins):
-    device, out = alsa_file
+    device, _out = alsa_file
     service = await started(config(server.url, tmp_path / "c", BUTTONS), device, pins)
     try:
         press(pins, 18)
@@ -247,7 +247,7 @@ async def test_watchdog_goes_silent_when_the_alsa_writer_is_wedged(server, tmp_p
 
 
 async def test_frames_of_a_cached_replay_equal_the_stream(server, tmp_path, alsa_file, pins):
-    device, out = alsa_file
+    device, _out = alsa_file
     service = await started(config(server.url, tmp_path / "c"), device, pins)
     try:
         first = service.play(phrase="quartz", text=None, origin="api")
