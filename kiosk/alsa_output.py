@@ -115,6 +115,38 @@ class AlsaOutput:
         return self.period_frames / self.fmt.rate
 
 
+_VOLUME_CONTROLS = ("Master", "PCM", "Speaker", "Headphone", "Digital")
+
+
+def mixer_report(device: str) -> tuple[bool, str]:
+    """(ok, description) of the main volume control behind `device`; not ok when muted or at zero."""
+    mixer_device = device.split(":", 1)[1].split(",")[0] if device.startswith(("hw:", "plughw:")) else "default"
+    if mixer_device.startswith("CARD="):
+        mixer_device = f"hw:{mixer_device}"
+    try:
+        controls = alsaaudio.mixers(device=mixer_device)
+    except alsaaudio.ALSAAudioError:
+        return True, "no hardware mixer (volume is set in software)"
+    control = next((c for c in _VOLUME_CONTROLS if c in controls), None)
+    if control is None:
+        return True, f"no volume control among {', '.join(controls) or 'none'} (volume is set in software)"
+    mixer = alsaaudio.Mixer(control=control, device=mixer_device)
+    try:
+        volumes = mixer.getvolume()
+        try:
+            muted = any(mixer.getmute())
+        except alsaaudio.ALSAAudioError:  # this control has no mute switch
+            muted = False
+    finally:
+        mixer.close()
+    level = f"'{control}' at {max(volumes)}%"
+    if muted:
+        return False, f"{level} but MUTED (unmute with: amixer sset '{control}' unmute)"
+    if max(volumes) == 0:
+        return False, f"{level}: nothing will be heard (amixer sset '{control}' 80%)"
+    return True, level
+
+
 def has_sound_card() -> bool:
     try:
         return bool(alsaaudio.cards())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Callable
 
 from gpiozero import LED, Button, Device
@@ -89,6 +90,24 @@ class Buttons:
                 log.warning("closing %s failed: %s", device, exc)
         self._devices.clear()
         self._leds.clear()
+
+
+def pin_factory_report() -> tuple[str | None, str]:
+    """(factory name, explanation) for gpiozero on this machine; name None when there is no GPIO at all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpiozero warns for every factory it falls back from
+        try:
+            Device.ensure_pin_factory()
+        except BadPinFactory as exc:
+            return (
+                None,
+                f"no GPIO pin factory ({exc}); on a Pi install python3-lgpio, elsewhere "
+                "set GPIOZERO_PIN_FACTORY=mock to simulate the buttons",
+            )
+    name = _factory_name(Device.pin_factory)
+    if name == "mock":
+        return name, "mock pin factory: buttons are simulated, not wired to anything"
+    return name, f"{name} pin factory"
 
 
 def _factory_name(factory) -> str:

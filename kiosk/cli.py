@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, metavar="N", help="HTTP API port (overrides api.port)")
     run.set_defaults(func=cmd_run, verbose=True)
 
+    doctor = commands.add_parser("doctor", parents=[common], help="check config, audio, GPIO, key, engine, disk")
+    doctor.add_argument("--device", metavar="ALSA_PCM", help="ALSA playback device (overrides audio.device)")
+    doctor.set_defaults(func=cmd_doctor)
+
     say = commands.add_parser("say", parents=[common], help="speak a line and exit")
     say.add_argument("text", nargs="?", help="text to speak")
     say.add_argument("--phrase", metavar="ID", help="speak the configured exhibit line with this id")
@@ -105,6 +109,15 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     return asyncio.run(run_service(cfg, config_path=args.config, overrides=_overrides(args)))
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from kiosk.doctor import run_checks
+
+    findings = run_checks(_config(args), str(args.config))
+    for finding in findings:
+        print(finding.line(), flush=True)
+    return EXIT_FAULT if any(f.level == "fail" for f in findings) else 0
 
 
 def cmd_say(args: argparse.Namespace) -> int:

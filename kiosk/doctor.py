@@ -1,0 +1,107 @@
+"""`kiosk doctor`: check everything a speaker needs, one line each, with what to do about a problem."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kiosk.alsa_output import AlsaOutput, mixer_report
+from kiosk.buttons import pin_factory_report
+from kiosk.config import Config, resolve_api_key
+from kiosk.errors import KioskError
+from kiosk.service import build_engine
+
+LOW_DISK_BYTES = 200_000_000
+
+
+@dataclass
+class Finding:
+    level: str  # "ok", "warn", "fail"
+    what: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.level.upper():4}  {self.what}: {self.detail}"
+
+
+def run_checks(cfg: Config, config_path: str) -> list[Finding]:
+    checks: list[tuple[str, Callable[[], tuple[str, str]]]] = [
+        ("config", lambda: ("ok", f"{config_path}: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons")),
+        ("audio device", lambda: _device(cfg)),
+        ("mixer", lambda: _mixer(cfg)),
+        ("GPIO", lambda: _gpio(cfg)),
+        ("API key", lambda: _api_key(cfg)),
+        ("speech engine", lambda: _engine(cfg)),
+        ("cache", lambda: _cache_writable(cfg)),
+        ("disk", lambda: _disk(cfg)),
+    ]
+    findings = []
+    for what, check in checks:
+        try:
+            level, detail = check()
+        except KioskError as exc:
+            level, detail = "fail", str(exc)
+        findings.append(Finding(level, what, detail))
+    return findings
+
+
+def _device(cfg: Config) -> tuple[str, str]:
+    engine = build_engine(cfg)
+    out = AlsaOutput(cfg.audio.device, engine.fmt, cfg.audio.period_ms, cfg.audio.buffer_periods)
+    out.close()
+    return "ok", f"'{cfg.audio.device}' opens at {engine.fmt.rate} Hz ({engine.fmt.describe()})"
+
+
+def _mixer(cfg: Config) -> tuple[str, str]:
+    ok, detail = mixer_report(cfg.audio.device)
+    return ("ok" if ok else "fail"), detail
+
+
+def _gpio(cfg: Config) -> tuple[str, str]:
+    name, detail = pin_factory_report()
+    if not cfg.buttons:
+        return "ok", f"no buttons configured ({detail})"
+    return ("ok" if name not in (None, "mock") else "warn" if name == "mock" else "fail"), detail
+
+
+def _api_key(cfg: Config) -> tuple[str, str]:
+    key = resolve_api_key(cfg.openai)
+    if key is None:
+        return "warn", "no OpenAI key (OPENAI_API_KEY or openai.api_key_file); uncached lines use the local voice"
+    source = "OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else str(cfg.openai.api_key_file)
+    return "ok", f"set ({len(key)} characters, from {source})"
+
+
+def _engine(cfg: Config) -> tuple[str, str]:
+    engine = build_engine(cfg)
+
+    async def probe() -> None:
+        try:
+            await engine.probe()
+        finally:
+            await engine.aclose()
+
+    asyncio.run(probe())
+    return "ok", f"{engine.name} reachable"
+
+
+def _cache_writable(cfg: Config) -> tuple[str, str]:
+    root = cfg.cache.dir
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return "fail", f"{root} is not writable ({exc.strerror or exc}): new lines will not be cached"
+    entries = sum(1 for _ in root.glob("*.pcm"))
+    return "ok", f"{root} writable, {entries} entries"
+
+
+def _disk(cfg: Config) -> tuple[str, str]:
+    usage = shutil.disk_usage(cfg.cache.dir if cfg.cache.dir.exists() else cfg.cache.dir.parent)
+    detail = f"{usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB"
+    return ("warn" if usage.free < LOW_DISK_BYTES else "ok"), detail
