@@ -16,19 +16,18 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiosk.errors import CacheError
+from kiosk.fileio import TEMP_SUFFIX, write_atomically
 from kiosk.pcm import AudioFormat
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".pcm"
-TEMP_SUFFIX = ".tmp"
 _MAX_HEADER = 1 << 20
 _VERSION = 1
 
@@ -124,12 +123,9 @@ class PhraseCache:
             "text": text,
             "created": time.time(),
         }
-        path = self.path_for(key)
-        tmp = self.root / f".{key}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            _write_durably(tmp, path, json.dumps(header, ensure_ascii=False).encode() + b"\n", pcm)
+            write_atomically(self.path_for(key), json.dumps(header, ensure_ascii=False).encode() + b"\n", pcm)
         except OSError as exc:
-            _unlink(tmp)
             raise CacheError(f"cannot write cache entry in {self.root}: {exc.strerror or exc}") from exc
         self.evict()
         return _info(header, time.time())
@@ -194,25 +190,6 @@ class PhraseCache:
         return removed
 
 
-def _write_durably(tmp: Path, final: Path, header: bytes, body: bytes) -> None:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        _unlink(tmp)
-        raise
-    os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _read_header(path: Path, key: str) -> tuple[EntryInfo, dict, int]:
     with open(path, "rb") as f:
         line = f.readline(_MAX_HEADER)
@@ -258,7 +235,7 @@ def _info(header: dict, last_used: float) -> EntryInfo:
 def _writer_alive(tmp: Path) -> bool:
     """Temp names carry the writer's pid; a live writer's file must not be pulled from under it."""
     try:
-        pid = int(tmp.name.split(".")[2])
+        pid = int(tmp.name.split(".")[-3])
     except (IndexError, ValueError):
         return False
     try:

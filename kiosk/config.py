@@ -38,6 +38,35 @@ def _required(hint_default: Any = None, lo: float | None = None, hi: float | Non
     return field(default=hint_default, metadata={"required": True, "min": lo, "max": hi})
 
 
+_CLOCK_TIME = {"pattern": re.compile(r"^([01]\d|2[0-3]):[0-5]\d$"), "pattern_help": "a time as HH:MM"}
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A daily period when button presses are silent (volume 0) or quieter."""
+
+    start: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
+    end: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
+    volume: int = _bounded(0, 0, 100)  # percent of the normal volume; 0: presses are silent
+
+    def covers(self, hhmm: str) -> bool:
+        if self.start <= self.end:
+            return self.start <= hhmm < self.end
+        return hhmm >= self.start or hhmm < self.end  # across midnight
+
+
+@dataclass(frozen=True)
+class StaffConfig:
+    """The staff web page: lines, buttons, voice, volume, status."""
+
+    enabled: bool = True
+    bind: str = "0.0.0.0"
+    port: int = _bounded(8000, 0, 65535)  # 0: any free port
+    password_file: Path = Path("/var/lib/kiosk/staff.passwd")
+    settings_file: Path = Path("/var/lib/kiosk/staff-settings.yaml")
+    session_hours: float = _bounded(8.0, 0.05, 720)
+
+
 @dataclass(frozen=True)
 class SpeechConfig:
     """Which engine speaks lines that are not cached yet, and how many lines may wait their turn."""
@@ -77,6 +106,7 @@ class AudioConfig:
     """How audio reaches the speaker."""
 
     device: str = "default"
+    volume: int = _bounded(100, 0, 100)  # percent: the device's mixer where it has one, else software gain
     preroll_ms: int = _bounded(120, 0, 2000)
     period_ms: int = _bounded(40, 5, 200)
     buffer_periods: int = _bounded(4, 2, 32)
@@ -123,8 +153,15 @@ class Config:
     piper: PiperConfig = PiperConfig()
     cache: CacheConfig = CacheConfig()
     api: ApiConfig = ApiConfig()
+    staff: StaffConfig = StaffConfig()
     buttons: tuple[ButtonConfig, ...] = ()
+    quiet_hours: tuple[QuietHours, ...] = ()
     phrases: dict[str, str] = field(default_factory=dict)
+
+    def quiet_volume(self, hhmm: str) -> int | None:
+        """The quiet-hours volume (percent) in force at `hhmm`, or None outside quiet hours."""
+        volumes = [q.volume for q in self.quiet_hours if q.covers(hhmm)]
+        return min(volumes) if volumes else None
 
     def with_overrides(
         self, *, device: str | None = None, cache_dir: Path | None = None, port: int | None = None
@@ -141,16 +178,42 @@ class Config:
 
 
 def load_config(path: Path | str) -> Config:
-    """Read and validate a config file; raises ConfigError listing every problem."""
+    """Read and validate a config file with the staff page's settings laid over it; ConfigError lists every
+    problem."""
     path = Path(path)
+    data = _read_yaml_mapping(path)
+    staff = data.get("staff") if isinstance(data.get("staff"), dict) else {}
+    settings_path = Path(staff.get("settings_file") or StaffConfig.settings_file)
+    problems: list[str] = []
+    if settings_path.exists():
+        data = overlay_staff_settings(data, _read_yaml_mapping(settings_path), str(settings_path), problems)
+    return validate(data, problems)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate config text (no staff settings laid over it)."""
+    return validate(_yaml_mapping(text, source))
+
+
+def validate(data: dict, problems: list[str] | None = None) -> Config:
+    problems = list(problems or [])
+    cfg = _build(Config, data, "", problems)
+    if not problems:
+        problems += _cross_check(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _read_yaml_mapping(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file ({exc.strerror or exc})"]) from exc
-    return parse_config(text, source=str(path))
+    return _yaml_mapping(text, str(path))
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def _yaml_mapping(text: str, source: str) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -158,16 +221,62 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections, not {_kind(data)}"])
-    problems: list[str] = []
-    cfg = _build(Config, data, "", problems)
-    if not problems:
-        problems += _cross_check(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return data
+
+
+#: What the staff page may set, laid over the operator's file: section → keys (None: the whole section).
+STAFF_SETTABLE: dict[str, set[str] | None] = {
+    "phrases": None,
+    "quiet_hours": None,
+    "speech": {"engine"},
+    "openai": {"model", "voice", "instructions", "speed"},
+    "audio": {"volume"},
+    "button_phrases": None,
+}
+
+
+def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[str]) -> dict:
+    """The operator's config with the staff settings laid over it (the operator's file itself is never written).
+
+    `button_phrases` ({pin: phrase id}) re-assigns the lines of buttons the operator's file defines.
+    """
+    merged = dict(base)
+    for section, value in staff.items():
+        keys = STAFF_SETTABLE.get(section, set())
+        if section not in STAFF_SETTABLE:
+            problems.append(f"{source}: {section}: cannot be set from the staff page")
+        elif section == "button_phrases":
+            merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems)
+        elif keys is None:
+            merged[section] = value
+        elif isinstance(value, dict):
+            for key in set(value) - keys:
+                problems.append(f"{source}: {section}.{key}: cannot be set from the staff page")
+            section_base = base.get(section) if isinstance(base.get(section), dict) else {}
+            merged[section] = {**section_base, **{k: v for k, v in value.items() if k in keys}}
+        else:
+            problems.append(f"{source}: {section}: must be a mapping of keys, not {_kind(value)}")
+    return merged
+
+
+def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[str]) -> Any:
+    if not isinstance(assignment, dict) or not isinstance(buttons, list):
+        if assignment:
+            problems.append(f"{source}: button_phrases: needs buttons in the config and a mapping of pin: line")
+        return buttons
+    assignment = {str(pin): phrase for pin, phrase in assignment.items()}
+    pins = {str(b.get("pin")) for b in buttons if isinstance(b, dict)}
+    for pin in sorted(set(assignment) - pins):
+        problems.append(f"{source}: button_phrases.{pin}: no button on GPIO {pin} in the config")
+    return [
+        {**b, "phrase": assignment[str(b.get("pin"))]}
+        if isinstance(b, dict) and str(b.get("pin")) in assignment and b.get("action") != "stop"
+        else b
+        for b in buttons
+    ]
 
 
 def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
@@ -213,6 +322,8 @@ def _value(hint: Any, raw: Any, where: str, meta: Any, problems: list[str]) -> A
 def _scalar(base: type, raw: Any, where: str, meta: Any, problems: list[str]) -> Any:
     if base is float and isinstance(raw, int) and not isinstance(raw, bool):
         raw = float(raw)
+    if meta.get("pattern") is _CLOCK_TIME["pattern"] and isinstance(raw, int) and 0 <= raw < 24 * 60:
+        raw = f"{raw // 60:02d}:{raw % 60:02d}"  # YAML 1.1 reads an unquoted 22:00 as 1320 (base 60)
     if base is Path:
         if not isinstance(raw, str) or not raw.strip():
             problems.append(f"{where}: must be a path, not {_kind(raw)}")
@@ -220,6 +331,10 @@ def _scalar(base: type, raw: Any, where: str, meta: Any, problems: list[str]) ->
         return Path(raw).expanduser()
     if not isinstance(raw, base) or (base is not bool and isinstance(raw, bool)):
         problems.append(f"{where}: must be {_TYPE_NAMES[base]}, not {_kind(raw)}")
+        return _INVALID
+    pattern = meta.get("pattern")
+    if pattern and not pattern.match(raw):
+        problems.append(f"{where}: {raw!r} is not {meta['pattern_help']}")
         return _INVALID
     choices = meta.get("choices")
     if choices and raw not in choices:

@@ -44,7 +44,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         "phrases.Bad Id: id must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
         "phrases.empty: text is empty",
         "phrases.number: text must be a string, not a whole number",
-        "extra: unknown key (known keys: audio, speech, openai, piper, cache, api, buttons, phrases)",
+        "extra: unknown key (known keys: audio, speech, openai, piper, cache, api, staff, buttons, quiet_hours, "
+        "phrases)",
     ]
 
 
@@ -88,3 +89,38 @@ def test_unreadable_or_empty_key_file(tmp_path):
     cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'empty'}\n").openai
     with pytest.raises(ConfigError, match="is empty"):
         resolve_api_key(cfg, {})
+
+
+def test_staff_settings_are_laid_over_the_operators_file(tmp_path):
+    settings = tmp_path / "staff.yaml"
+    operator = tmp_path / "kiosk.yaml"
+    operator.write_text(
+        f"# operator comment\nstaff:\n  settings_file: {settings}\nopenai:\n  voice: coral\n  model: m1\n"
+        "buttons:\n  - pin: 17\n    phrase: a\n  - pin: 22\n    action: stop\nphrases:\n  a: Line A.\n"
+    )
+    settings.write_text(
+        "phrases:\n  a: Line A.\n  b: Line B.\nopenai:\n  voice: sage\naudio:\n  volume: 40\n"
+        "button_phrases:\n  17: b\nquiet_hours:\n  - start: '22:00'\n    end: '07:00'\n"
+    )
+    cfg = load_config(operator)
+    assert cfg.phrases == {"a": "Line A.", "b": "Line B."}
+    assert (cfg.openai.voice, cfg.openai.model, cfg.audio.volume) == ("sage", "m1", 40)
+    assert cfg.buttons[0].phrase == "b" and cfg.buttons[1].action == "stop"
+    assert cfg.quiet_volume("23:15") == 0
+    assert operator.read_text().startswith("# operator comment")
+
+
+def test_staff_settings_cannot_reach_operator_keys(tmp_path):
+    settings = tmp_path / "staff.yaml"
+    operator = tmp_path / "kiosk.yaml"
+    operator.write_text(
+        f"staff:\n  settings_file: {settings}\nbuttons:\n  - pin: 17\n    phrase: a\nphrases:\n  a: A.\n"
+    )
+    settings.write_text("api:\n  bind: 0.0.0.0\nopenai:\n  base_url: http://evil\nbutton_phrases:\n  5: a\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(operator)
+    assert info.value.problems == [
+        f"{settings}: api: cannot be set from the staff page",
+        f"{settings}: openai.base_url: cannot be set from the staff page",
+        f"{settings}: button_phrases.5: no button on GPIO 5 in the config",
+    ]

@@ -32,7 +32,7 @@ def base_env(server):
 
 def test_healthy_setup_is_all_ok(tmp_path, server, alsa_file):
     server.behaviour = Behaviour()
-    result = doctor(tmp_path, base_env(server), "--device", alsa_file[0])
+    result = doctor(tmp_path, dict(base_env(server), GPIOZERO_PIN_FACTORY="mock"), "--device", alsa_file[0])
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(":")[0].split(None, 1)[1] for line in lines] == [
@@ -45,6 +45,8 @@ def test_healthy_setup_is_all_ok(tmp_path, server, alsa_file):
         "cache",
         "disk",
     ]
+    gpio = lines.pop(3)
+    assert gpio.startswith("WARN  GPIO: mock pin factory: buttons are simulated")
     assert all(line.startswith("OK") for line in lines)
     assert "sk-doctor-secret" not in result.stdout + result.stderr
 
@@ -76,3 +78,5 @@ def test_problems_are_explained_one_line_each(tmp_path, server):
     assert "FAIL  audio device: cannot open ALSA device 'hw:CARD=Nope'" in out and "Playback devices include" in out
     assert "FAIL  speech engine: OpenAI: the API key was refused (401)" in out
     assert "FAIL  cache:" in out and "not writable" in out
+    assert "FAIL  GPIO: no GPIO pin factory" in out
+    assert "FAIL  GPIO: no GPIO pin factory" in out
