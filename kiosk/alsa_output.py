@@ -118,18 +118,50 @@ class AlsaOutput:
 _VOLUME_CONTROLS = ("Master", "PCM", "Speaker", "Headphone", "Digital")
 
 
-def mixer_report(device: str) -> tuple[bool, str]:
-    """(ok, description) of the main volume control behind `device`; not ok when muted or at zero."""
-    mixer_device = device.split(":", 1)[1].split(",")[0] if device.startswith(("hw:", "plughw:")) else "default"
+def _volume_control(device: str) -> tuple[str, str] | None:
+    """(mixer device, control name) of the main volume control behind a playback device, if it has one.
+
+    Only a card (hw:, plughw:) or the default device has a mixer of its own; plugins such as file:, null or
+    pulse get software volume.
+    """
+    if device.startswith(("hw:", "plughw:")):
+        mixer_device = device.split(":", 1)[1].split(",")[0]
+    elif device in ("default", "sysdefault"):
+        mixer_device = "default"
+    else:
+        return None
     if mixer_device.startswith("CARD="):
         mixer_device = f"hw:{mixer_device}"
     try:
         controls = alsaaudio.mixers(device=mixer_device)
     except alsaaudio.ALSAAudioError:
-        return True, "no hardware mixer (volume is set in software)"
+        return None
     control = next((c for c in _VOLUME_CONTROLS if c in controls), None)
-    if control is None:
-        return True, f"no volume control among {', '.join(controls) or 'none'} (volume is set in software)"
+    return (mixer_device, control) if control else None
+
+
+def set_volume(device: str, percent: int) -> str | None:
+    """Set the device's mixer to `percent`; the control's name, or None when there is no mixer to set."""
+    found = _volume_control(device)
+    if found is None:
+        return None
+    mixer = alsaaudio.Mixer(control=found[1], device=found[0])
+    try:
+        mixer.setvolume(percent)
+    except alsaaudio.ALSAAudioError as exc:
+        log.warning("cannot set volume on '%s': %s", found[1], exc)
+        return None
+    finally:
+        mixer.close()
+    return found[1]
+
+
+def mixer_report(device: str) -> tuple[bool, str]:
+    """(ok, description) of the main volume control behind `device`; not ok when muted or at zero."""
+    found = _volume_control(device)
+    if found is None:
+        return True, "no hardware mixer (volume is set in software)"
+    mixer_device, control = found
     mixer = alsaaudio.Mixer(control=control, device=mixer_device)
     try:
         volumes = mixer.getvolume()

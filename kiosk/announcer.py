@@ -62,15 +62,30 @@ class Announcer:
         if self._current is not None:
             self._current.stop()
 
-    async def say(self, text: str) -> Trace:
+    async def say(self, text: str, *, gain: float = 1.0) -> Trace:
         """Speak `text` and return once it has played; faults are reported in `Trace.error`, never raised."""
         started = self._clock()
         text = text.strip()
         key = self.key_for(text)
         entry = await self._lookup(key)
         if entry is not None:
-            return await self._play_cached(entry, started)
-        return await self._play_streamed(text, key, started)
+            return await self._play_cached(entry, started, gain)
+        return await self._play_streamed(text, key, started, gain)
+
+    async def prepare(self, text: str) -> bool:
+        """Synthesize `text` into the cache without playing it; False when it was cached already.
+
+        Raises KioskError when the engine or the cache fails.
+        """
+        text = text.strip()
+        key = self.key_for(text)
+        if await asyncio.to_thread(self.cache.contains, key):
+            return False
+        audio = bytearray()
+        await self.engine.synthesize(text, audio.extend)
+        if not await self._store(key, bytes(audio), text):
+            raise CacheError("the cache is not writable")
+        return True
 
     async def _lookup(self, key: str) -> Entry | None:
         try:
@@ -79,16 +94,16 @@ class Announcer:
             log.warning("phrase cache unreadable, asking the engine instead: %s", exc)
             return None
 
-    async def _play_cached(self, entry: Entry, started: float) -> Trace:
-        playback = self._start(entry.info.fmt, streamed=False)
+    async def _play_cached(self, entry: Entry, started: float, gain: float) -> Trace:
+        playback = self._start(entry.info.fmt, streamed=False, gain=gain)
         playback.feed(entry.pcm)
         playback.finish()
         error = await self._finish(playback)
         return self._trace("cache", entry.info.key, len(entry.info.text), started, None, playback, False, error)
 
-    async def _play_streamed(self, text: str, key: str, started: float) -> Trace:
+    async def _play_streamed(self, text: str, key: str, started: float, gain: float) -> Trace:
         engine = self.engine
-        playback = self._start(engine.fmt, streamed=True)
+        playback = self._start(engine.fmt, streamed=True, gain=gain)
         audio = bytearray()
         first_byte_at: float | None = None
 
@@ -126,10 +141,10 @@ class Announcer:
             return False
         return True
 
-    def _start(self, fmt, *, streamed: bool) -> Playback:
+    def _start(self, fmt, *, streamed: bool, gain: float) -> Playback:
         if self._current is not None:
             self._current.stop()
-        self._current = self.player.play(fmt, streamed=streamed)
+        self._current = self.player.play(fmt, streamed=streamed, gain=gain)
         return self._current
 
     async def _finish(self, playback: Playback) -> str | None:

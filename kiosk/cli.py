@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import os
 import sys
@@ -76,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--device", metavar="ALSA_PCM", help="ALSA playback device (overrides audio.device)")
     doctor.set_defaults(func=cmd_doctor)
 
+    passwd = commands.add_parser("passwd", parents=[common], help="set the staff web page's password")
+    passwd.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    passwd.set_defaults(func=cmd_passwd)
+
     say = commands.add_parser("say", parents=[common], help="speak a line and exit")
     say.add_argument("text", nargs="?", help="text to speak")
     say.add_argument("--phrase", metavar="ID", help="speak the configured exhibit line with this id")
@@ -118,6 +123,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for finding in findings:
         print(finding.line(), flush=True)
     return EXIT_FAULT if any(f.level == "fail" for f in findings) else 0
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    from kiosk.staff.auth import PasswordFile, password_problem
+
+    cfg = _config(args)
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("New staff password: ")
+        problem = password_problem(password)
+        if problem:
+            raise ConfigError([f"password: {problem}"])
+        if getpass.getpass("Again: ") != password:
+            raise ConfigError(["password: the two entries differ; nothing changed"])
+    PasswordFile(cfg.staff.password_file).set(password)
+    print(f"staff password set ({cfg.staff.password_file}); log in at http://<this speaker>:{cfg.staff.port}/")
+    return 0
 
 
 def cmd_say(args: argparse.Namespace) -> int:

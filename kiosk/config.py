@@ -177,17 +177,28 @@ class Config:
         return cfg
 
 
-def load_config(path: Path | str) -> Config:
+def load_config(path: Path | str, staff_settings: dict | None = None) -> Config:
     """Read and validate a config file with the staff page's settings laid over it; ConfigError lists every
-    problem."""
+    problem. `staff_settings` stands in for the settings file (to check a change before saving it)."""
     path = Path(path)
     data = _read_yaml_mapping(path)
-    staff = data.get("staff") if isinstance(data.get("staff"), dict) else {}
-    settings_path = Path(staff.get("settings_file") or StaffConfig.settings_file)
+    settings_path = staff_settings_path(data)
     problems: list[str] = []
-    if settings_path.exists():
-        data = overlay_staff_settings(data, _read_yaml_mapping(settings_path), str(settings_path), problems)
+    if staff_settings is None and settings_path.exists():
+        staff_settings = _read_yaml_mapping(settings_path)
+    if staff_settings:
+        data = overlay_staff_settings(data, staff_settings, str(settings_path), problems)
     return validate(data, problems)
+
+
+def staff_settings_path(operator_data: dict) -> Path:
+    staff = operator_data.get("staff") if isinstance(operator_data.get("staff"), dict) else {}
+    return Path(staff.get("settings_file") or StaffConfig.settings_file)
+
+
+def read_staff_settings(path: Path) -> dict:
+    """The staff page's settings file as a mapping ({} when there is none yet)."""
+    return _read_yaml_mapping(path) if path.exists() else {}
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -7,10 +7,12 @@ silence, and a stop request silences the device within one period (the longest a
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -60,9 +62,10 @@ class PlaybackStats:
 class Playback:
     """One stream of audio on its way to the speaker. `feed`, `finish` and `stop` may be called from any thread."""
 
-    def __init__(self, fmt: AudioFormat, preroll_bytes: int, loop: asyncio.AbstractEventLoop):
+    def __init__(self, fmt: AudioFormat, preroll_bytes: int, loop: asyncio.AbstractEventLoop, gain: float = 1.0):
         self.fmt = fmt
         self.preroll_bytes = preroll_bytes
+        self.gain = gain
         self.stats = PlaybackStats()
         self._chunks: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -117,10 +120,13 @@ class Player:
     def start(self) -> None:
         self._thread.start()
 
-    def play(self, fmt: AudioFormat, *, streamed: bool) -> Playback:
-        """Queue a new playback; streamed audio gets the pre-roll, cached audio starts at once."""
+    def play(self, fmt: AudioFormat, *, streamed: bool, gain: float = 1.0) -> Playback:
+        """Queue a new playback; streamed audio gets the pre-roll, cached audio starts at once.
+
+        `gain` (0 to 1) scales the samples: software volume where the device has no mixer, and quiet hours.
+        """
         preroll = fmt.bytes_for_ms(self._preroll_ms) if streamed else 0
-        playback = Playback(fmt, preroll, asyncio.get_running_loop())
+        playback = Playback(fmt, preroll, asyncio.get_running_loop(), gain)
         self._jobs.put(playback)
         return playback
 
@@ -217,10 +223,24 @@ class Player:
         if not audio:
             return
         padding = b"\x00" * (pad_to - len(audio)) if pad_to > len(audio) else b""
-        playback.stats.underruns += sink.write(audio + padding)
+        samples = audio if playback.gain == 1.0 else scale(audio, playback.gain, playback.fmt.sample_width)
+        playback.stats.underruns += sink.write(samples + padding)
         playback.stats.frames += len(audio) // playback.fmt.frame_bytes
         if playback.stats.first_audio_at is None:
             playback.stats.first_audio_at = self._clock()
+
+
+def scale(pcm: bytes, gain: float, sample_width: int) -> bytes:
+    """Signed little-endian samples multiplied by `gain` (0 to 1: no clipping possible)."""
+    if sample_width != 2:
+        raise AudioError(f"software volume supports 16-bit audio, not {8 * sample_width}-bit")
+    samples = array.array("h", pcm)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    scaled = array.array("h", [int(s * gain) for s in samples])
+    if sys.byteorder == "big":
+        scaled.byteswap()
+    return scaled.tobytes()
 
 
 def _take(playback: Playback, pending: bytearray, aligner: FrameAligner, wait_s: float | None) -> bool:

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import importlib.util
 import logging
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -15,18 +16,19 @@ from pathlib import Path
 from aiohttp import web
 
 from kiosk import __version__
-from kiosk.alsa_output import AlsaOutput
+from kiosk.alsa_output import AlsaOutput, set_volume
 from kiosk.announcer import Announcer
 from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
 from kiosk.config import AudioConfig, ButtonConfig, Config, load_config, read_secret_file, resolve_api_key
 from kiosk.errors import ConfigError, KioskError, SpeechError
 from kiosk.metrics import CONTENT_TYPE, Metrics
-from kiosk.pcm import AudioFormat
+from kiosk.pcm import AudioFormat, wav_bytes
 from kiosk.player import Player, SinkOpener
 from kiosk.speaker import Rejected, Request, Speaker
 from kiosk.speech import SpeechEngine
 from kiosk.speech.openai_engine import OpenAIEngine
+from kiosk.staff.pages import make_staff_app
 from kiosk.systemd import Notifier
 from kiosk.web.api import RateLimiter, make_app
 
@@ -98,20 +100,27 @@ class Service:
         pin_factory=None,
         notifier: Notifier | None = None,
         writer_stuck_s: float = WRITER_STUCK_S,
+        clock=time.monotonic,
     ):
         self.cfg = cfg
-        self._config_path = config_path
+        self.config_path = config_path
         self._overrides = overrides or {}
         self._open_sink = open_sink
         self._pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         self._writer_stuck_s = writer_stuck_s
+        self._clock = clock  # for session and lockout expiry on the staff page
         self.metrics = Metrics()
         self.events: collections.deque[dict] = collections.deque(maxlen=100)
         self.engine_state: dict = {"reachable": None, "error": None, "checked_at": None}
         self._started = time.monotonic()
         self._tasks: list[asyncio.Task] = []
-        self._runner: web.AppRunner | None = None
+        self._runners: list[web.AppRunner] = []
+        self._warm_task: asyncio.Task | None = None
+        self.warm = {"total": 0, "done": 0, "failed": 0, "running": False, "text": "not started"}
+        self._gain = 1.0
+        self.underruns_total = 0
+        self.staff_port: int | None = None
         self.buttons: Buttons | None = None
         self.port: int | None = None
         self._api_token: str | None = None
@@ -133,34 +142,40 @@ class Service:
         self.speaker.on_change(self._on_request_change)
         self._limiter = RateLimiter(cfg.api.rate_limit_per_min)
         await self.player.open_device(self.engine.fmt)
+        await self._apply_volume(cfg)
         self._start_buttons(cfg.buttons)
-        await self._start_web(cfg)
+        self.port = await self._serve(make_app(self), cfg.api.bind, cfg.api.port)
+        if cfg.staff.enabled:
+            self.staff_port = await self._serve(make_staff_app(self, clock=self._clock), cfg.staff.bind, cfg.staff.port)
+        self._start_warm()
         self._tasks = [
             asyncio.create_task(self.speaker.run(), name="speaker"),
             asyncio.create_task(self._probe_engine_forever(), name="engine-probe"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
         ]
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
-        self.notifier.ready(f"speaking on {cfg.audio.device}; API on {cfg.api.bind}:{self.port}")
+        self.notifier.ready(f"speaking on {cfg.audio.device}; API on port {self.port}, staff page on {self.staff_port}")
 
     async def stop(self) -> None:
         """Silence at once, then close everything; bounded so SIGTERM ends the process within 2 s."""
         self.notifier.stopping()
         self.speaker.stop()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._warm_task] if self._warm_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.wait(self._tasks, timeout=0.5)
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.5)
         if self.buttons:
             self.buttons.close()
-        if self._runner:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=1.0)
+        if self._runners:
+            await asyncio.wait([asyncio.create_task(r.cleanup()) for r in self._runners], timeout=1.0)
         await asyncio.to_thread(self.player.close, 0.5)
         await self.engine.aclose()
 
     async def reload(self) -> bool:
         """Re-read the config file; an invalid one is logged and the running config kept."""
         try:
-            new = load_config(self._config_path).with_overrides(**self._overrides)
+            new = load_config(self.config_path).with_overrides(**self._overrides)
             new_token = _token(new)
         except ConfigError as exc:
             for problem in exc.problems:
@@ -171,6 +186,7 @@ class Service:
         await self._apply(self.cfg, new)
         self._api_token = new_token
         self.cfg = new
+        self._start_warm()
         self.event("config reloaded")
         self.notifier.ready("config reloaded")
         return True
@@ -195,6 +211,7 @@ class Service:
             await self.player.open_device(self.engine.fmt)
             await old_engine.aclose()
         self.announcer.pin_lines(list(new.phrases.values()))
+        await self._apply_volume(new)
         self.speaker.queue_limit = new.speech.queue_limit
         self._limiter = RateLimiter(new.api.rate_limit_per_min)
         if self.buttons:
@@ -219,16 +236,21 @@ class Service:
         elif self.buttons.simulated:
             log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
 
-    async def _start_web(self, cfg: Config) -> None:
-        self._runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.api.bind, cfg.api.port)
+    async def _serve(self, app: web.Application, bind: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
         try:
-            await site.start()
+            await web.TCPSite(runner, bind, port).start()
         except OSError as exc:
-            await self._runner.cleanup()
-            raise KioskError(f"cannot listen on {cfg.api.bind}:{cfg.api.port}: {exc.strerror or exc}") from exc
-        self.port = self._runner.addresses[0][1]
+            await runner.cleanup()
+            raise KioskError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
+        self._runners.append(runner)
+        return runner.addresses[0][1]
+
+    async def _apply_volume(self, cfg: Config) -> None:
+        """The device's mixer where it has one; otherwise software gain on every playback."""
+        control = await asyncio.to_thread(set_volume, cfg.audio.device, cfg.audio.volume)
+        self._gain = 1.0 if control else cfg.audio.volume / 100
 
     # -- requests
 
@@ -237,18 +259,24 @@ class Service:
         if button.action == "stop":
             self.stop_speaking()
             return
+        quiet = self.cfg.quiet_volume(time.strftime("%H:%M"))
+        if quiet == 0:
+            self.metrics.rejected.labels("quiet_hours").inc()
+            self.event(f"button {button.pin}: quiet hours, not spoken")
+            return
         try:
             self.speaker.request(
                 self.cfg.phrases[button.phrase],
                 origin=f"button:{button.pin}",
                 policy=button.when_busy,
                 phrase=button.phrase,
+                gain=self._gain * (1.0 if quiet is None else quiet / 100),
             )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             log.info("button %d: %s", button.pin, exc)
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request:
+    def play(self, *, phrase: str | None, text: str | None, origin: str, policy: str | None = None) -> Request:
         """Queue a configured line or (where allowed) free text; raises Rejected saying why not."""
         if phrase is not None:
             if phrase not in self.cfg.phrases:
@@ -257,7 +285,9 @@ class Service:
         elif not self.cfg.api.allow_text:
             raise Rejected("free text is disabled (api.allow_text: false)", "text_disabled")
         try:
-            return self.speaker.request(text, origin=origin, policy=self.cfg.api.when_busy, phrase=phrase)
+            return self.speaker.request(
+                text, origin=origin, policy=policy or self.cfg.api.when_busy, phrase=phrase, gain=self._gain
+            )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             raise
@@ -291,6 +321,7 @@ class Service:
         trace, m = req.trace, self.metrics
         m.lines.labels(req.state).inc()
         m.underruns.inc(trace.underruns)
+        self.underruns_total += trace.underruns
         (m.cache_hits if trace.source == "cache" else m.cache_misses).inc()
         if trace.error and trace.source != "cache":
             m.engine_errors.labels(trace.source).inc()
@@ -306,15 +337,20 @@ class Service:
     # -- status, health, metrics
 
     async def status(self) -> dict:
-        ready, configured = await asyncio.to_thread(self._coverage)
-        speaker = self.speaker
+        ready_ids = await asyncio.to_thread(self._ready_lines)
+        speaker, trace = self.speaker, self.speaker.last_trace
+        last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
+        disk = await asyncio.to_thread(shutil.disk_usage, self.cache.root)
+        uptime = round(time.monotonic() - self._started)
         return {
             "version": __version__,
             "state": "speaking" if speaker.speaking else "idle",
             "playing": speaker.current.summary() if speaker.current else None,
             "queued": speaker.queued,
-            "last_trace": speaker.last_trace.__dict__ if speaker.last_trace else None,
-            "cache": {"lines_ready": ready, "lines_configured": configured},
+            "last_trace": trace.__dict__ if trace else None,
+            "last_press_to_audio_ms": _press_to_audio_ms(last) if last else None,
+            "underruns_total": self.underruns_total,
+            "cache": {"lines_ready": len(ready_ids), "lines_configured": len(self.cfg.phrases), "ready_ids": ready_ids},
             "engine": {"name": self.engine.name, **self.engine_state},
             "device": self.cfg.audio.device,
             "buttons": {
@@ -323,16 +359,27 @@ class Service:
                 "simulated": bool(self.buttons and self.buttons.simulated),
                 "error": self.buttons.error if self.buttons else None,
             },
-            "uptime_s": round(time.monotonic() - self._started),
-            "events": list(self.events)[-20:],
+            "disk_free_gb": round(disk.free / 1e9, 1),
+            "uptime_s": uptime,
+            "uptime_text": _duration(uptime),
+            "warm": dict(self.warm),
+            "events": [{**e, "clock": time.strftime("%H:%M:%S", time.localtime(e["time"]))} for e in self.events][-20:],
         }
 
-    def _coverage(self) -> tuple[int, int]:
-        keys = [self.announcer.key_for(text) for text in self.cfg.phrases.values()]
-        ready = sum(1 for key in keys if self.cache.contains(key))
-        self.metrics.lines_ready.set(ready)
-        self.metrics.lines_configured.set(len(keys))
-        return ready, len(keys)
+    def _ready_lines(self) -> list[str]:
+        """Ids of the configured lines whose audio (in the current voice) is in the cache."""
+        ready = [pid for pid, text in self.cfg.phrases.items() if self.cache.contains(self.announcer.key_for(text))]
+        self.metrics.lines_ready.set(len(ready))
+        self.metrics.lines_configured.set(len(self.cfg.phrases))
+        return ready
+
+    def preview_wav(self, phrase: str) -> bytes | None:
+        """The cached audio of a configured line as a WAV file (blocking: call off the event loop)."""
+        entry = self.cache.get(self.announcer.key_for(self.cfg.phrases[phrase]))
+        return wav_bytes(entry.info.fmt, entry.pcm) if entry else None
+
+    def warm_progress(self) -> dict:
+        return dict(self.warm)
 
     def health(self) -> tuple[bool, str]:
         stuck = time.monotonic() - self.player.heartbeat
@@ -341,7 +388,7 @@ class Service:
         return True, ""
 
     def metrics_text(self) -> tuple[bytes, str]:
-        self._coverage()
+        self._ready_lines()
         return self.metrics.render(), CONTENT_TYPE
 
     # -- background work
@@ -362,6 +409,29 @@ class Service:
                 warned = True
             await asyncio.sleep(interval)
 
+    def _start_warm(self) -> None:
+        """Synthesize, in the background, every configured line the cache lacks in the current voice."""
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        self._warm_task = asyncio.create_task(self._warm(), name="warm")
+
+    async def _warm(self) -> None:
+        texts = list(dict.fromkeys(self.cfg.phrases.values()))
+        w = self.warm
+        w.update(total=len(texts), done=0, failed=0, running=True, text="checking the lines")
+        for text in texts:
+            try:
+                made = await self.announcer.prepare(text)
+            except KioskError as exc:
+                w["failed"] += 1
+                self.event(f"could not prepare a line: {exc}")
+            else:
+                w["done"] += 1
+                if made:
+                    self._ready_lines()
+            w["text"] = f"{w['done']} of {w['total']} lines ready" + (f", {w['failed']} failed" if w["failed"] else "")
+        w.update(running=False)
+
     async def _probe_engine_forever(self) -> None:
         while True:
             await self.probe_engine()
@@ -376,6 +446,18 @@ class Service:
                 self.event(f"engine {self.engine.name} unreachable: {exc}")
             self.engine_state.update(reachable=False, error=str(exc))
         self.engine_state["checked_at"] = time.time()
+
+
+def _press_to_audio_ms(req: Request) -> float | None:
+    if req.trace is None or req.trace.first_audio_ms is None or req.started_at is None:
+        return None
+    return round((req.started_at - req.requested_at) * 1000 + req.trace.first_audio_ms, 1)
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return (f"{days} d " if days else "") + f"{hours} h {rest // 60} min"
 
 
 def _token(cfg: Config) -> str | None:

@@ -30,6 +30,7 @@ class Request:
     text: str
     origin: str  # "button:17", "api", ...
     phrase: str | None = None
+    gain: float = 1.0
     state: str = "queued"  # queued → playing → done | stopped | failed | dropped
     requested_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -81,10 +82,15 @@ class Speaker:
     def speaking(self) -> bool:
         return self._current is not None
 
-    def request(self, text: str, *, origin: str, policy: str, phrase: str | None = None) -> Request:
+    def request(self, text: str, *, origin: str, policy: str, phrase: str | None = None, gain: float = 1.0) -> Request:
         """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
         req = Request(
-            id=f"{self._prefix}-{next(self._ids)}", text=text, origin=origin, phrase=phrase, requested_at=self._clock()
+            id=f"{self._prefix}-{next(self._ids)}",
+            text=text,
+            origin=origin,
+            phrase=phrase,
+            gain=gain,
+            requested_at=self._clock(),
         )
         busy = self._current is not None or bool(self._queue)
         if busy and policy == "ignore":
@@ -125,7 +131,7 @@ class Speaker:
         req.state = "playing"
         req.started_at = self._clock()
         self._notify(req)
-        self._current_task = asyncio.ensure_future(self.announcer.say(req.text))
+        self._current_task = asyncio.ensure_future(self.announcer.say(req.text, gain=req.gain))
         try:
             req.trace = await self._current_task
             req.state = "failed" if req.trace.error else "stopped" if req.trace.stopped else "done"

@@ -23,7 +23,7 @@ def api_key(monkeypatch):
 async def start_service(tmp_path, device, api="", server_url="http://127.0.0.1:9"):
     cfg = parse_config(
         f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {tmp_path / 'cache'}\n"
-        f"api:\n  port: 0\n{api}"
+        f"staff:\n  enabled: false\napi:\n  port: 0\n{api}"
         "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz.\n"
     )
     service = Service(cfg, open_sink=file_sink_opener(device), pin_factory=MockFactory(), notifier=Notifier({}))

@@ -69,7 +69,9 @@ class Running:
 
 def write_config(path, cache_dir, phrases, extra=""):
     lines = "".join(f"  {k}: {v}\n" for k, v in phrases.items())
-    path.write_text(f"cache:\n  dir: {cache_dir}\napi:\n  allow_text: true\n{extra}phrases:\n{lines}")
+    path.write_text(
+        f"cache:\n  dir: {cache_dir}\nstaff:\n  enabled: false\napi:\n  allow_text: true\n{extra}phrases:\n{lines}"
+    )
 
 
 @pytest.fixture

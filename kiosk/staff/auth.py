@@ -1,0 +1,176 @@
+"""Staff access: a scrypt password file, expiring server-side sessions with CSRF tokens, a login lockout.
+
+There is no default password: until `kiosk passwd` has written one, the staff page only says how to set it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiosk.errors import ConfigError
+from kiosk.fileio import write_atomically
+
+# scrypt at N=2^14, r=8 (the parameters RFC 7914 suggests for interactive logins) needs 16 MiB and about
+# 0.13 s on a 2-core x86 machine: slow for a guesser, quick enough for a login. Checked off the event loop.
+_N, _R, _P = 2**14, 8, 1
+_MAXMEM = 64 * 1024 * 1024
+MIN_PASSWORD_CHARS = 10
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, maxmem=_MAXMEM)
+    return "$".join(["scrypt", str(_N), str(_R), str(_P), _b64(salt), _b64(digest)])
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.strip().split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            maxmem=_MAXMEM,
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def password_problem(password: str) -> str | None:
+    if len(password) < MIN_PASSWORD_CHARS:
+        return f"use at least {MIN_PASSWORD_CHARS} characters"
+    return None
+
+
+class PasswordFile:
+    """The staff password's scrypt hash, in a file only the service user can read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def is_set(self) -> bool:
+        return self.path.exists() and self.path.stat().st_size > 0
+
+    def set(self, password: str) -> None:
+        problem = password_problem(password)
+        if problem:
+            raise ConfigError([f"password: {problem}"])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.path, hash_password(password).encode() + b"\n", mode=0o600)
+            _give_to_directory_owner(self.path)
+        except OSError as exc:
+            raise ConfigError([f"staff.password_file: cannot write {self.path} ({exc.strerror or exc})"]) from exc
+
+    def check(self, password: str) -> bool:
+        try:
+            stored = self.path.read_text(encoding="utf-8")
+        except OSError:
+            return False
+        return check_password(password, stored)
+
+
+def _give_to_directory_owner(path: Path) -> None:
+    """Run as root, `kiosk passwd` hands the file to the owner of its directory (the service user), which
+    could not read a root-owned 0600 file otherwise."""
+    if os.geteuid() != 0:
+        return
+    owner = path.parent.stat()
+    if owner.st_uid != 0:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+@dataclass
+class Session:
+    token: str
+    csrf: str
+    expires: float
+
+
+class Sessions:
+    """Server-side sessions: the cookie holds only a random token; a restart logs everyone out."""
+
+    def __init__(self, lifetime_s: float, clock: Callable[[], float] = time.monotonic):
+        self.lifetime_s = lifetime_s
+        self._clock = clock
+        self._sessions: dict[str, Session] = {}
+
+    def create(self) -> Session:
+        self._expire()
+        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock() + self.lifetime_s)
+        self._sessions[session.token] = session
+        return session
+
+    def get(self, token: str | None) -> Session | None:
+        if not token:
+            return None
+        session = self._sessions.get(token)
+        if session is None or session.expires <= self._clock():
+            self._sessions.pop(token, None)
+            return None
+        return session
+
+    def end(self, token: str | None) -> None:
+        if token:
+            self._sessions.pop(token, None)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for token in [t for t, s in self._sessions.items() if s.expires <= now]:
+            del self._sessions[token]
+
+
+class LoginLimiter:
+    """After `attempts` failed logins from one address within `window_s`, refuse it for `lockout_s`."""
+
+    def __init__(
+        self,
+        attempts: int = 5,
+        window_s: float = 600,
+        lockout_s: float = 300,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.attempts, self.window_s, self.lockout_s = attempts, window_s, lockout_s
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def locked_for(self, address: str) -> float:
+        """Seconds this address must still wait (0 when it may try)."""
+        left = self._locked_until.get(address, 0) - self._clock()
+        if left <= 0:
+            self._locked_until.pop(address, None)
+            return 0.0
+        return left
+
+    def failed(self, address: str) -> None:
+        now = self._clock()
+        recent = [t for t in self._failures.get(address, []) if now - t < self.window_s] + [now]
+        if len(recent) >= self.attempts:
+            self._locked_until[address] = now + self.lockout_s
+            recent = []
+        self._failures[address] = recent
+        if len(self._failures) > 10_000:  # bound memory against a spray of addresses
+            self._failures.clear()
+
+    def succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)

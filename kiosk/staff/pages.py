@@ -1,0 +1,475 @@
+"""The staff web page: status, exhibit lines and buttons, voice, volume and quiet hours.
+
+Server-rendered Jinja2 templates with autoescaping (staff text is shown, never run), a little JavaScript for live
+status and progress, nothing from a CDN. Every change is validated with the config file's own rules, saved
+atomically to the staff settings file (the operator's kiosk.yaml and its comments are never rewritten) and
+applied without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import jinja2
+import yaml
+from aiohttp import web
+
+from kiosk.config import Config, load_config, phrase_problem, read_staff_settings
+from kiosk.errors import ConfigError
+from kiosk.fileio import write_atomically
+from kiosk.staff.auth import LoginLimiter, PasswordFile, Session, Sessions
+
+HERE = Path(__file__).parent
+COOKIE = "kiosk_session"
+LOGIN_COOKIE = "kiosk_login"
+KEY_MASK = "••••••••"
+_SETTINGS_HEADER = b"# Written by the kiosk staff page. The operator's settings stay in kiosk.yaml.\n"
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,  # every value is HTML-escaped unless a template says otherwise (none does)
+    undefined=jinja2.StrictUndefined,
+)
+
+
+class StaffBackend(Protocol):
+    """What the staff page needs from the service."""
+
+    cfg: Config
+    config_path: Path
+
+    async def status(self) -> dict: ...
+    async def reload(self) -> bool: ...
+    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Any: ...
+    def preview_wav(self, phrase: str) -> bytes | None: ...
+    def warm_progress(self) -> dict: ...
+
+
+BACKEND = web.AppKey("staff_backend", StaffBackend)
+SESSION = web.RequestKey("session", Session)
+FORM = web.RequestKey("form", Any)
+SESSIONS = web.AppKey("sessions", Sessions)
+LIMITER = web.AppKey("limiter", LoginLimiter)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_staff_app(backend: StaffBackend, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, middlewares=[_security_headers, _guard])
+    app[BACKEND] = backend
+    app[SESSIONS] = Sessions(backend.cfg.staff.session_hours * 3600, clock)
+    app[LIMITER] = LoginLimiter(clock=clock)
+    r = app.router
+    r.add_get("/", home)
+    r.add_get("/login", login_page)
+    r.add_post("/login", login)
+    r.add_post("/logout", logout)
+    r.add_get("/status", status_page)
+    r.add_get("/status.json", status_json)
+    r.add_get("/lines", lines_page)
+    r.add_post("/lines/add", add_line)
+    r.add_post("/lines/{id}/edit", edit_line)
+    r.add_post("/lines/{id}/delete", delete_line)
+    r.add_post("/lines/{id}/play", play_line)
+    r.add_get("/lines/{id}/preview.wav", preview_line)
+    r.add_post("/buttons", assign_buttons)
+    r.add_get("/voice", voice_page)
+    r.add_post("/voice", save_voice)
+    r.add_get("/voice/progress.json", warm_progress)
+    r.add_get("/volume", volume_page)
+    r.add_post("/volume", save_volume)
+    r.add_static("/static", HERE / "static", name="static", append_version=True)
+    return app
+
+
+# -- access control
+
+
+_PUBLIC = ("/login", "/static/")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No password set → only the setup notice. No session → the login page. POSTs need origin and CSRF."""
+    backend = request.app[BACKEND]
+    if not _passwords(backend).is_set() and not request.path.startswith("/static/"):
+        return _render("setup.html", request, status=503, password_file=str(backend.cfg.staff.password_file))
+    if request.method == "POST" and not _same_origin(request):
+        raise web.HTTPForbidden(text="cross-site request refused")
+    if request.path.startswith(_PUBLIC):
+        return await handler(request)
+    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    if session is None:
+        if request.method == "GET" and not request.path.endswith(".json"):
+            raise web.HTTPSeeOther("/login")
+        raise web.HTTPUnauthorized(text="log in first")
+    request[SESSION] = session
+    if request.method == "POST":
+        form = await request.post()
+        if not _tokens_match(form.get("csrf"), session.csrf):
+            raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+        request[FORM] = form
+    return await handler(request)
+
+
+def _same_origin(request: web.Request) -> bool:
+    """The browser's Origin (or Referer) must name this very host: a page elsewhere cannot post here."""
+    expected = f"{request.scheme}://{request.host}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        return origin == expected
+    referer = request.headers.get("Referer", "")
+    return referer == expected or referer.startswith(expected + "/")
+
+
+def _tokens_match(given: Any, expected: str) -> bool:
+    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; media-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if not request.path.startswith("/static/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    if isinstance(response, web.HTTPException):
+        raise response
+    return response
+
+
+def _passwords(backend: StaffBackend) -> PasswordFile:
+    return PasswordFile(backend.cfg.staff.password_file)
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return _login_form(request)
+
+
+def _login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
+    token = request.cookies.get(LOGIN_COOKIE) or _new_token()
+    response = _render("login.html", request, status=status, csrf=token, error=error)
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
+    return response
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    if not _tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+    limiter, address = request.app[LIMITER], request.remote or "?"
+    wait = limiter.locked_for(address)
+    if wait:
+        return _login_form(request, f"Too many failed attempts. Try again in {int(wait // 60) + 1} minute(s).", 429)
+    password = form.get("password")
+    passwords = _passwords(request.app[BACKEND])
+    if not isinstance(password, str) or not await asyncio.to_thread(passwords.check, password):
+        limiter.failed(address)
+        return _login_form(request, "Wrong password.", 401)
+    limiter.succeeded(address)
+    session = request.app[SESSIONS].create()
+    response = web.HTTPSeeOther("/status")
+    response.set_cookie(
+        COOKIE, session.token, httponly=True, samesite="Strict", max_age=int(request.app[SESSIONS].lifetime_s)
+    )
+    response.del_cookie(LOGIN_COOKIE)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[SESSIONS].end(request.cookies.get(COOKIE))
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(COOKIE)
+    raise response
+
+
+# -- pages
+
+
+async def status_page(request: web.Request) -> web.Response:
+    return _render("status.html", request, status_info=await request.app[BACKEND].status())
+
+
+async def status_json(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[BACKEND].status(), dumps=_dumps)
+
+
+async def lines_page(
+    request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
+) -> web.Response:
+    backend = request.app[BACKEND]
+    info = await backend.status()
+    return _render(
+        "lines.html",
+        request,
+        status=status,
+        phrases=backend.cfg.phrases,
+        buttons=backend.cfg.buttons,
+        ready=set(info["cache"].get("ready_ids", [])),
+        errors=errors or {},
+        values=values or {},
+    )
+
+
+async def add_line(request: web.Request) -> web.Response:
+    form = request[FORM]
+    pid, text = str(form.get("id", "")).strip(), str(form.get("text", "")).strip()
+    phrases = dict(request.app[BACKEND].cfg.phrases)
+    problem = phrase_problem(pid, text)
+    if pid in phrases:
+        problem = f"there is already a line '{pid}'"
+    if problem:
+        field = "text" if problem.startswith("text") else "id"
+        return await lines_page(request, {f"new.{field}": problem}, {"id": pid, "text": text}, 400)
+    phrases[pid] = text
+    return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"new.{pid}")
+
+
+async def edit_line(request: web.Request) -> web.Response:
+    pid = request.match_info["id"]
+    text = str(request[FORM].get("text", "")).strip()
+    phrases = dict(request.app[BACKEND].cfg.phrases)
+    if pid not in phrases:
+        raise web.HTTPNotFound(text=f"no line '{pid}'")
+    problem = phrase_problem(pid, text)
+    if problem:
+        return await lines_page(request, {f"{pid}.text": problem}, {pid: text}, 400)
+    phrases[pid] = text
+    return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"{pid}.text")
+
+
+async def delete_line(request: web.Request) -> web.Response:
+    pid = request.match_info["id"]
+    cfg = request.app[BACKEND].cfg
+    if pid not in cfg.phrases:
+        raise web.HTTPNotFound(text=f"no line '{pid}'")
+    users = [str(b.pin) for b in cfg.buttons if b.phrase == pid]
+    if users:
+        return await lines_page(
+            request,
+            {f"{pid}.text": f"button(s) on GPIO {', '.join(users)} say this line; assign them another first"},
+            status=400,
+        )
+    phrases = {k: v for k, v in cfg.phrases.items() if k != pid}
+    return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"{pid}.text")
+
+
+async def play_line(request: web.Request) -> web.Response:
+    pid = request.match_info["id"]
+    if pid not in request.app[BACKEND].cfg.phrases:
+        raise web.HTTPNotFound(text=f"no line '{pid}'")
+    request.app[BACKEND].play(phrase=pid, text=None, origin="staff")
+    raise web.HTTPSeeOther("/lines")
+
+
+async def preview_line(request: web.Request) -> web.Response:
+    pid = request.match_info["id"]
+    if pid not in request.app[BACKEND].cfg.phrases:
+        raise web.HTTPNotFound(text=f"no line '{pid}'")
+    wav = await asyncio.to_thread(request.app[BACKEND].preview_wav, pid)
+    if wav is None:
+        raise web.HTTPNotFound(text="this line is not synthesized yet")
+    return web.Response(body=wav, content_type="audio/wav", headers={"Content-Disposition": "inline"})
+
+
+async def assign_buttons(request: web.Request) -> web.Response:
+    form, cfg = request[FORM], request.app[BACKEND].cfg
+    assignment, errors = {}, {}
+    for button in cfg.buttons:
+        if button.action == "stop":
+            continue
+        choice = str(form.get(f"button.{button.pin}", button.phrase or ""))
+        if choice not in cfg.phrases:
+            errors[f"button.{button.pin}"] = "choose one of the lines"
+        assignment[str(button.pin)] = choice
+    if errors:
+        return await lines_page(request, errors, status=400)
+    return await _save(request, {"button_phrases": assignment}, "/lines", lines_page, "buttons")
+
+
+async def voice_page(
+    request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
+) -> web.Response:
+    cfg = request.app[BACKEND].cfg
+    key_file = cfg.openai.api_key_file
+    return _render(
+        "voice.html",
+        request,
+        status=status,
+        openai=cfg.openai,
+        engine=cfg.speech.engine,
+        errors=errors or {},
+        values=values or {},
+        key_set=bool(key_file and key_file.exists()),
+        key_file=key_file,
+        key_mask=KEY_MASK,
+        progress=request.app[BACKEND].warm_progress(),
+    )
+
+
+_VOICE_FIELDS = {"model": str, "voice": str, "instructions": str, "speed": float}
+
+
+async def save_voice(request: web.Request) -> web.Response:
+    form, cfg = request[FORM], request.app[BACKEND].cfg
+    values = {name: str(form.get(name, "")).strip() for name in (*_VOICE_FIELDS, "engine")}
+    openai, errors = {}, {}
+    for name, kind in _VOICE_FIELDS.items():
+        try:
+            openai[name] = kind(values[name])
+        except ValueError:
+            errors[name] = "must be a number"
+    new_key = str(form.get("api_key", "")).strip()
+    if new_key and new_key != KEY_MASK and cfg.openai.api_key_file is None:
+        errors["api_key"] = "set openai.api_key_file in kiosk.yaml to let the key be changed here"
+    if errors:
+        return await voice_page(request, errors, values, 400)
+    changes = {"openai": openai, "speech": {"engine": values["engine"]}}
+    try:
+        return await _save(request, changes, "/voice", voice_page, None, values)
+    except web.HTTPSeeOther:  # saved: now the key, if a new one was typed (the mask sent back changes nothing)
+        if new_key and new_key != KEY_MASK:
+            await asyncio.to_thread(_write_key, cfg.openai.api_key_file, new_key)
+            await request.app[BACKEND].reload()
+        raise
+
+
+def _write_key(path: Path, key: str) -> None:
+    write_atomically(path, key.encode() + b"\n", mode=0o600)
+
+
+async def warm_progress(request: web.Request) -> web.Response:
+    return web.json_response(request.app[BACKEND].warm_progress())
+
+
+async def volume_page(
+    request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
+) -> web.Response:
+    cfg = request.app[BACKEND].cfg
+    return _render(
+        "volume.html",
+        request,
+        status=status,
+        volume=cfg.audio.volume,
+        quiet_hours=cfg.quiet_hours,
+        errors=errors or {},
+        values=values or {},
+    )
+
+
+async def save_volume(request: web.Request) -> web.Response:
+    form = request[FORM]
+    values = {k: str(v).strip() for k, v in form.items() if k != "csrf"}
+    errors: dict[str, str] = {}
+    try:
+        volume = int(values.get("volume", ""))
+    except ValueError:
+        errors["volume"] = "must be a whole number from 0 to 100"
+        volume = 0
+    quiet = []
+    for i in range(4):
+        start, end = values.get(f"quiet.{i}.start", ""), values.get(f"quiet.{i}.end", "")
+        if not start and not end:
+            continue
+        try:
+            quiet_volume = int(values.get(f"quiet.{i}.volume") or 0)
+        except ValueError:
+            errors[f"quiet.{i}.volume"] = "must be a whole number from 0 to 100"
+            continue
+        quiet.append({"start": start, "end": end, "volume": quiet_volume})
+    if errors:
+        return await volume_page(request, errors, values, 400)
+    changes = {"audio": {"volume": volume}, "quiet_hours": quiet}
+    return await _save(request, changes, "/volume", volume_page, None, values)
+
+
+# -- saving
+
+
+async def _save(
+    request: web.Request, changes: dict, done: str, page, error_field: str | None, values: dict | None = None
+) -> web.StreamResponse:
+    """Validate the staff settings with `changes` by the config file's rules; save atomically; apply; redirect.
+
+    Invalid: the form again with each problem beside its field, and nothing saved.
+    """
+    backend = request.app[BACKEND]
+    settings_path = backend.cfg.staff.settings_file
+    settings = {**await asyncio.to_thread(read_staff_settings, settings_path), **changes}
+    try:
+        await asyncio.to_thread(load_config, backend.config_path, settings)
+    except ConfigError as exc:
+        return await page(request, _field_errors(exc.problems, error_field), values, 400)
+    try:
+        await asyncio.to_thread(_write_settings, settings_path, settings)
+    except OSError as exc:
+        return await page(request, {error_field or "form": f"could not save: {exc.strerror or exc}"}, values, 500)
+    await backend.reload()
+    raise web.HTTPSeeOther(done)
+
+
+def _write_settings(path: Path, settings: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(settings, allow_unicode=True, sort_keys=True).encode()
+    write_atomically(path, _SETTINGS_HEADER, body, mode=0o640, backup=True)
+
+
+def _field_errors(problems: list[str], fallback: str | None) -> dict[str, str]:
+    """Map "section.key: message" problems to form fields (openai.speed → speed, quiet_hours[0].end → ...)."""
+    errors: dict[str, str] = {}
+    for problem in problems:
+        where, _, message = problem.rpartition(": ")
+        where = where.split(": ")[-1]
+        field = (
+            where.removeprefix("openai.")
+            .removeprefix("speech.")
+            .removeprefix("audio.")
+            .replace("quiet_hours[", "quiet.")
+            .replace("]", "")
+        )
+        errors.setdefault(field if "." in field or field in _FORM_FIELDS else fallback or "form", message)
+    return errors
+
+
+_FORM_FIELDS = {"model", "voice", "instructions", "speed", "engine", "volume", "api_key"}
+
+
+# -- rendering
+
+
+def _render(template: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
+    session: Session | None = request.get(SESSION)
+    html = _templates.get_template(template).render(
+        csrf=context.pop("csrf", session.csrf if session else ""),
+        logged_in=session is not None,
+        path=request.path,
+        static=lambda name: str(request.app.router["static"].url_for(filename=name)),
+        **context,
+    )
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+async def home(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/status")
+
+
+def _new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)

@@ -1,0 +1,70 @@
+// Live status and progress for the staff page. Text only ever goes in with textContent: nothing staff or
+// visitors typed can become markup here.
+"use strict";
+
+function setField(root, name, text) {
+  root.querySelectorAll(`[data-field="${name}"]`).forEach((el) => { el.textContent = text; });
+}
+
+function renderEvents(root, events) {
+  const list = root.querySelector('[data-field="events"]');
+  if (!list) return;
+  list.replaceChildren(...events.slice().reverse().map((e) => {
+    const item = document.createElement("li");
+    const time = document.createElement("time");
+    time.textContent = e.clock;
+    item.append(time, " " + e.text);
+    return item;
+  }));
+}
+
+async function refreshStatus(section) {
+  try {
+    const response = await fetch(section.dataset.refresh, { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) return;
+    const s = await response.json();
+    setField(document, "state", s.state);
+    setField(document, "playing", s.playing ? `${s.playing.phrase || "text"} (${s.playing.origin})` : "\u00a0");
+    setField(document, "press_to_audio", s.last_press_to_audio_ms == null ? "–" : `${Math.round(s.last_press_to_audio_ms)} ms`);
+    setField(document, "last_source", s.last_trace ? s.last_trace.source : "–");
+    setField(document, "underruns", String(s.underruns_total));
+    setField(document, "lines_ready", String(s.cache.lines_ready));
+    setField(document, "lines_configured", String(s.cache.lines_configured));
+    setField(document, "engine_name", s.engine.name);
+    setField(document, "engine_reachable", s.engine.reachable ? "reachable" : (s.engine.reachable === false ? "unreachable" : "not checked yet"));
+    setField(document, "engine_error", s.engine.error || "");
+    setField(document, "disk", String(s.disk_free_gb));
+    setField(document, "uptime", s.uptime_text);
+    renderEvents(document, s.events);
+  } catch (err) {
+    // the speaker restarting or the network blinking: try again on the next tick
+  }
+}
+
+async function refreshProgress(section) {
+  try {
+    const response = await fetch(section.dataset.progress, { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) return;
+    const p = await response.json();
+    const bar = section.querySelector("progress");
+    bar.max = p.total || 1;
+    bar.value = p.done;
+    setField(section, "warm_text", p.text);
+  } catch (err) {
+    // try again on the next tick
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const status = document.querySelector("[data-refresh]");
+  if (status) setInterval(() => refreshStatus(status), 1000);
+  const progress = document.querySelector("[data-progress]");
+  if (progress) setInterval(() => refreshProgress(progress), 1000);
+  document.querySelectorAll("[data-confirm]").forEach((button) => {
+    button.addEventListener("click", (event) => {
+      if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+    });
+  });
+  const volume = document.getElementById("volume");
+  if (volume) volume.addEventListener("input", () => { document.getElementById("volume-out").textContent = volume.value; });
+});
