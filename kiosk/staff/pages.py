@@ -424,7 +424,7 @@ async def _save(
 
 def _write_settings(path: Path, settings: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = yaml.safe_dump(settings, allow_unicode=True, sort_keys=True).encode()
+    body = yaml.safe_dump(settings, allow_unicode=True, sort_keys=False).encode()  # lines keep their order
     write_atomically(path, _SETTINGS_HEADER, body, mode=0o640, backup=True)
 
 

@@ -1,0 +1,136 @@
+"""The staff page in a real headless Chromium: log in, add a line, give it to a button, press the (mock) button,
+watch the status page update. Screenshots of every page land in artifacts/screenshots/ (CI keeps them)."""
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import file_sink_opener
+from fake_openai import FakeOpenAI
+from gpiozero.pins.mock import MockFactory
+
+from kiosk.config import load_config
+from kiosk.service import Service
+from kiosk.staff.auth import PasswordFile
+from kiosk.systemd import Notifier
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
+PASSWORD = "correct horse battery"
+STEP_MS = 10_000  # bound on every browser wait
+
+
+@pytest.fixture
+def chromium_path():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt install chromium)")
+        pytest.skip("chromium is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture
+async def server():
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def service(tmp_path, server, alsa_file, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-browser-test")
+    config = tmp_path / "kiosk.yaml"
+    config.write_text(
+        f"openai:\n  base_url: {server.url}/v1\ncache:\n  dir: {tmp_path / 'cache'}\napi:\n  port: 0\n"
+        f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'pw'}\n"
+        f"  settings_file: {tmp_path / 'staff.yaml'}\n"
+        "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"
+        "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is the second most common mineral.\n"
+    )
+    pins = MockFactory()
+    svc = Service(load_config(config), config_path=config, open_sink=file_sink_opener(alsa_file[0]),
+                  pin_factory=pins, notifier=Notifier({}))
+    await asyncio.wait_for(svc.start(), timeout=10)
+    svc.test_pins = pins
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture
+async def page(chromium_path):
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=chromium_path,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        context = await browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
+        page = await context.new_page()
+        page.set_default_timeout(STEP_MS)
+        yield page
+        await browser.close()
+
+
+async def shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_staff_flow_in_a_real_browser(service, page):
+    base = f"http://127.0.0.1:{service.staff_port}"
+    await page.goto(f"{base}/status")
+    await page.get_by_text("Set a staff password first").wait_for()
+    await shot(page, "setup")
+
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    await page.goto(f"{base}/status")
+    assert page.url == f"{base}/login"
+    await shot(page, "login")
+    await page.fill("#password", "wrong password")
+    await page.click("button[type=submit]")
+    await page.get_by_text("Wrong password.").wait_for()
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/status")
+
+    await page.click("nav >> text=Lines")
+    await page.fill("#new-id", "garnet")
+    await page.fill("#new-text", "Garnets <b>glow</b> deep red.")
+    await page.click("text=Add line")
+    await page.wait_for_url(f"{base}/lines")
+    assert await page.input_value("#text-garnet") == "Garnets <b>glow</b> deep red."
+    assert await page.locator("#line-garnet b").count() == 0  # shown as text, not markup
+
+    await page.select_option("#button-17", "garnet")
+    await page.click("text=Save buttons")
+    await page.wait_for_url(f"{base}/lines")
+    assert await page.locator("#button-17").input_value() == "garnet"
+    await page.locator("#line-garnet .tag").wait_for()  # synthesized in the background: ready offline
+    await shot(page, "lines")
+
+    await page.click("nav >> text=Status")
+    await page.wait_for_url(f"{base}/status")
+    service.test_pins.pin(17).drive_low()
+    service.test_pins.pin(17).drive_high()
+    events = page.locator('[data-field="events"]')
+    await events.get_by_text("button:17: garnet: done").wait_for()
+    await page.locator('[data-field="press_to_audio"]', has_text="ms").wait_for()
+    assert await page.locator('[data-field="last_source"]').inner_text() == "cache"
+    await shot(page, "status")
+
+    await page.click("nav >> text=Voice")
+    await page.locator("#warm [data-field=warm_text]", has_text="3 of 3 lines ready").wait_for()
+    assert "sk-browser-test" not in await page.content()
+    await shot(page, "voice")
+
+    await page.click("nav >> text=Volume")
+    await page.fill("input[name='quiet.0.start']", "22:00")
+    await page.fill("input[name='quiet.0.end']", "07:00")
+    await page.click("text=Save volume")
+    await page.wait_for_url(f"{base}/volume")
+    assert service.cfg.quiet_hours[0].start == "22:00"
+    await shot(page, "volume")
