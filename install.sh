@@ -1,32 +1,98 @@
 #!/usr/bin/env bash
 # Exhibit speaker installer.
 #
+#   ./install.sh                  install or update the service, as root, on Raspberry Pi OS Bookworm / Debian 12:
+#                                 Debian packages, the system user kiosk, the program in /opt/kiosk (a virtualenv
+#                                 with kiosk and the local voice), /etc/kiosk/kiosk.yaml (only if absent),
+#                                 /etc/kiosk/openai.key (from OPENAI_API_KEY, only if absent), the systemd unit
+#                                 kiosk.service, enabled and (re)started.
+#   ./install.sh --uninstall [--purge]
+#                                 stop and remove the service, its unit and /opt/kiosk. /etc/kiosk, the phrase cache
+#                                 /var/cache/kiosk, /var/lib/kiosk and the user kiosk are kept; --purge removes them.
 #   ./install.sh --dev [--test]   set up a development checkout: system packages (when root), ./.venv with the
 #                                 product installed editable; --test adds the test tools (pytest, PulseAudio).
 #
-# Safe to run again: every step checks before it changes anything.
+# Options for install and --uninstall:
+#   --root DIR    work on the tree under DIR (DIR/opt/kiosk, DIR/etc/kiosk, DIR/etc/systemd/system, DIR/var/...)
+#                 instead of /, to inspect or test what would be installed. Files get their final content (the
+#                 unit and config name /opt/kiosk and /etc/kiosk); the virtualenv is really built, so it runs
+#                 from DIR/opt/kiosk only. Commands that would change this machine (apt-get, adduser, addgroup,
+#                 usermod, chown to kiosk, systemctl) are printed as "would run: ..." instead.
+#   --dry-run     print every action as "would run: ..." and change nothing.
+#   -h, --help    this text.
+#
+# Environment:
+#   OPENAI_API_KEY  written to /etc/kiosk/openai.key (mode 0600, owner kiosk) if that file does not exist yet, and
+#                   never printed: read -rs OPENAI_API_KEY && export OPENAI_API_KEY &&
+#                   sudo --preserve-env=OPENAI_API_KEY ./install.sh
+#   PYTHON          the interpreter for the virtualenv (default: /usr/bin/python3 for the service, python3 for
+#                   --dev). The service runs with /home and /root hidden, so its interpreter must live elsewhere.
+#   PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX
+#                   read by pip as usual, e.g. to install from a folder of wheels without internet.
+#
+# Safe to run again: every step checks before it changes anything, and the config and key file are never
+# overwritten (it says when it kept them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-mode=""
+args=("$@")
+mode=install
+modes=0
 with_test=0
-python=${PYTHON:-python3}
+purge=0
+dry_run=0
+root_dir=""
+
+# The key is kept in a shell variable only, so that no command this script runs (pip, apt-get, ...) inherits it.
+openai_key=${OPENAI_API_KEY:-}
+unset OPENAI_API_KEY
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    # The comment block at the top of this file, without its "# ".
+    local out=1
+    [ "${1:-0}" -eq 0 ] || out=2
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" >&"$out"
     exit "${1:-0}"
+}
+
+bad_usage() {
+    echo "install.sh: $*" >&2
+    usage 2
 }
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --dev) mode=dev ;;
+        --dev) mode=dev; modes=$((modes + 1)) ;;
+        --uninstall) mode=uninstall; modes=$((modes + 1)) ;;
         --test) with_test=1 ;;
+        --purge) purge=1 ;;
+        --dry-run) dry_run=1 ;;
+        --root)
+            if [ $# -lt 2 ] || [ -z "$2" ]; then bad_usage "--root needs a directory"; fi
+            root_dir=$2
+            shift
+            ;;
+        --root=*)
+            root_dir=${1#--root=}
+            [ -n "$root_dir" ] || bad_usage "--root needs a directory"
+            ;;
         -h|--help) usage 0 ;;
-        *) echo "install.sh: unknown option $1" >&2; usage 2 ;;
+        *) bad_usage "unknown option $1" ;;
     esac
     shift
 done
-[ -n "$mode" ] || usage 2
+[ "$modes" -le 1 ] || bad_usage "choose one of --dev and --uninstall"
+[ "$with_test" -eq 0 ] || [ "$mode" = dev ] || bad_usage "--test goes with --dev"
+[ "$purge" -eq 0 ] || [ "$mode" = uninstall ] || bad_usage "--purge goes with --uninstall"
+if [ "$mode" = dev ] && { [ -n "$root_dir" ] || [ "$dry_run" -eq 1 ]; }; then
+    bad_usage "--root and --dry-run are for installing the service, not with --dev"
+fi
+
+if [ "$mode" = dev ]; then
+    python=${PYTHON:-python3}
+else
+    python=${PYTHON:-/usr/bin/python3}
+fi
 
 say() { printf 'install.sh: %s\n' "$*"; }
 
@@ -91,6 +157,371 @@ dev_install() {
     say "ready: $here/.venv/bin/kiosk"
 }
 
+# ---------------------------------------------------------------------------------------------------------------
+# The service: install and uninstall.
+#
+# Every change goes through one of two functions:
+#   host CMD...   changes this machine outside the target tree (packages, users, ownership, systemd): run only
+#                 for a real install, printed as "would run: ..." with --root or --dry-run;
+#   run CMD...    changes files in the target tree: printed instead of run with --dry-run.
+
+# Where things go on the target machine, and where this run writes them (the same unless --root).
+OPT=/opt/kiosk
+ETC=/etc/kiosk
+UNIT=/etc/systemd/system/kiosk.service
+CACHE=/var/cache/kiosk
+STATE=/var/lib/kiosk
+LINK=/usr/local/bin/kiosk
+USER_NAME=kiosk
+
+staged() { [ -n "$root_dir" ] || [ "$dry_run" -eq 1 ]; }
+
+# Says what is being done, except in a dry run, where the "would run:" lines say it.
+tell() { [ "$dry_run" -eq 1 ] || say "$@"; }
+
+would() {
+    # The command as it could be pasted into a shell: words with special characters in single quotes.
+    local line="" word
+    for word in "$@"; do
+        if [[ "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+            line+=" $word"
+        else
+            line+=" '${word//\'/\'\\\'\'}'"
+        fi
+    done
+    printf 'would run:%s\n' "$line"
+}
+
+host() {
+    if staged; then
+        would "$@"
+    else
+        "$@"
+    fi
+}
+
+run() {
+    if [ "$dry_run" -eq 1 ]; then
+        would "$@"
+    else
+        "$@"
+    fi
+}
+
+setup_paths() {
+    if [ -n "$root_dir" ]; then
+        root_dir=$(realpath -m -- "$root_dir")
+        [ "$root_dir" != / ] || root_dir=""
+    fi
+    opt=$root_dir$OPT
+    etc=$root_dir$ETC
+    unit=$root_dir$UNIT
+    cache=$root_dir$CACHE
+    state=$root_dir$STATE
+    link=$root_dir$LINK
+    if ! staged; then
+        if [ "$(id -u)" -ne 0 ]; then
+            say "installing the service needs root: sudo $0${args[*]:+ ${args[*]}}"
+            say "(--dry-run shows what it would do; --dev sets up a development checkout)"
+            exit 1
+        fi
+        if ! command -v apt-get >/dev/null || ! command -v systemctl >/dev/null; then
+            say "this installs on Debian 12 / Raspberry Pi OS Bookworm with systemd (apt-get or systemctl not found)"
+            exit 1
+        fi
+    fi
+    # Root's umask may be strict (027, 077): the service user must be able to read the program and its config.
+    umask 022
+}
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+
+service_packages() {
+    # python3-dev, gcc and libasound2-dev build pyalsaaudio; alsa-utils gives aplay -L and amixer.
+    local pkgs=(python3 python3-venv python3-dev gcc libasound2 libasound2-dev alsa-utils) missing=() pkg
+    # Apt's package lists are empty on a fresh image; without them python3-lgpio below would not be found.
+    if ! staged && ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+        apt-get update -qq
+    fi
+    # gpiozero drives the GPIO pins through lgpio on Bookworm. Raspberry Pi OS packages it for its python3, and the
+    # virtualenv is made with --system-site-packages to see it (pip's lgpio would need the C library and swig).
+    # Elsewhere there is no such package and no GPIO to drive.
+    if installed python3-lgpio || apt-cache show python3-lgpio >/dev/null 2>&1; then
+        pkgs+=(python3-lgpio)
+    fi
+    if [ -n "$root_dir" ]; then
+        missing=("${pkgs[@]}")
+    else
+        for pkg in "${pkgs[@]}"; do
+            installed "$pkg" || missing+=("$pkg")
+        done
+    fi
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "Debian packages: all present"
+        return 0
+    fi
+    staged || say "installing ${missing[*]}"
+    host apt-get update -qq
+    host env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+service_user() {
+    # A system user with no login; its home is the state directory (made here, owned by kiosk in service_dirs).
+    [ -d "$state" ] || run mkdir -p "$state"
+    if [ -n "$root_dir" ] || ! getent passwd "$USER_NAME" >/dev/null; then
+        host adduser --system --group --home "$STATE" --no-create-home "$USER_NAME"
+    else
+        say "user $USER_NAME: exists"
+    fi
+    # The unit's SupplementaryGroups=audio gpio must exist or systemd refuses to start it. Every Debian has audio;
+    # Raspberry Pi OS has gpio (udev gives it /dev/gpiochip*), elsewhere it is created, harmless without GPIO.
+    if [ -n "$root_dir" ] || ! getent group gpio >/dev/null; then
+        host addgroup --system gpio
+    fi
+    local group
+    for group in audio gpio; do
+        if [ -n "$root_dir" ] || ! id -nG "$USER_NAME" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
+            host usermod -a -G "$group" "$USER_NAME"
+        fi
+    done
+}
+
+check_python() {
+    local real
+    if ! real=$("$python" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))' 2>/dev/null); then
+        if [ "$dry_run" -eq 1 ]; then
+            say "$python: not found (the Debian packages above provide /usr/bin/python3)"
+            return 0
+        fi
+        say "$python does not run; set PYTHON to a Python 3.11 or later interpreter"
+        exit 1
+    fi
+    case "$real" in
+        /home/*|/root/*|/run/user/*)
+            # ProtectHome=yes in the unit hides these: the service would fail to start.
+            if staged; then
+                say "warning: $real is under /home, /root or /run/user, which the service cannot see"
+            else
+                say "$python is $real, under /home, /root or /run/user, which the service cannot see; use PYTHON=/usr/bin/python3"
+                exit 1
+            fi
+            ;;
+    esac
+}
+
+service_program() {
+    check_python
+    if [ -x "$opt/bin/python" ] && "$opt/bin/python" -c '' 2>/dev/null; then
+        say "updating $opt"
+    else
+        # --clear: a virtualenv left broken (its Python replaced) is rebuilt. --system-site-packages: see the
+        # Debian-packaged lgpio (see above).
+        tell "creating virtualenv $opt"
+        run "$python" -m venv --clear --system-site-packages "$opt"
+    fi
+    if [ "$dry_run" -eq 1 ]; then
+        would "$opt/bin/python" -m pip install -q "${here}[piper]"
+    else
+        # Built from a clean copy of the source, so that nothing is written into the checkout and no stale build/
+        # files can end up in the installed program.
+        src=$(mktemp -d)
+        trap 'rm -rf "$src"' EXIT
+        cp -R "$here/kiosk" "$src/"
+        find "$here" -maxdepth 1 -type f \( -name pyproject.toml -o -name 'setup.*' -o -name 'README*' \
+            -o -name 'LICENSE*' -o -name 'COPYING*' -o -name MANIFEST.in \) -exec cp {} "$src/" \;
+        find "$src" -name __pycache__ -prune -exec rm -rf {} +
+        say "installing kiosk and the local voice into $opt"
+        quietly "$opt/bin/python" -m pip install -q "${src}[piper]"
+        rm -rf "$src"
+    fi
+    # `kiosk doctor`, `kiosk say` and `kiosk cache ...` for staff, on the PATH.
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$OPT/bin/kiosk" ]; then
+        :
+    elif [ -e "$link" ] || [ -L "$link" ]; then
+        say "kept $link (not a link to $OPT/bin/kiosk); the program is $OPT/bin/kiosk"
+    else
+        tell "linking $link to $OPT/bin/kiosk"
+        run mkdir -p "$(dirname "$link")"
+        run ln -s "$OPT/bin/kiosk" "$link"
+    fi
+}
+
+service_dirs() {
+    # /etc/kiosk: root writes it, the service reads it (group kiosk), nobody else. The phrase cache and state belong
+    # to kiosk; systemd would create them at the first start, but `kiosk cache list` works before that.
+    if [ -d "$etc" ]; then
+        say "$etc: exists"
+    else
+        tell "creating $etc"
+        run mkdir -p "$etc"
+        run chmod 0750 "$etc"
+    fi
+    host chown "root:$USER_NAME" "$etc"
+    local dir
+    for dir in "$cache" "$state"; do
+        [ -d "$dir" ] || run mkdir -p "$dir"
+        host chown "$USER_NAME:$USER_NAME" "$dir"
+    done
+}
+
+service_key() {
+    local key_file=$etc/openai.key
+    if [ -e "$key_file" ]; then
+        say "kept $key_file"
+        if [ -n "$openai_key" ] && [ "$(cat "$key_file" 2>/dev/null)" != "$openai_key" ]; then
+            say "OPENAI_API_KEY differs from the key in $key_file and was not used; to replace it, remove the file and run again"
+        fi
+        return 0
+    fi
+    if [ -z "$openai_key" ]; then
+        say "no OpenAI key: lines not cached yet are spoken by the local voice. To use OpenAI, run again with"
+        say "OPENAI_API_KEY set (sudo --preserve-env=OPENAI_API_KEY $0), or write the key to $ETC/openai.key"
+        return 0
+    fi
+    if [ "$dry_run" -eq 1 ]; then
+        # shellcheck disable=SC2016 # the variable's name, never its value
+        printf 'would run: printf "%%s\\n" "$OPENAI_API_KEY" > %s  # mode 0600\n' "$key_file"
+    else
+        # Written under a temporary name with mode 0600 from the start, then renamed: never readable by others,
+        # never half written. printf is a shell builtin, so the key is not on any command line.
+        local tmp
+        tmp=$(mktemp "$etc/.openai.key.XXXXXX")
+        printf '%s\n' "$openai_key" >"$tmp"
+        chmod 0600 "$tmp"
+        mv -f "$tmp" "$key_file"
+        say "wrote $key_file from OPENAI_API_KEY (mode 0600)"
+    fi
+    host chown "$USER_NAME:$USER_NAME" "$key_file"
+}
+
+key_file_present() { [ -e "$etc/openai.key" ] || { [ "$dry_run" -eq 1 ] && [ -n "$openai_key" ]; }; }
+
+service_config() {
+    local config=$etc/kiosk.yaml
+    if [ -e "$config" ]; then
+        say "kept $config (never overwritten; the current example is $here/config/kiosk.yaml)"
+    else
+        tell "writing $config from the example $here/config/kiosk.yaml"
+        run install -m 0640 "$here/config/kiosk.yaml" "$config"
+        if key_file_present; then
+            # The example leaves openai.api_key_file empty; the installed config names the key file.
+            run sed -i "s|^  api_key_file:[[:space:]]*\$|  api_key_file: $ETC/openai.key|" "$config"
+        fi
+        host chown "root:$USER_NAME" "$config"
+    fi
+    if [ "$dry_run" -eq 0 ] && [ -e "$etc/openai.key" ] && [ -e "$config" ] \
+        && ! grep -Eq "^[[:space:]]*api_key_file:[[:space:]]*['\"]?$ETC/openai.key" "$config"; then
+        say "note: $config does not name $ETC/openai.key; the service uses that key only with"
+        say "      openai.api_key_file: $ETC/openai.key (or set it elsewhere, e.g. in a systemd drop-in)"
+    fi
+}
+
+service_unit() {
+    if cmp -s "$here/systemd/kiosk.service" "$unit"; then
+        say "$unit: unchanged"
+    else
+        tell "installing $unit"
+        run install -D -m 0644 "$here/systemd/kiosk.service" "$unit"
+    fi
+}
+
+service_start() {
+    if staged && [ -n "$root_dir" ]; then
+        host systemctl daemon-reload
+        host systemctl enable --now kiosk
+        say "(on a machine where it is already running: systemctl restart kiosk, so that the new version runs)"
+        return 0
+    fi
+    if [ ! -d /run/systemd/system ]; then
+        # An image being prepared in a chroot, a container: enable for the next boot, start nothing.
+        host systemctl enable kiosk
+        tell "systemd is not running here: kiosk is enabled and starts at the next boot"
+        return 0
+    fi
+    host systemctl daemon-reload
+    local action=(enable --now kiosk)
+    if systemctl is-active --quiet kiosk; then
+        host systemctl enable kiosk
+        action=(restart kiosk)
+    fi
+    if ! host systemctl "${action[@]}"; then
+        journalctl -u kiosk -n 20 --no-pager >&2 || true
+        say "kiosk did not start (log above); systemd keeps retrying. Check with: $LINK doctor"
+        exit 1
+    fi
+    [ "$dry_run" -eq 1 ] || say "kiosk is $(systemctl is-active kiosk): journalctl -u kiosk -f for its log, $LINK doctor to check it"
+}
+
+service_install() {
+    setup_paths
+    [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
+    [ -z "$root_dir" ] || say "installing under $root_dir; commands that would change this machine are only printed"
+    service_packages
+    service_user
+    service_dirs
+    service_program
+    service_key
+    service_config
+    service_unit
+    service_start
+    tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit"
+}
+
+removed=0
+
+remove() {
+    # rm for what exists, so that a second uninstall has nothing to do and says so.
+    local path
+    for path in "$@"; do
+        if [ -e "$path" ] || [ -L "$path" ]; then
+            removed=$((removed + 1))
+            tell "removing $path"
+            run rm -rf -- "$path"
+        fi
+    done
+}
+
+service_uninstall() {
+    setup_paths
+    [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
+    if [ -n "$root_dir" ]; then
+        host systemctl disable --now kiosk
+    elif [ -e "$unit" ] || systemctl cat kiosk >/dev/null 2>&1; then
+        if [ -d /run/systemd/system ]; then
+            host systemctl disable --now kiosk || true
+        else
+            host systemctl disable kiosk || true
+        fi
+    fi
+    remove "$unit"
+    if [ -n "$root_dir" ] || [ -d /run/systemd/system ]; then
+        host systemctl daemon-reload
+    fi
+    remove "$opt"
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$OPT/bin/kiosk" ]; then
+        remove "$link"
+    fi
+    if [ "$purge" -eq 1 ]; then
+        remove "$etc" "$cache" "$state" "$unit.d"
+        if [ -n "$root_dir" ] || getent passwd "$USER_NAME" >/dev/null; then
+            host deluser --system "$USER_NAME"
+        fi
+        if [ -n "$root_dir" ] || getent group "$USER_NAME" >/dev/null; then
+            host delgroup --system --only-if-empty "$USER_NAME"
+        fi
+        say "removed the service, its program, config, key, phrase cache and user $USER_NAME"
+    else
+        if [ "$removed" -eq 0 ]; then
+            say "the service is not installed${root_dir:+ under $root_dir}: nothing to remove"
+        else
+            say "removed the service and its program"
+        fi
+        say "kept $etc (config, key), $cache (phrase cache), $state and user $USER_NAME; --purge removes them"
+    fi
+}
+
 case "$mode" in
     dev) dev_install ;;
+    install) service_install ;;
+    uninstall) service_uninstall ;;
 esac
