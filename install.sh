@@ -4,8 +4,8 @@
 #   ./install.sh                  install or update the service, as root, on Raspberry Pi OS Bookworm / Debian 12:
 #                                 Debian packages, the system user kiosk, the program in /opt/kiosk (a virtualenv
 #                                 with kiosk and the local voice), /etc/kiosk/kiosk.yaml (only if absent),
-#                                 /etc/kiosk/openai.key (from OPENAI_API_KEY, only if absent), the systemd unit
-#                                 kiosk.service, enabled and (re)started.
+#                                 /var/lib/kiosk/openai.key (from OPENAI_API_KEY, only if absent), the command
+#                                 /usr/local/bin/kiosk, and the systemd unit kiosk.service, enabled and (re)started.
 #   ./install.sh --uninstall [--purge]
 #                                 stop and remove the service, its unit and /opt/kiosk. /etc/kiosk, the phrase cache
 #                                 /var/cache/kiosk, /var/lib/kiosk and the user kiosk are kept; --purge removes them.
@@ -22,7 +22,7 @@
 #   -h, --help    this text.
 #
 # Environment:
-#   OPENAI_API_KEY  written to /etc/kiosk/openai.key (mode 0600, owner kiosk) if that file does not exist yet, and
+#   OPENAI_API_KEY  written to /var/lib/kiosk/openai.key (mode 0600, owner kiosk) if that file does not exist yet, and
 #                   never printed: read -rs OPENAI_API_KEY && export OPENAI_API_KEY &&
 #                   sudo --preserve-env=OPENAI_API_KEY ./install.sh
 #   PYTHON          the interpreter for the virtualenv (default: /usr/bin/python3 for the service, python3 for
@@ -118,8 +118,9 @@ system_packages() {
     "$python" -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
         2>/dev/null || pkgs+=(python3-dev)
     if [ "$with_test" -eq 1 ]; then
-        # A PulseAudio null sink behind ALSA's pulse plugin is the test suite's clocked audio device.
-        pkgs+=(pulseaudio libasound2-plugins)
+        # A PulseAudio null sink behind ALSA's pulse plugin is the test suite's clocked audio device; Chromium
+        # runs the staff page's browser tests (driven by Playwright); systemd-analyze checks the unit file.
+        pkgs+=(pulseaudio libasound2-plugins chromium systemd)
     fi
     apt_install "${pkgs[@]}"
 }
@@ -365,7 +366,7 @@ service_dirs() {
 }
 
 service_key() {
-    local key_file=$etc/openai.key
+    local key_file=$state/openai.key
     if [ -e "$key_file" ]; then
         say "kept $key_file"
         if [ -n "$openai_key" ] && [ "$(cat "$key_file" 2>/dev/null)" != "$openai_key" ]; then
@@ -375,7 +376,8 @@ service_key() {
     fi
     if [ -z "$openai_key" ]; then
         say "no OpenAI key: lines not cached yet are spoken by the local voice. To use OpenAI, run again with"
-        say "OPENAI_API_KEY set (sudo --preserve-env=OPENAI_API_KEY $0), or write the key to $ETC/openai.key"
+        say "OPENAI_API_KEY set (sudo --preserve-env=OPENAI_API_KEY $0), enter it on the staff page, or write it to"
+        say "$STATE/openai.key (owner $USER_NAME, mode 0600)"
         return 0
     fi
     if [ "$dry_run" -eq 1 ]; then
@@ -385,7 +387,7 @@ service_key() {
         # Written under a temporary name with mode 0600 from the start, then renamed: never readable by others,
         # never half written. printf is a shell builtin, so the key is not on any command line.
         local tmp
-        tmp=$(mktemp "$etc/.openai.key.XXXXXX")
+        tmp=$(mktemp "$state/.openai.key.XXXXXX")
         printf '%s\n' "$openai_key" >"$tmp"
         chmod 0600 "$tmp"
         mv -f "$tmp" "$key_file"
@@ -394,8 +396,6 @@ service_key() {
     host chown "$USER_NAME:$USER_NAME" "$key_file"
 }
 
-key_file_present() { [ -e "$etc/openai.key" ] || { [ "$dry_run" -eq 1 ] && [ -n "$openai_key" ]; }; }
-
 service_config() {
     local config=$etc/kiosk.yaml
     if [ -e "$config" ]; then
@@ -403,16 +403,15 @@ service_config() {
     else
         tell "writing $config from the example $here/config/kiosk.yaml"
         run install -m 0640 "$here/config/kiosk.yaml" "$config"
-        if key_file_present; then
-            # The example leaves openai.api_key_file empty; the installed config names the key file.
-            run sed -i "s|^  api_key_file:[[:space:]]*\$|  api_key_file: $ETC/openai.key|" "$config"
-        fi
+        # The example leaves openai.api_key_file empty; the installed config names the key file, which lives in
+        # the state directory so that the staff page can replace the key (the service cannot write /etc).
+        run sed -i "s|^  api_key_file:[[:space:]]*\$|  api_key_file: $STATE/openai.key|" "$config"
         host chown "root:$USER_NAME" "$config"
     fi
-    if [ "$dry_run" -eq 0 ] && [ -e "$etc/openai.key" ] && [ -e "$config" ] \
-        && ! grep -Eq "^[[:space:]]*api_key_file:[[:space:]]*['\"]?$ETC/openai.key" "$config"; then
-        say "note: $config does not name $ETC/openai.key; the service uses that key only with"
-        say "      openai.api_key_file: $ETC/openai.key (or set it elsewhere, e.g. in a systemd drop-in)"
+    if [ "$dry_run" -eq 0 ] && [ -e "$config" ] \
+        && ! grep -Eq "^[[:space:]]*api_key_file:[[:space:]]*['\"]?$STATE/openai.key" "$config"; then
+        say "note: $config does not name $STATE/openai.key; the service uses that key only with"
+        say "      openai.api_key_file: $STATE/openai.key"
     fi
 }
 

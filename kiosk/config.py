@@ -478,6 +478,6 @@ def resolve_api_key(cfg: OpenAIConfig, environ: typing.Mapping[str, str] = os.en
     key = environ.get("OPENAI_API_KEY", "").strip()
     if key:
         return Secret(key)
-    if cfg.api_key_file is None:
-        return None
+    if cfg.api_key_file is None or not cfg.api_key_file.exists():
+        return None  # no key yet (the staff page can set one): lines not cached use the local voice
     return read_secret_file(cfg.api_key_file, "openai.api_key_file")

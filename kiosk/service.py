@@ -183,12 +183,18 @@ class Service:
             self.event(f"reload rejected ({len(exc.problems)} problem(s)); keeping the running config")
             return False
         self.notifier.reloading(int(time.monotonic() * 1_000_000))
-        await self._apply(self.cfg, new)
+        try:
+            await self._apply(self.cfg, new)
+        except KioskError as exc:  # e.g. the new device does not open: say so, keep serving
+            log.error("reload failed: %s", exc)
+            self.event(f"reload failed: {exc}")
+            return False
+        finally:
+            self.notifier.ready("config reloaded")  # systemd waits for READY after RELOADING, whatever happened
         self._api_token = new_token
         self.cfg = new
         self._start_warm()
         self.event("config reloaded")
-        self.notifier.ready("config reloaded")
         return True
 
     async def _apply(self, old: Config, new: Config) -> None:

@@ -51,8 +51,13 @@ async def service(tmp_path, server, alsa_file, monkeypatch):
         "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is the second most common mineral.\n"
     )
     pins = MockFactory()
-    svc = Service(load_config(config), config_path=config, open_sink=file_sink_opener(alsa_file[0]),
-                  pin_factory=pins, notifier=Notifier({}))
+    svc = Service(
+        load_config(config),
+        config_path=config,
+        open_sink=file_sink_opener(alsa_file[0]),
+        pin_factory=pins,
+        notifier=Notifier({}),
+    )
     await asyncio.wait_for(svc.start(), timeout=10)
     svc.test_pins = pins
     yield svc
@@ -65,8 +70,14 @@ async def page(chromium_path):
         browser = await p.chromium.launch(
             executable_path=chromium_path,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         context = await browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
         page = await context.new_page()

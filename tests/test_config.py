@@ -81,8 +81,10 @@ def test_api_key_from_env_then_file_and_never_shown(tmp_path):
     assert resolve_api_key(parse_config("").openai, {}) is None
 
 
-def test_unreadable_or_empty_key_file(tmp_path):
+def test_missing_unreadable_or_empty_key_file(tmp_path):
     cfg = parse_config(f"openai:\n  api_key_file: {tmp_path / 'missing'}\n").openai
+    assert resolve_api_key(cfg, {}) is None  # not written yet: the staff page may set it later
+    cfg = parse_config(f"openai:\n  api_key_file: {tmp_path}\n").openai  # a directory cannot be read as a key
     with pytest.raises(ConfigError, match=r"openai\.api_key_file: cannot read"):
         resolve_api_key(cfg, {})
     (tmp_path / "empty").write_text("\n")
