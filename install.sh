@@ -10,7 +10,8 @@
 #                                 stop and remove the service, its unit and /opt/kiosk. /etc/kiosk, the phrase cache
 #                                 /var/cache/kiosk, /var/lib/kiosk and the user kiosk are kept; --purge removes them.
 #   ./install.sh --dev [--test]   set up a development checkout: system packages (when root), ./.venv with the
-#                                 product installed editable; --test adds the test tools (pytest, PulseAudio).
+#                                 product installed editable; --test adds the test tools (pytest, PulseAudio,
+#                                 Chromium, systemd-analyze).
 #
 # Options for install and --uninstall:
 #   --root DIR    work on the tree under DIR (DIR/opt/kiosk, DIR/etc/kiosk, DIR/etc/systemd/system, DIR/var/...)
