@@ -296,3 +296,26 @@ async def test_preview_play_status_json(staff):
     _, html, headers = await get(http, "/status")
     assert '2</span>/<span data-field="lines_configured">2' in html
     assert "default-src 'self'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
+
+
+async def test_attacks_that_must_fail(staff, operator):
+    """Path traversal, YAML tags in text, oversized bodies, framing and a forged session cookie."""
+    service, http, _, _ = staff
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    status, _, headers = await get(http, "/status")
+    assert status == 303
+    http.cookie_jar.update_cookies({"kiosk_session": "forged-token"})
+    assert (await get(http, "/status"))[0] == 303
+    await log_in(http)
+    token = await csrf_of(http)
+    for path in ("/lines/..%2F..%2Fetc%2Fpasswd/preview.wav", "/static/..%2Fpages.py", "/static/../auth.py"):
+        status, body, _ = await get(http, path)
+        assert status in (403, 404) and "scrypt" not in body and "def " not in body, path
+    tagged = "Gold: !!python/object/apply:os.system ['touch /tmp/kiosk-pwned']"
+    assert (await post(http, "/lines/add", {"csrf": token, "id": "tagged", "text": tagged}))[0] == 303
+    assert load_config(operator).phrases["tagged"] == tagged  # stored and read back as plain text
+    assert not os.path.exists("/tmp/kiosk-pwned")
+    big = {"csrf": token, "id": "big", "text": "x" * 100_000}
+    assert (await post(http, "/lines/add", big))[0] == 413
+    _, _, headers = await get(http, "/lines")
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
