@@ -1,18 +1,26 @@
-"""The core: a request to speak → phrase cache or speech engine → player, with a trace of how it went."""
+"""The core: a request to speak → phrase cache or engine chain → player, with a trace of how it went.
+
+Order: the cache (the primary engine's entry, then a fallback engine's), then the engines that are not in
+back-off. The primary engine gets `failover_s` to deliver its first audio when a fallback stands behind it. A line
+cut mid-stream keeps what was heard and is then spoken whole by the next engine, so it is never left half said;
+nothing partial is ever cached.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from kiosk.cache import Entry, PhraseCache, cache_key
-from kiosk.errors import CacheError, KioskError
+from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.player import Playback, Player
 from kiosk.speech import SpeechEngine
+from kiosk.speech.chain import EngineChain
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +29,8 @@ log = logging.getLogger(__name__)
 class Trace:
     """How one line was spoken; printed by `kiosk say --trace` and kept for the status page."""
 
-    source: str  # "cache" or the engine's name
+    source: str  # "cache", or the engine that spoke it
+    engine: str  # the engine whose voice was heard (for the cache: the one that made the entry)
     key: str  # phrase cache key (first 16 hex digits)
     text_chars: int
     first_byte_ms: float | None  # the engine's first audio byte after the request; None from the cache
@@ -33,29 +42,51 @@ class Trace:
     cached: bool  # this request stored a new cache entry
     stopped: bool  # playback was stopped before the end
     error: str | None = None
+    failover: list[str] = field(default_factory=list)  # engines that failed before the one that spoke
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
 
+@dataclass
+class _Attempt:
+    """One engine's try at a line."""
+
+    playbacks: list[Playback] = field(default_factory=list)
+    first_byte_at: float | None = None
+    cached: bool = False
+    error: str | None = None
+
+
 class Announcer:
-    """Speaks text: from the cache when it holds the line, otherwise streamed from the engine and cached."""
+    """Speaks text: from the cache when it holds the line, otherwise streamed from the engine chain and cached."""
 
     def __init__(
-        self, *, engine: SpeechEngine, cache: PhraseCache, player: Player, clock: Callable[[], float] = time.monotonic
+        self, *, engines: EngineChain, cache: PhraseCache, player: Player, clock: Callable[[], float] = time.monotonic
     ):
-        self.engine = engine
+        self.engines = engines
         self.cache = cache
         self.player = player
         self._clock = clock
         self._current: Playback | None = None
+        #: Why the last line could not be cached (read-only or full disk), until one is cached again.
+        self.cache_problem: str | None = None
 
-    def key_for(self, text: str) -> str:
-        return cache_key(self.engine.identity(), self.engine.fmt, text.strip())
+    @property
+    def engine(self) -> SpeechEngine:
+        return self.engines.primary
+
+    def key_for(self, text: str, engine: SpeechEngine | None = None) -> str:
+        engine = engine or self.engines.primary
+        return cache_key(engine.identity(), engine.fmt, text.strip())
+
+    def keys_for(self, text: str) -> list[str]:
+        """Cache keys of `text` in every engine's voice, primary first."""
+        return [self.key_for(text, e) for e in self.engines.engines]
 
     def pin_lines(self, texts: list[str]) -> None:
-        """The configured exhibit lines under the current voice are never evicted from the cache."""
-        self.cache.pin(self.key_for(t) for t in texts)
+        """The configured exhibit lines, in every engine's voice, are never evicted from the cache."""
+        self.cache.pin(key for text in texts for key in self.keys_for(text))
 
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""
@@ -66,24 +97,28 @@ class Announcer:
         """Speak `text` and return once it has played; faults are reported in `Trace.error`, never raised."""
         started = self._clock()
         text = text.strip()
-        key = self.key_for(text)
-        entry = await self._lookup(key)
-        if entry is not None:
-            return await self._play_cached(entry, started, gain)
-        return await self._play_streamed(text, key, started, gain)
+        for key in self.keys_for(text):
+            entry = await self._lookup(key)
+            if entry is not None:
+                return await self._play_cached(entry, started, gain)
+        return await self._play_streamed(text, started, gain)
 
-    async def prepare(self, text: str) -> bool:
-        """Synthesize `text` into the cache without playing it; False when it was cached already.
-
-        Raises KioskError when the engine or the cache fails.
-        """
+    async def prepare(self, text: str, engine: SpeechEngine | None = None) -> bool:
+        """Synthesize `text` into the cache with `engine` (the primary) without playing it; False when it was
+        cached already. Raises KioskError when the engine or the cache fails."""
+        engine = engine or self.engines.primary
         text = text.strip()
-        key = self.key_for(text)
+        key = self.key_for(text, engine)
         if await asyncio.to_thread(self.cache.contains, key):
             return False
         audio = bytearray()
-        await self.engine.synthesize(text, audio.extend)
-        if not await self._store(key, bytes(audio), text):
+        try:
+            await engine.synthesize(text, audio.extend)
+        except SpeechError as exc:
+            self.engines.failed(engine, exc)
+            raise
+        self.engines.succeeded(engine)
+        if not await self._store(engine, key, bytes(audio), text):
             raise CacheError("the cache is not writable")
         return True
 
@@ -98,39 +133,77 @@ class Announcer:
         playback = self._start(entry.info.fmt, streamed=False, gain=gain)
         playback.feed(entry.pcm)
         playback.finish()
-        error = await self._finish(playback)
-        return self._trace("cache", entry.info.key, len(entry.info.text), started, None, playback, False, error)
+        attempt = _Attempt([playback])
+        attempt.error = await self._finish(playback)
+        return self._trace("cache", entry.info.engine, entry.info.key, len(entry.info.text), started, attempt, [])
 
-    async def _play_streamed(self, text: str, key: str, started: float, gain: float) -> Trace:
-        engine = self.engine
-        playback = self._start(engine.fmt, streamed=True, gain=gain)
+    async def _play_streamed(self, text: str, started: float, gain: float) -> Trace:
+        engines = self.engines.usable()
+        if not engines:
+            reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in self.engines.state())
+            attempt = _Attempt(error=f"no speech engine available now ({reasons})")
+            primary = self.engines.primary.name
+            return self._trace(primary, primary, self.key_for(text), len(text), started, attempt, [])
+        errors: list[str] = []
+        heard = _Attempt()
+        for i, engine in enumerate(engines):
+            deadline = self.engines.failover_s if i + 1 < len(engines) else None
+            attempt = await self._attempt(engine, text, gain, deadline)
+            attempt.playbacks[:0] = heard.playbacks  # what an earlier engine got heard counts in the trace
+            attempt.first_byte_at = heard.first_byte_at or attempt.first_byte_at
+            if attempt.error is None:
+                break
+            errors.append(attempt.error)
+            heard = attempt
+        failover = errors if attempt.error is None else errors[:-1]
+        key = self.key_for(text, engine)
+        return self._trace(engine.name, engine.name, key, len(text), started, attempt, failover)
+
+    async def _attempt(self, engine: SpeechEngine, text: str, gain: float, deadline: float | None) -> _Attempt:
+        """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
+        attempt = _Attempt()
         audio = bytearray()
-        first_byte_at: float | None = None
+        first_audio = asyncio.Event()
 
         def on_audio(chunk: bytes) -> None:
-            nonlocal first_byte_at
-            if first_byte_at is None:
-                first_byte_at = self._clock()
+            if not attempt.playbacks:
+                attempt.first_byte_at = self._clock()
+                attempt.playbacks.append(self._start(engine.fmt, streamed=True, gain=gain))
             audio.extend(chunk)
-            playback.feed(chunk)
+            attempt.playbacks[-1].feed(chunk)
+            first_audio.set()
 
-        error = None
+        task = asyncio.ensure_future(engine.synthesize(text, on_audio))
         try:
-            await engine.synthesize(text, on_audio)
+            if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KioskError):
+                    await task
+                raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
+            await task
+        except SpeechError as exc:
+            self.engines.failed(engine, exc)
+            attempt.error = str(exc)
         except KioskError as exc:
-            error = str(exc)
+            attempt.error = str(exc)
         except BaseException:  # cancelled: silence at once
-            playback.stop()
+            task.cancel()
+            for playback in attempt.playbacks:
+                playback.stop()
             raise
         finally:
-            playback.finish()  # what was heard stays; the device plays it out and stops cleanly
-        cached = error is None and await self._store(key, bytes(audio), text)
-        audio_error = await self._finish(playback)
-        return self._trace(engine.name, key, len(text), started, first_byte_at, playback, cached, error or audio_error)
+            for playback in attempt.playbacks:
+                playback.finish()  # what was heard stays; the device plays it out and stops cleanly
+        if attempt.error is None:
+            self.engines.succeeded(engine)
+            attempt.cached = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
+        for playback in attempt.playbacks:
+            audio_error = await self._finish(playback)
+            attempt.error = attempt.error or audio_error
+        return attempt
 
-    async def _store(self, key: str, pcm: bytes, text: str) -> bool:
+    async def _store(self, engine: SpeechEngine, key: str, pcm: bytes, text: str) -> bool:
         """Commit the finished stream to the cache (off the event loop); a full or read-only disk is not fatal."""
-        engine = self.engine
         whole = len(pcm) - len(pcm) % engine.fmt.frame_bytes
         try:
             await asyncio.to_thread(
@@ -138,7 +211,9 @@ class Announcer:
             )
         except CacheError as exc:
             log.warning("line played but not cached: %s", exc)
+            self.cache_problem = str(exc)
             return False
+        self.cache_problem = None
         return True
 
     def _start(self, fmt, *, streamed: bool, gain: float) -> Playback:
@@ -158,22 +233,35 @@ class Announcer:
             if self._current is playback:
                 self._current = None
 
-    def _trace(self, source, key, chars, started, first_byte_at, playback: Playback, cached, error) -> Trace:
+    def _trace(self, source, engine, key, chars, started, attempt: _Attempt, failover: list[str]) -> Trace:
         def ms(at: float | None) -> float | None:
             return None if at is None else round((at - started) * 1000, 1)
 
-        stats = playback.stats
+        playbacks = attempt.playbacks
+        firsts = [p.stats.first_audio_at for p in playbacks if p.stats.first_audio_at is not None]
         return Trace(
             source=source,
+            engine=engine,
             key=key[:16],
             text_chars=chars,
-            first_byte_ms=ms(first_byte_at),
-            first_audio_ms=ms(stats.first_audio_at),
-            frames=stats.frames,
-            underruns=stats.underruns,
-            duration_ms=round(stats.frames / playback.fmt.rate * 1000, 1),
+            first_byte_ms=ms(attempt.first_byte_at),
+            first_audio_ms=ms(min(firsts)) if firsts else None,
+            frames=sum(p.stats.frames for p in playbacks),
+            underruns=sum(p.stats.underruns for p in playbacks),
+            duration_ms=round(sum(p.stats.frames / p.fmt.rate for p in playbacks) * 1000, 1),
             elapsed_ms=ms(self._clock()),
-            cached=cached,
-            stopped=stats.stopped,
-            error=error,
+            cached=attempt.cached,
+            stopped=any(p.stats.stopped for p in playbacks),
+            error=attempt.error,
+            failover=failover,
         )
+
+
+async def _first_audio_within(task: asyncio.Future, first_audio: asyncio.Event, seconds: float) -> bool:
+    """True once audio arrives (or the engine finishes or fails) within `seconds`; False at the deadline."""
+    waiter = asyncio.ensure_future(first_audio.wait())
+    try:
+        await asyncio.wait([task, waiter], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return first_audio.is_set() or task.done()

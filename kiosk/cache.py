@@ -107,6 +107,9 @@ class PhraseCache:
             os.utime(path)  # mtime doubles as "last used" for LRU eviction
         return entry
 
+    def remove(self, key: str) -> None:
+        _unlink(self.path_for(key))
+
     def contains(self, key: str) -> bool:
         return self.path_for(key).exists()
 

@@ -17,10 +17,13 @@ from pathlib import Path
 
 from kiosk import __version__
 from kiosk.alsa_output import has_sound_card, wav_file_device
-from kiosk.cache import PhraseCache, cache_key
+from kiosk.announcer import Announcer
+from kiosk.cache import PhraseCache
 from kiosk.config import DEFAULT_CONFIG_PATH, Config, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
-from kiosk.service import build_cache, build_engine, open_announcer, run_service
+from kiosk.player import Player
+from kiosk.service import alsa_opener, build_cache, build_chain, open_announcer, run_service
+from kiosk.warm import warm
 
 log = logging.getLogger("kiosk")
 
@@ -92,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     cache = commands.add_parser("cache", help="inspect and repair the phrase cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
     cache_commands.add_parser("list", parents=[common], help="list entries").set_defaults(func=cmd_cache_list)
+    cache_commands.add_parser(
+        "warm", parents=[common], help="synthesize every configured line the cache lacks; report coverage"
+    ).set_defaults(func=cmd_cache_warm)
     cache_commands.add_parser(
         "verify", parents=[common], help="check every entry, remove corrupt ones and leftover temp files"
     ).set_defaults(func=cmd_cache_verify)
@@ -178,12 +184,40 @@ async def _say(cfg: Config, text: str):
         return await announcer.say(text)
 
 
-def _pinned_cache(args: argparse.Namespace) -> tuple[Config, PhraseCache]:
+def _announcer(args: argparse.Namespace) -> tuple[Config, Announcer]:
+    """Cache and engines as the service sees them (configured lines pinned in every engine's voice); the player
+    is never started: these commands do not play."""
     cfg = _config(args)
-    cache = build_cache(cfg)
-    engine = build_engine(cfg)
-    cache.pin(cache_key(engine.identity(), engine.fmt, t) for t in cfg.phrases.values())
-    return cfg, cache
+    player = Player(alsa_opener(cfg.audio), preroll_ms=cfg.audio.preroll_ms)
+    announcer = Announcer(engines=build_chain(cfg), cache=build_cache(cfg), player=player)
+    announcer.pin_lines(list(cfg.phrases.values()))
+    return cfg, announcer
+
+
+def _pinned_cache(args: argparse.Namespace) -> tuple[Config, PhraseCache]:
+    cfg, announcer = _announcer(args)
+    return cfg, announcer.cache
+
+
+def cmd_cache_warm(args: argparse.Namespace) -> int:
+    cfg, announcer = _announcer(args)
+    progress: dict = {}
+
+    async def run() -> None:
+        try:
+            await warm(announcer, list(cfg.phrases.values()), progress)
+        finally:
+            await announcer.engines.aclose()
+
+    started = time.monotonic()
+    asyncio.run(run())
+    for error in progress["errors"]:
+        print(f"failed: {error}")
+    ready = sum(
+        1 for text in cfg.phrases.values() if any(announcer.cache.contains(k) for k in announcer.keys_for(text))
+    )
+    print(f"{ready}/{len(cfg.phrases)} lines ready offline ({progress['text']}; {time.monotonic() - started:.1f} s)")
+    return EXIT_FAULT if progress["failed"] else 0
 
 
 def cmd_cache_list(args: argparse.Namespace) -> int:

@@ -69,9 +69,12 @@ class StaffConfig:
 
 @dataclass(frozen=True)
 class SpeechConfig:
-    """Which engine speaks lines that are not cached yet, and how many lines may wait their turn."""
+    """Which engine speaks lines that are not cached yet, what stands in when it fails or is slow, and how many
+    lines may wait their turn."""
 
     engine: str = _choice("auto", "openai", "piper")
+    fallback: str = _choice("auto", "piper", "none")
+    failover_ms: int = _bounded(2500, 100, 60_000)
     queue_limit: int = _bounded(5, 1, 100)
 
 
@@ -224,9 +227,28 @@ def _read_yaml_mapping(path: Path) -> dict:
     return _yaml_mapping(text, str(path))
 
 
+class _SafeLoaderWithoutDuplicates(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice is an error: PyYAML would silently keep the last one."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_SafeLoaderWithoutDuplicates.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 def _yaml_mapping(text: str, source: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SafeLoaderWithoutDuplicates)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -18,7 +18,16 @@ class AudioError(KioskError):
 
 
 class SpeechError(KioskError):
-    """A speech engine failed to deliver audio."""
+    """A speech engine failed to deliver audio.
+
+    `kind` lets the engine chain decide what to do: "auth" (key missing or refused) and "quota" (out of credit)
+    put the engine in back-off at once; "transient" (network, timeout, 5xx, rate limit) only when repeated;
+    "cut" means audio had already been heard when the stream broke.
+    """
+
+    def __init__(self, message: str, kind: str = "other"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class CacheError(KioskError):

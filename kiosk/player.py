@@ -116,6 +116,8 @@ class Player:
         self._thread = threading.Thread(target=self._serve, name="alsa-writer", daemon=True)
         #: Monotonic time the writer thread last showed it is not stuck (for the service watchdog).
         self.heartbeat = clock()
+        #: The device's failure on the last playback (gone, busy, refusing), None once one plays again.
+        self.last_error: AudioError | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -161,11 +163,12 @@ class Player:
         try:
             if not playback.stopping:
                 self._play(self._sink_for(playback.fmt), playback)
+                self.last_error = None
             else:
                 playback.stats.stopped = True
         except AudioError as exc:
             log.error("%s", exc)
-            playback.stats.error = exc
+            playback.stats.error = self.last_error = exc
             self._close_sink()  # reopen on the next playback
         except Exception as exc:  # never let the writer thread die silently
             log.exception("ALSA writer failed")

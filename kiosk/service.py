@@ -21,15 +21,17 @@ from kiosk.announcer import Announcer
 from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
 from kiosk.config import AudioConfig, ButtonConfig, Config, load_config, read_secret_file, resolve_api_key
-from kiosk.errors import ConfigError, KioskError, SpeechError
+from kiosk.errors import AudioError, ConfigError, KioskError, SpeechError
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.pcm import AudioFormat, wav_bytes
 from kiosk.player import Player, SinkOpener
 from kiosk.speaker import Rejected, Request, Speaker
 from kiosk.speech import SpeechEngine
+from kiosk.speech.chain import EngineChain
 from kiosk.speech.openai_engine import OpenAIEngine
 from kiosk.staff.pages import make_staff_app
 from kiosk.systemd import Notifier
+from kiosk.warm import warm
 from kiosk.web.api import RateLimiter, make_app
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 #: A blocking ALSA write lasts one period; a writer silent this long is wedged and systemd should restart us.
 WRITER_STUCK_S = 5.0
 ENGINE_PROBE_EVERY_S = 60.0
+BACKOFF_CHECK_EVERY_S = 5.0
+DEVICE_RETRY_FIRST_S = 1.0
+DEVICE_RETRY_MAX_S = 30.0
 _FINISHED = ("done", "stopped", "failed")
 
 
@@ -70,21 +75,35 @@ def build_engine(cfg: Config) -> SpeechEngine:
     return OpenAIEngine(cfg.openai, key)
 
 
+def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
+    """The primary engine, then the local voice as fallback ("auto": when installed and not already primary)."""
+    primary = build_engine(cfg)
+    engines = [primary]
+    wanted = cfg.speech.fallback
+    if wanted == "piper" and not piper_installed():
+        raise SpeechError("speech.fallback is piper but Piper is not installed (pip install 'kiosk[piper]')")
+    if wanted != "none" and primary.name != "piper" and piper_installed():
+        from kiosk.speech.piper_engine import PiperEngine
+
+        engines.append(PiperEngine(cfg.piper))
+    return EngineChain(engines, failover_s=cfg.speech.failover_ms / 1000, clock=clock)
+
+
 @contextlib.asynccontextmanager
 async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) -> AsyncIterator[Announcer]:
     """An announcer whose device is already open; everything is closed again on exit."""
     cache = build_cache(cfg)
-    engine = build_engine(cfg)
+    engines = build_chain(cfg)
     player = Player(open_sink or alsa_opener(cfg.audio), preroll_ms=cfg.audio.preroll_ms)
     player.start()
     try:
-        announcer = Announcer(engine=engine, cache=cache, player=player)
+        announcer = Announcer(engines=engines, cache=cache, player=player)
         announcer.pin_lines(list(cfg.phrases.values()))
-        await player.open_device(engine.fmt)
+        await player.open_device(engines.primary.fmt)
         yield announcer
     finally:
         await asyncio.to_thread(player.close)
-        await engine.aclose()
+        await engines.aclose()
 
 
 class Service:
@@ -117,13 +136,14 @@ class Service:
         self._tasks: list[asyncio.Task] = []
         self._runners: list[web.AppRunner] = []
         self._warm_task: asyncio.Task | None = None
-        self.warm = {"total": 0, "done": 0, "failed": 0, "running": False, "text": "not started"}
+        self.warm: dict = {"total": 0, "done": 0, "failed": 0, "running": False, "text": "not started", "errors": []}
         self._gain = 1.0
         self.underruns_total = 0
         self.staff_port: int | None = None
         self.buttons: Buttons | None = None
         self.port: int | None = None
         self._api_token: str | None = None
+        self.device_problem: str | None = None
 
     # -- lifetime
 
@@ -134,14 +154,14 @@ class Service:
         stale = await asyncio.to_thread(self.cache.remove_stale_temps)
         if stale:
             self.event(f"removed {stale} unfinished cache file(s) left by a crash or power cut")
-        self.engine = build_engine(cfg)
+        self.engines = build_chain(cfg)
         self.player = self._new_player(cfg)
-        self.announcer = Announcer(engine=self.engine, cache=self.cache, player=self.player)
+        self.announcer = Announcer(engines=self.engines, cache=self.cache, player=self.player)
         self.announcer.pin_lines(list(cfg.phrases.values()))
         self.speaker = Speaker(self.announcer, queue_limit=cfg.speech.queue_limit)
         self.speaker.on_change(self._on_request_change)
         self._limiter = RateLimiter(cfg.api.rate_limit_per_min)
-        await self.player.open_device(self.engine.fmt)
+        await self._open_device()
         await self._apply_volume(cfg)
         self._start_buttons(cfg.buttons)
         self.port = await self._serve(make_app(self), cfg.api.bind, cfg.api.port)
@@ -152,9 +172,12 @@ class Service:
             asyncio.create_task(self.speaker.run(), name="speaker"),
             asyncio.create_task(self._probe_engine_forever(), name="engine-probe"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._reopen_device_forever(), name="device"),
         ]
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
-        self.notifier.ready(f"speaking on {cfg.audio.device}; API on port {self.port}, staff page on {self.staff_port}")
+        device = cfg.audio.device
+        speaker = f"speaker missing ({self.device_problem})" if self.device_problem else f"speaking on {device}"
+        self.notifier.ready(f"{speaker}; API on port {self.port}, staff page on {self.staff_port}")
 
     async def stop(self) -> None:
         """Silence at once, then close everything; bounded so SIGTERM ends the process within 2 s."""
@@ -170,7 +193,7 @@ class Service:
         if self._runners:
             await asyncio.wait([asyncio.create_task(r.cleanup()) for r in self._runners], timeout=1.0)
         await asyncio.to_thread(self.player.close, 0.5)
-        await self.engine.aclose()
+        await self.engines.aclose()
 
     async def reload(self) -> bool:
         """Re-read the config file; an invalid one is logged and the running config kept."""
@@ -206,16 +229,16 @@ class Service:
             new.cache,
         ):
             self.speaker.stop()
-            old_engine, old_player = self.engine, self.player
-            self.engine = build_engine(new)
+            old_engines, old_player = self.engines, self.player
+            self.engines = build_chain(new)
             self.cache = build_cache(new)
             if old.audio != new.audio:
                 self.player = self._new_player(new)
                 await asyncio.to_thread(old_player.close, 1.0)
-            self.announcer = Announcer(engine=self.engine, cache=self.cache, player=self.player)
+            self.announcer = Announcer(engines=self.engines, cache=self.cache, player=self.player)
             self.speaker.announcer = self.announcer
-            await self.player.open_device(self.engine.fmt)
-            await old_engine.aclose()
+            await self._open_device()
+            await old_engines.aclose()
         self.announcer.pin_lines(list(new.phrases.values()))
         await self._apply_volume(new)
         self.speaker.queue_limit = new.speech.queue_limit
@@ -322,6 +345,9 @@ class Service:
         self.metrics.speaking.set(1 if req.state == "playing" else 0)
         if req.state in _FINISHED and req.trace is not None:
             self._record(req)
+            if self.player.last_error is not None and self.device_problem is None:
+                self.device_problem = str(self.player.last_error)
+                self.event(f"speaker failed: {self.device_problem}; reopening it")
 
     def _record(self, req: Request) -> None:
         trace, m = req.trace, self.metrics
@@ -357,7 +383,9 @@ class Service:
             "last_press_to_audio_ms": _press_to_audio_ms(last) if last else None,
             "underruns_total": self.underruns_total,
             "cache": {"lines_ready": len(ready_ids), "lines_configured": len(self.cfg.phrases), "ready_ids": ready_ids},
-            "engine": {"name": self.engine.name, **self.engine_state},
+            "engine": {"name": self.engine.name, **self.engine_state, "chain": self.engines.state()},
+            "speaker_problem": self.device_problem,
+            "cache_problem": self.announcer.cache_problem,
             "device": self.cfg.audio.device,
             "buttons": {
                 "count": len(self.cfg.buttons),
@@ -373,16 +401,23 @@ class Service:
         }
 
     def _ready_lines(self) -> list[str]:
-        """Ids of the configured lines whose audio (in the current voice) is in the cache."""
-        ready = [pid for pid, text in self.cfg.phrases.items() if self.cache.contains(self.announcer.key_for(text))]
+        """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
+        ready = [
+            pid
+            for pid, text in self.cfg.phrases.items()
+            if any(self.cache.contains(key) for key in self.announcer.keys_for(text))
+        ]
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(self.cfg.phrases))
         return ready
 
     def preview_wav(self, phrase: str) -> bytes | None:
         """The cached audio of a configured line as a WAV file (blocking: call off the event loop)."""
-        entry = self.cache.get(self.announcer.key_for(self.cfg.phrases[phrase]))
-        return wav_bytes(entry.info.fmt, entry.pcm) if entry else None
+        for key in self.announcer.keys_for(self.cfg.phrases[phrase]):
+            entry = self.cache.get(key)
+            if entry is not None:
+                return wav_bytes(entry.info.fmt, entry.pcm)
+        return None
 
     def warm_progress(self) -> dict:
         return dict(self.warm)
@@ -422,26 +457,54 @@ class Service:
         self._warm_task = asyncio.create_task(self._warm(), name="warm")
 
     async def _warm(self) -> None:
-        texts = list(dict.fromkeys(self.cfg.phrases.values()))
-        w = self.warm
-        w.update(total=len(texts), done=0, failed=0, running=True, text="checking the lines")
-        for text in texts:
-            try:
-                made = await self.announcer.prepare(text)
-            except KioskError as exc:
-                w["failed"] += 1
-                self.event(f"could not prepare a line: {exc}")
-            else:
-                w["done"] += 1
-                if made:
-                    self._ready_lines()
-            w["text"] = f"{w['done']} of {w['total']} lines ready" + (f", {w['failed']} failed" if w["failed"] else "")
-        w.update(running=False)
+        await warm(self.announcer, list(self.cfg.phrases.values()), self.warm)
+        await asyncio.to_thread(self._ready_lines)
+        for error in self.warm["errors"]:
+            self.event(f"could not prepare a line: {error}")
+
+    @property
+    def engine(self) -> SpeechEngine:
+        return self.engines.primary
 
     async def _probe_engine_forever(self) -> None:
+        for fallback in self.engines.engines[1:]:  # load the local voice now, not at the first failover
+            with contextlib.suppress(KioskError):
+                await fallback.probe()
+        next_probe = 0.0
         while True:
-            await self.probe_engine()
-            await asyncio.sleep(ENGINE_PROBE_EVERY_S)
+            if time.monotonic() >= next_probe:
+                await self.probe_engine()
+                next_probe = time.monotonic() + ENGINE_PROBE_EVERY_S
+            was_backed_off = self.engines.health[self.engine.name].in_backoff
+            await self.engines.probe_due()
+            if was_backed_off and not self.engines.health[self.engine.name].in_backoff:
+                self.event(f"{self.engine.name} is back: replacing lines made by the fallback voice")
+                self._start_warm()
+            await asyncio.sleep(BACKOFF_CHECK_EVERY_S)
+
+    async def _open_device(self) -> None:
+        """Open the audio device; when it is missing the service stays up, says so and keeps trying."""
+        try:
+            await self.player.open_device(self.engine.fmt)
+        except AudioError as exc:
+            if self.device_problem is None:
+                self.event(f"speaker missing: {exc}")
+            self.device_problem = str(exc)
+        else:
+            if self.device_problem is not None:
+                self.event("speaker back")
+            self.device_problem = None
+
+    async def _reopen_device_forever(self) -> None:
+        pause = DEVICE_RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(pause)
+            if self.device_problem is None:
+                pause = DEVICE_RETRY_FIRST_S
+                continue
+            if not self.speaker.speaking:
+                await self._open_device()
+            pause = min(DEVICE_RETRY_MAX_S, pause * 2) if self.device_problem else DEVICE_RETRY_FIRST_S
 
     async def probe_engine(self) -> None:
         try:

@@ -21,7 +21,7 @@ playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
-STEP_MS = 10_000  # bound on every browser wait
+STEP_MS = 30_000  # bound on every browser wait (generous: CI machines can be slow)
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ async def service(tmp_path, server, alsa_file, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-browser-test")
     config = tmp_path / "kiosk.yaml"
     config.write_text(
-        f"openai:\n  base_url: {server.url}/v1\ncache:\n  dir: {tmp_path / 'cache'}\napi:\n  port: 0\n"
+        f"openai:\n  base_url: {server.url}/v1\nspeech:\n  fallback: none\n"
+        f"cache:\n  dir: {tmp_path / 'cache'}\napi:\n  port: 0\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'pw'}\n"
         f"  settings_file: {tmp_path / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"

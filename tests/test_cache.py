@@ -126,7 +126,7 @@ def test_unwritable_directory_is_a_clear_error(tmp_path):
         PhraseCache(blocker / "cache", 1000).open()
 
 
-KILLS = 60
+KILLS = 200
 
 
 def test_sigkill_mid_write_never_leaves_a_torn_entry(tmp_path):

@@ -34,12 +34,12 @@ def kiosk(*args, env, cwd=None):
     )
 
 
-def say(tmp_path, env, *args):
+def say(tmp_path, env, *args, config=EXAMPLE):
     out = tmp_path / "out.raw"
     return kiosk(
         "say",
         "--config",
-        str(EXAMPLE),
+        str(config),
         "--cache-dir",
         str(tmp_path / "cache"),
         "--device",
@@ -110,8 +110,8 @@ def assert_one_line_error(result, code, *fragments):
 
 def test_expected_faults_are_one_clear_line(tmp_path, env, server):
     no_key = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}
-    openai_only = tmp_path / "openai-only.yaml"
-    openai_only.write_text(EXAMPLE.read_text() + "\nspeech:\n  engine: openai\n")
+    openai_only = tmp_path / "openai-only.yaml"  # no local voice to fall back on
+    openai_only.write_text(EXAMPLE.read_text().replace("  engine: auto\n", "  engine: openai\n  fallback: none\n"))
     result = kiosk("say", "--config", str(openai_only), "--cache-dir", str(tmp_path / "c"), "Hello", env=no_key)
     assert_one_line_error(result, 1, "no OpenAI API key")
 
@@ -121,10 +121,13 @@ def test_expected_faults_are_one_clear_line(tmp_path, env, server):
     assert_one_line_error(bad_device, 1, "cannot open ALSA device 'hw:CARD=Nope'", "Sound cards:")
 
     down = dict(env, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
-    assert_one_line_error(say(tmp_path, down, "Hello")[0], 1, "cannot connect")
+    assert_one_line_error(say(tmp_path, down, "Hello", config=openai_only)[0], 1, "cannot connect")
 
     server.behaviour = Behaviour(status=401)
-    assert_one_line_error(say(tmp_path, env, "Hello")[0], 1, "API key was refused")
+    assert_one_line_error(say(tmp_path, env, "Hello", config=openai_only)[0], 1, "API key was refused")
+    result, _ = say(tmp_path, env, "Hello")  # with the local voice standing by, the line is still spoken
+    trace = json.loads(result.stdout)
+    assert result.returncode == 0 and trace["source"] == "piper" and "API key was refused" in trace["failover"][0]
 
     assert_one_line_error(say(tmp_path, env, "--phrase", "nope")[0], 2, "no phrase 'nope'", "known: goodbye")
     missing = kiosk("say", "--config", str(tmp_path / "none.yaml"), "Hi", env=env)
@@ -137,6 +140,9 @@ def test_expected_faults_are_one_clear_line(tmp_path, env, server):
         "did you mean 'preroll_ms'",
         "audio.period_ms: 1 is out of range",
     )
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("audio:\n  device: hw:0\naudio:\n  device: hw:1\n")
+    assert_one_line_error(kiosk("say", "--config", str(twice), "Hi", env=env), 2, "duplicate key 'audio'")
 
 
 def test_wav_output_when_there_is_no_sound_card(tmp_path, env):

@@ -26,6 +26,7 @@ def make_config(server_url: str, cache_dir, **openai):
     deadlines = {"first_byte_timeout_s": 1.5, "chunk_gap_timeout_s": 0.5, "connect_timeout_s": 1, **openai}
     lines = "".join(f"  {k}: {v}\n" for k, v in deadlines.items())
     return parse_config(
+        f"speech:\n  fallback: none\n"  # these tests are about the OpenAI engine itself
         f"openai:\n  base_url: {server_url}/v1\n  voice: sage\n  instructions: Calm.\n  speed: 1.1\n{lines}"
         f"cache:\n  dir: {cache_dir}\nphrases:\n  welcome: {TEXT}\n"
     )

