@@ -397,8 +397,24 @@ class Service:
             "uptime_s": uptime,
             "uptime_text": _duration(uptime),
             "warm": dict(self.warm),
+            "problems": self._problems(),
             "events": [{**e, "clock": time.strftime("%H:%M:%S", time.localtime(e["time"]))} for e in self.events][-20:],
         }
+
+    def _problems(self) -> list[str]:
+        """What staff should know about now, in plain words."""
+        problems = []
+        if self.device_problem:
+            problems.append(f"Speaker missing or failing: {self.device_problem}. Retrying.")
+        for engine in self.engines.state():
+            if engine["in_backoff"]:
+                name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
+                problems.append(f"Voice '{name}' paused: {reason}. Checking again in {wait} s.")
+        if self.announcer.cache_problem:
+            problems.append(f"New lines cannot be kept for offline use: {self.announcer.cache_problem}")
+        if self.buttons and self.buttons.error:
+            problems.append(self.buttons.error)
+        return problems
 
     def _ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
@@ -454,12 +470,21 @@ class Service:
         """Synthesize, in the background, every configured line the cache lacks in the current voice."""
         if self._warm_task is not None:
             self._warm_task.cancel()
-        self._warm_task = asyncio.create_task(self._warm(), name="warm")
+        # A fresh record per run, set before the task starts: a cancelled run finishing late cannot touch it.
+        self.warm = {
+            "total": len(self.cfg.phrases),
+            "done": 0,
+            "failed": 0,
+            "running": True,
+            "text": "starting",
+            "errors": [],
+        }
+        self._warm_task = asyncio.create_task(self._warm(self.warm), name="warm")
 
-    async def _warm(self) -> None:
-        await warm(self.announcer, list(self.cfg.phrases.values()), self.warm)
+    async def _warm(self, progress: dict) -> None:
+        await warm(self.announcer, list(self.cfg.phrases.values()), progress)
         await asyncio.to_thread(self._ready_lines)
-        for error in self.warm["errors"]:
+        for error in progress["errors"]:
             self.event(f"could not prepare a line: {error}")
 
     @property

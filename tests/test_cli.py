@@ -111,7 +111,11 @@ def assert_one_line_error(result, code, *fragments):
 def test_expected_faults_are_one_clear_line(tmp_path, env, server):
     no_key = {k: v for k, v in env.items() if k != "OPENAI_API_KEY"}
     openai_only = tmp_path / "openai-only.yaml"  # no local voice to fall back on
-    openai_only.write_text(EXAMPLE.read_text().replace("  engine: auto\n", "  engine: openai\n  fallback: none\n"))
+    openai_only.write_text(
+        EXAMPLE.read_text()
+        .replace("  engine: auto\n", "  engine: openai\n")
+        .replace("  fallback: auto\n", "  fallback: none\n")
+    )
     result = kiosk("say", "--config", str(openai_only), "--cache-dir", str(tmp_path / "c"), "Hello", env=no_key)
     assert_one_line_error(result, 1, "no OpenAI API key")
 

@@ -36,6 +36,14 @@ async function refreshStatus(section) {
     setField(document, "disk", String(s.disk_free_gb));
     setField(document, "uptime", s.uptime_text);
     renderEvents(document, s.events);
+    const problems = document.querySelector('[data-field="problems"]');
+    if (problems) {
+      problems.replaceChildren(...s.problems.map((text) => {
+        const item = document.createElement("li");
+        item.textContent = text;
+        return item;
+      }));
+    }
   } catch (err) {
     // the speaker restarting or the network blinking: try again on the next tick
   }
