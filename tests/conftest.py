@@ -10,9 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAI
 
 from kiosk.alsa_output import AlsaOutput
 from kiosk.pcm import AudioFormat
+
+
+@pytest.fixture
+async def server():
+    """The OpenAI-compatible test server on loopback, well behaved until a test changes `server.behaviour`."""
+    async with FakeOpenAI() as fake:
+        yield fake
 
 
 @pytest.fixture

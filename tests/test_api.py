@@ -5,7 +5,6 @@ import asyncio
 import aiohttp
 import pytest
 from conftest import file_sink_opener
-from fake_openai import FakeOpenAI
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import parse_config
@@ -29,12 +28,6 @@ async def start_service(tmp_path, device, api="", server_url="http://127.0.0.1:9
     service = Service(cfg, open_sink=file_sink_opener(device), pin_factory=MockFactory(), notifier=Notifier({}))
     await asyncio.wait_for(service.start(), timeout=10)
     return service
-
-
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture

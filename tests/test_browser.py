@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from conftest import file_sink_opener
-from fake_openai import FakeOpenAI
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import load_config
@@ -31,12 +30,6 @@ def chromium_path():
             pytest.fail("chromium is not installed (apt install chromium)")
         pytest.skip("chromium is not installed")
     return CHROMIUM
-
-
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture

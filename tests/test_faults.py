@@ -30,12 +30,6 @@ def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
 
 
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
 def config(server_url, cache_dir, extra="", fallback="auto"):
     return parse_config(
         f"openai:\n  base_url: {server_url}/v1\n  first_byte_timeout_s: 3\n  chunk_gap_timeout_s: 0.5\n"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import file_sink_opener
-from fake_openai import FakeOpenAI, pcm_for
+from fake_openai import pcm_for
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import parse_config
@@ -48,12 +48,6 @@ BUTTONS = """buttons:
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
-
-
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -16,12 +16,6 @@ PERIOD_BYTES = OPENAI_PCM.bytes_for_ms(40)
 TEXT = "Welcome to the hall of minerals."
 
 
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
 def make_config(server_url: str, cache_dir, **openai):
     deadlines = {"first_byte_timeout_s": 1.5, "chunk_gap_timeout_s": 0.5, "connect_timeout_s": 1, **openai}
     lines = "".join(f"  {k}: {v}\n" for k, v in deadlines.items())

@@ -8,7 +8,6 @@ import aiohttp
 import pytest
 import yaml
 from conftest import file_sink_opener
-from fake_openai import FakeOpenAI
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import load_config
@@ -31,12 +30,6 @@ class Clock:
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-@pytest.fixture
-async def server():
-    async with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture
