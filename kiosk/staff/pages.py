@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -315,6 +316,7 @@ async def voice_page(
         errors=errors or {},
         values=values or {},
         key_set=bool(key_file and key_file.exists()),
+        key_from_env=bool(os.environ.get("OPENAI_API_KEY")),
         key_file=key_file,
         key_mask=KEY_MASK,
         progress=request.app[BACKEND].warm_progress(),
