@@ -340,9 +340,9 @@ class Service:
         return self._api_token
 
     def _on_request_change(self, req: Request) -> None:
-        if self.buttons and req.origin.startswith("button:"):
-            self.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")
-        self.metrics.speaking.set(1 if req.state == "playing" else 0)
+        if self.buttons and req.origin.startswith("button:") and req.state != "queued":
+            self.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")  # a queued press changes nothing
+        self.metrics.speaking.set(1 if self.speaker.speaking else 0)
         if req.state in _FINISHED and req.trace is not None:
             self._record(req)
             if self.player.last_error is not None and self.device_problem is None:

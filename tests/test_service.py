@@ -40,6 +40,7 @@ BUTTONS = """buttons:
     phrase: quartz
     when_busy: queue
     cooldown_ms: 0
+    led: 26
   - pin: 22
     action: stop
 """
@@ -149,6 +150,7 @@ async def test_policies_restart_ignore_queue_and_stop_button(server, tmp_path, a
             press(pins, 19)
             await asyncio.sleep(0.02)
         assert speaker.queued == 2 and len(speaker.history) == 3
+        assert "kiosk_speaking 1.0" in service.metrics_text()[0].decode()
         first = speaker.current
         await asyncio.sleep(0.35)  # past button 17's cooldown
         press(pins, 17)  # restart: the current line stops, the queue is dropped, the line starts again
@@ -160,6 +162,24 @@ async def test_policies_restart_ignore_queue_and_stop_button(server, tmp_path, a
         await until(lambda: not speaker.speaking, timeout=2)
         assert list(speaker.history.values())[-1].state == "stopped"
         assert 'kiosk_requests_rejected_total{reason="busy"} 1.0' in service.metrics_text()[0].decode()
+    finally:
+        await service.stop()
+
+
+async def test_a_queued_press_keeps_the_playing_lines_led_lit(server, tmp_path, alsa_file, pins):
+    device, _ = alsa_file
+    server.behaviour.realtime_factor = 1.0
+    server.behaviour.chunk_sizes = [960]
+    service = await started(config(server.url, tmp_path / "c", BUTTONS), device, pins)
+    try:
+        press(pins, 19)
+        await until(lambda: service.speaker.speaking)
+        press(pins, 19)  # the same button again: queued behind its own line
+        await until(lambda: service.speaker.queued == 1)
+        assert pins.pin(26).state is True
+        service.stop_speaking()
+        await until(lambda: not service.speaker.speaking)
+        assert pins.pin(26).state is False
     finally:
         await service.stop()
 
