@@ -171,3 +171,19 @@ def test_open_bind_without_token_is_a_config_error():
 
     with pytest.raises(ConfigError, match=r"api\.token_file: required when api\.bind \(0\.0\.0\.0\)"):
         parse_config("api:\n  bind: 0.0.0.0\n")
+
+
+async def test_a_retried_trigger_with_the_same_idempotency_key_speaks_once(api):
+    service, http = api
+    headers = {"Idempotency-Key": "show-42-cue-7"}
+    first = await call(http, "POST", "/api/play", json={"phrase": "welcome"}, headers=headers)
+    again = await call(http, "POST", "/api/play", json={"phrase": "welcome"}, headers=headers)
+    assert first[0] == again[0] == 202 and first[1]["id"] == again[1]["id"]
+    await asyncio.wait_for(service.speaker.idle(), 10)
+    assert len(service.speaker.history) == 1
+    other = await call(http, "POST", "/api/play", json={"phrase": "quartz"}, headers=headers)
+    assert other[0] == 422 and "different request" in other[1]["error"]
+    fresh = await call(http, "POST", "/api/play", json={"phrase": "welcome"}, headers={"Idempotency-Key": "cue-8"})
+    assert fresh[0] == 202 and fresh[1]["id"] != first[1]["id"]
+    bad = await call(http, "POST", "/api/play", json={"phrase": "welcome"}, headers={"Idempotency-Key": "x" * 300})
+    assert bad[0] == 400

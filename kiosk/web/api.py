@@ -6,6 +6,7 @@ empty or over-long text, oversized bodies. Triggers are rate-limited; the speake
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 import logging
@@ -46,12 +47,14 @@ class Backend(Protocol):
 
 
 BACKEND = web.AppKey("backend", Backend)
+IDEMPOTENCY = web.AppKey("idempotency", "IdempotencyKeys")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(backend: Backend) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, _bearer_token])
     app[BACKEND] = backend
+    app[IDEMPOTENCY] = IdempotencyKeys()
     app.router.add_post("/api/play", play)
     app.router.add_get("/api/play/{id}", playback)
     app.router.add_post("/api/stop", stop)
@@ -123,6 +126,12 @@ async def play(request: web.Request) -> web.Response:
         raise ApiError(400, "'text' is empty")
     if text is not None and len(text) > MAX_TEXT_CHARS:
         raise ApiError(400, f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    idempotency = request.app[IDEMPOTENCY]
+    key = _idempotency_key(request)
+    if key is not None:
+        earlier = idempotency.get(key, (phrase, text))
+        if earlier is not None:
+            return _json(202, earlier, {"Idempotent-Replayed": "true"})
     retry_after = backend.allow_trigger()
     if retry_after is not None:
         raise ApiError(429, "too many requests", {"Retry-After": str(max(1, round(retry_after)))})
@@ -130,7 +139,48 @@ async def play(request: web.Request) -> web.Response:
         req = backend.play(phrase=phrase, text=text, origin="api")
     except Rejected as exc:
         raise ApiError(_REJECTED_STATUS.get(exc.reason, 409), str(exc)) from None
-    return _json(202, {"id": req.id, "state": req.state})
+    answer = {"id": req.id, "state": req.state}
+    if key is not None:
+        idempotency.put(key, (phrase, text), answer)
+    return _json(202, answer)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 printable characters")
+    return key
+
+
+class IdempotencyKeys:
+    """Accepted triggers by Idempotency-Key, for `window_s`: a show controller's retry gets the first answer
+    (the same playback id) and the line is not spoken twice. Only accepted triggers are remembered, so a retry of
+    a refused one (busy, rate-limited) is tried afresh. Bounded: the oldest keys go first."""
+
+    def __init__(self, window_s: float = 600, limit: int = 1000, clock: Callable[[], float] = time.monotonic):
+        self._window_s, self._limit, self._clock = window_s, limit, clock
+        self._answers: collections.OrderedDict[str, tuple[float, Any, dict]] = collections.OrderedDict()
+
+    def get(self, key: str, request: Any) -> dict | None:
+        self._expire()
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        if found[1] != request:
+            raise ApiError(422, "this Idempotency-Key was already used for a different request")
+        return found[2]
+
+    def put(self, key: str, request: Any, answer: dict) -> None:
+        self._answers[key] = (self._clock() + self._window_s, request, answer)
+        while len(self._answers) > self._limit:
+            self._answers.popitem(last=False)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._answers and next(iter(self._answers.values()))[0] <= now:
+            self._answers.popitem(last=False)
 
 
 async def playback(request: web.Request) -> web.Response:
