@@ -58,6 +58,55 @@ class _Attempt:
     error: str | None = None
 
 
+class Synthesis:
+    """One line being synthesized for listeners over HTTP: any number of readers, each from the start.
+
+    It runs as its own task, so a listener who goes away does not stop it: the line is finished and cached, and the
+    next request is served from the cache. Only touched from the event loop, so it needs no lock.
+    """
+
+    def __init__(self) -> None:
+        self.fmt = None
+        self.chunks: list[bytes] = []
+        self.done = False
+        self.error: str | None = None
+        self._waiters: list[asyncio.Future] = []
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self._wake()
+
+    def end(self, error: str | None = None) -> None:
+        self.done, self.error = True, error
+        self._wake()
+
+    async def started(self) -> None:
+        """Wait until there is audio (or an error)."""
+        while not (self.chunks or self.done):
+            await self._changed()
+
+    async def read(self):
+        sent = 0
+        while True:
+            while sent < len(self.chunks):
+                sent += 1
+                yield self.chunks[sent - 1]
+            if self.done:
+                return
+            await self._changed()
+
+    async def _changed(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class Announcer:
     """Speaks text: from the cache when it holds the line, otherwise streamed from the engine chain and cached."""
 
@@ -71,6 +120,8 @@ class Announcer:
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
         self.cache_problem: str | None = None
+        self._listening: dict[str, Synthesis] = {}  # lines being synthesized for listeners, by primary key
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def engine(self) -> SpeechEngine:
@@ -121,6 +172,69 @@ class Announcer:
         if not await self._store(engine, key, bytes(audio), text):
             raise CacheError("the cache is not writable")
         return True
+
+    async def listen(self, text: str):
+        """(format, chunks) of `text` for a listener: from the cache, else synthesized as it is heard (and cached
+        at a clean end, even if the listener has gone). Raises SpeechError when no engine could start it."""
+        text = text.strip()
+        for key in self.keys_for(text):
+            entry = await self._lookup(key)
+            if entry is not None:
+                return entry.info.fmt, _once(entry.pcm)
+        key = self.key_for(text)
+        synthesis = self._listening.get(key)
+        if synthesis is None:
+            synthesis = self._listening[key] = Synthesis()
+            task = asyncio.create_task(self._synthesize_for_listeners(text, key, synthesis))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await synthesis.started()
+        if not synthesis.chunks:
+            raise SpeechError(synthesis.error or "no audio")
+        return synthesis.fmt, synthesis.read()
+
+    async def _synthesize_for_listeners(self, text: str, key: str, synthesis: Synthesis) -> None:
+        errors: list[str] = []
+        try:
+            engines = self.engines.usable()
+            for i, engine in enumerate(engines):
+                deadline = self.engines.failover_s if i + 1 < len(engines) else None
+                error = await self._synthesize_into(engine, text, synthesis, deadline)
+                if error is None or synthesis.chunks:  # done, or cut after listeners heard it: nothing to switch to
+                    synthesis.end(error)
+                    return
+                errors.append(error)
+            synthesis.end("; ".join(errors) or "no speech engine available now")
+        finally:
+            if not synthesis.done:
+                synthesis.end("cancelled")
+            self._listening.pop(key, None)
+
+    async def _synthesize_into(
+        self, engine: SpeechEngine, text: str, synthesis: Synthesis, deadline: float | None
+    ) -> str | None:
+        """One engine's try; None on success (and the line cached), else why not."""
+        first_audio = asyncio.Event()
+
+        def on_audio(chunk: bytes) -> None:
+            synthesis.fmt = engine.fmt
+            synthesis.add(chunk)
+            first_audio.set()
+
+        task = asyncio.ensure_future(engine.synthesize(text, on_audio))
+        try:
+            if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KioskError):
+                    await task
+                raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
+            await task
+        except SpeechError as exc:
+            self.engines.failed(engine, exc)
+            return str(exc)
+        self.engines.succeeded(engine)
+        await self._store(engine, self.key_for(text, engine), b"".join(synthesis.chunks), text)
+        return None
 
     async def _lookup(self, key: str) -> Entry | None:
         try:
@@ -255,6 +369,11 @@ class Announcer:
             error=attempt.error,
             failover=failover,
         )
+
+
+async def _once(pcm: bytes, chunk_bytes: int = 32768):
+    for i in range(0, len(pcm), chunk_bytes):
+        yield pcm[i : i + chunk_bytes]
 
 
 async def _first_audio_within(task: asyncio.Future, first_audio: asyncio.Event, seconds: float) -> bool:

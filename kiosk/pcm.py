@@ -1,9 +1,7 @@
-"""Raw PCM helpers: the audio format, frame alignment of arbitrary chunks, WAV wrapping."""
+"""Raw PCM helpers: the audio format, frame alignment of arbitrary chunks, a streaming WAV header."""
 
 from __future__ import annotations
 
-import io
-import wave
 from dataclasses import dataclass
 
 
@@ -59,12 +57,24 @@ class FrameAligner:
         return len(self._partial)
 
 
-def wav_bytes(fmt: AudioFormat, pcm: bytes) -> bytes:
-    """A complete WAV file holding `pcm`."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(fmt.channels)
-        w.setsampwidth(fmt.sample_width)
-        w.setframerate(fmt.rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
+def wav_stream_header(fmt: AudioFormat) -> bytes:
+    """A WAV header for audio of unknown length, sent before the audio exists: both sizes are 0xFFFFFFFF, which
+    players (browsers, ffplay) read as "until the stream ends"."""
+    block = fmt.frame_bytes
+    return b"".join(
+        [
+            b"RIFF",
+            (0xFFFFFFFF).to_bytes(4, "little"),
+            b"WAVE",
+            b"fmt ",
+            (16).to_bytes(4, "little"),
+            (1).to_bytes(2, "little"),
+            fmt.channels.to_bytes(2, "little"),
+            fmt.rate.to_bytes(4, "little"),
+            (fmt.rate * block).to_bytes(4, "little"),
+            block.to_bytes(2, "little"),
+            (8 * fmt.sample_width).to_bytes(2, "little"),
+            b"data",
+            (0xFFFFFFFF).to_bytes(4, "little"),
+        ]
+    )

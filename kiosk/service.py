@@ -23,7 +23,7 @@ from kiosk.cache import PhraseCache
 from kiosk.config import AudioConfig, ButtonConfig, Config, load_config, read_secret_file, resolve_api_key
 from kiosk.errors import AudioError, ConfigError, KioskError, SpeechError
 from kiosk.metrics import CONTENT_TYPE, Metrics
-from kiosk.pcm import AudioFormat, wav_bytes
+from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
 from kiosk.speaker import Rejected, Request, Speaker
 from kiosk.speech import SpeechEngine
@@ -307,12 +307,7 @@ class Service:
 
     def play(self, *, phrase: str | None, text: str | None, origin: str, policy: str | None = None) -> Request:
         """Queue a configured line or (where allowed) free text; raises Rejected saying why not."""
-        if phrase is not None:
-            if phrase not in self.cfg.phrases:
-                raise Rejected(f"no phrase '{phrase}'", "unknown_phrase")
-            text = self.cfg.phrases[phrase]
-        elif not self.cfg.api.allow_text:
-            raise Rejected("free text is disabled (api.allow_text: false)", "text_disabled")
+        text = self.line_text(phrase=phrase, text=text)
         try:
             return self.speaker.request(
                 text, origin=origin, policy=policy or self.cfg.api.when_busy, phrase=phrase, gain=self._gain
@@ -320,6 +315,20 @@ class Service:
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             raise
+
+    def line_text(self, *, phrase: str | None, text: str | None) -> str:
+        """The configured line, or free text where allowed; raises Rejected saying why not."""
+        if phrase is not None:
+            if phrase not in self.cfg.phrases:
+                raise Rejected(f"no phrase '{phrase}'", "unknown_phrase")
+            return self.cfg.phrases[phrase]
+        if not self.cfg.api.allow_text:
+            raise Rejected("free text is disabled (api.allow_text: false)", "text_disabled")
+        return text
+
+    async def listen(self, text: str):
+        """(format, chunks) of a line for a listener over HTTP; see Announcer.listen."""
+        return await self.announcer.listen(text)
 
     def stop_speaking(self) -> bool:
         was_speaking = self.speaker.speaking or self.speaker.queued > 0
@@ -426,14 +435,6 @@ class Service:
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(self.cfg.phrases))
         return ready
-
-    def preview_wav(self, phrase: str) -> bytes | None:
-        """The cached audio of a configured line as a WAV file (blocking: call off the event loop)."""
-        for key in self.announcer.keys_for(self.cfg.phrases[phrase]):
-            entry = self.cache.get(key)
-            if entry is not None:
-                return wav_bytes(entry.info.fmt, entry.pcm)
-        return None
 
     def warm_progress(self) -> dict:
         return dict(self.warm)

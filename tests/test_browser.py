@@ -139,3 +139,39 @@ async def test_staff_flow_in_a_real_browser(service, page):
     await page.wait_for_url(f"{base}/volume")
     assert service.cfg.quiet_hours[0].start == "22:00"
     await shot(page, "volume")
+
+
+async def test_staff_preview_of_a_new_line_plays_before_synthesis_ends(service, page, server):
+    base = f"http://127.0.0.1:{service.staff_port}"
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    await page.goto(f"{base}/login")
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/status")
+    server.behaviour.realtime_factor = 1.0  # from now on a line takes its own length (here 12 s) to arrive
+    server.behaviour.chunk_sizes = [2400]
+    text = (
+        "Amethyst is a violet quartz. Its colour comes from iron and from natural radiation in the rock. "
+        "Heat it and it turns yellow: much of the citrine sold in shops began its life as amethyst."
+    )
+    await page.goto(f"{base}/lines")
+    await page.fill("#new-id", "amethyst")
+    await page.fill("#new-text", text)
+    await page.click("text=Add line")
+    await page.wait_for_url(f"{base}/lines")
+    service._warm_task.cancel()  # the preview, not the background warm-up, must be what synthesizes it
+    asked = len(server.requests)
+    playing_ms = await page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const audio = document.getElementById("preview-amethyst");
+            const started = performance.now();
+            audio.muted = true;
+            audio.addEventListener("playing", () => resolve(performance.now() - started), { once: true });
+            audio.addEventListener("error", () => reject(new Error("media error " + audio.error.code)), { once: true });
+            audio.play().catch(reject);
+        })"""
+    )
+    streaming = server.requests[asked:]
+    assert streaming, "the preview did not reach the engine"
+    assert streaming[0].outcome == "pending", "the browser played only after the engine had finished the line"
+    print(f"staff preview: 'playing' after {playing_ms:.0f} ms, engine still synthesizing")

@@ -26,6 +26,7 @@ from kiosk.config import Config, load_config, phrase_problem, read_staff_setting
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
 from kiosk.staff.auth import LoginLimiter, PasswordFile, Session, Sessions
+from kiosk.web.api import stream_wav
 
 HERE = Path(__file__).parent
 COOKIE = "kiosk_session"
@@ -49,7 +50,7 @@ class StaffBackend(Protocol):
     async def status(self) -> dict: ...
     async def reload(self) -> bool: ...
     def play(self, *, phrase: str | None, text: str | None, origin: str) -> Any: ...
-    def preview_wav(self, phrase: str) -> bytes | None: ...
+    async def listen(self, text: str) -> Any: ...
     def warm_progress(self) -> dict: ...
 
 
@@ -277,14 +278,13 @@ async def play_line(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/lines")
 
 
-async def preview_line(request: web.Request) -> web.Response:
+async def preview_line(request: web.Request) -> web.StreamResponse:
+    """The line as WAV, streamed as it is synthesized when it is not cached yet."""
     pid = request.match_info["id"]
-    if pid not in request.app[BACKEND].cfg.phrases:
+    backend = request.app[BACKEND]
+    if pid not in backend.cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
-    wav = await asyncio.to_thread(request.app[BACKEND].preview_wav, pid)
-    if wav is None:
-        raise web.HTTPNotFound(text="this line is not synthesized yet")
-    return web.Response(body=wav, content_type="audio/wav", headers={"Content-Disposition": "inline"})
+    return await stream_wav(request, backend, backend.cfg.phrases[pid])
 
 
 async def assign_buttons(request: web.Request) -> web.Response:

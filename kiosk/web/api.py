@@ -11,11 +11,13 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from kiosk.errors import KioskError
+from kiosk.pcm import AudioFormat, wav_stream_header
 from kiosk.speaker import Rejected, Request
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ class Backend(Protocol):
     """What the API needs from the service."""
 
     def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
+    def line_text(self, *, phrase: str | None, text: str | None) -> str: ...
+    async def listen(self, text: str) -> tuple[AudioFormat, AsyncIterator[bytes]]: ...
     def stop_speaking(self) -> bool: ...
     def find(self, request_id: str) -> Request | None: ...
     async def status(self) -> dict: ...
@@ -58,6 +62,7 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_post("/api/play", play)
     app.router.add_get("/api/play/{id}", playback)
     app.router.add_post("/api/stop", stop)
+    app.router.add_get("/api/speech", speech)
     app.router.add_get("/api/status", status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -77,7 +82,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except web.HTTPException as exc:  # 404, 405, 413 from aiohttp itself: same JSON shape
         if exc.status < 400:
             raise
-        message = "request body too large" if exc.status == 413 else exc.reason.lower()
+        default = exc.text is None or exc.text == f"{exc.status}: {exc.reason}"
+        message = "request body too large" if exc.status == 413 else exc.reason.lower() if default else exc.text
         return _json(exc.status, {"error": message}, {k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
@@ -120,12 +126,7 @@ async def play(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     body = await _body(request, {"phrase", "text"})
     phrase, text = _string(body, "phrase"), _string(body, "text")
-    if (phrase is None) == (text is None):
-        raise ApiError(400, "give exactly one of 'phrase' or 'text'")
-    if text is not None and not text.strip():
-        raise ApiError(400, "'text' is empty")
-    if text is not None and len(text) > MAX_TEXT_CHARS:
-        raise ApiError(400, f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+    _check_choice(phrase, text)
     idempotency = request.app[IDEMPOTENCY]
     key = _idempotency_key(request)
     if key is not None:
@@ -143,6 +144,15 @@ async def play(request: web.Request) -> web.Response:
     if key is not None:
         idempotency.put(key, (phrase, text), answer)
     return _json(202, answer)
+
+
+def _check_choice(phrase: str | None, text: str | None) -> None:
+    if (phrase is None) == (text is None):
+        raise ApiError(400, "give exactly one of 'phrase' or 'text'")
+    if text is not None and not text.strip():
+        raise ApiError(400, "'text' is empty")
+    if text is not None and len(text) > MAX_TEXT_CHARS:
+        raise ApiError(400, f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
@@ -181,6 +191,46 @@ class IdempotencyKeys:
         now = self._clock()
         while self._answers and next(iter(self._answers.values()))[0] <= now:
             self._answers.popitem(last=False)
+
+
+async def speech(request: web.Request) -> web.StreamResponse:
+    """The line as WAV, streamed while it is synthesized (from the cache when it is there)."""
+    backend = request.app[BACKEND]
+    unknown = sorted(set(request.query) - {"phrase", "text"})
+    if unknown:
+        raise ApiError(400, f"unknown parameter(s): {', '.join(unknown)}; allowed: phrase, text")
+    phrase, text = request.query.get("phrase"), request.query.get("text")
+    _check_choice(phrase, text)
+    try:
+        line = backend.line_text(phrase=phrase, text=text)
+    except Rejected as exc:
+        raise ApiError(_REJECTED_STATUS.get(exc.reason, 409), str(exc)) from None
+    retry_after = backend.allow_trigger()
+    if retry_after is not None:
+        raise ApiError(429, "too many requests", {"Retry-After": str(max(1, round(retry_after)))})
+    return await stream_wav(request, backend, line)
+
+
+async def stream_wav(request: web.Request, backend: Any, line: str) -> web.StreamResponse:
+    """Send `line` as a WAV stream; the synthesis goes on (and is cached) if the listener leaves early."""
+    try:
+        fmt, chunks = await backend.listen(line)
+    except KioskError as exc:
+        raise web.HTTPServiceUnavailable(text=f"cannot speak this line now: {exc}") from None
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "audio/wav",
+            "Content-Disposition": "inline",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # proxies must pass each chunk on at once
+        }
+    )
+    await response.prepare(request)
+    await response.write(wav_stream_header(fmt))
+    async for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def playback(request: web.Request) -> web.Response:
