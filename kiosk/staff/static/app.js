@@ -63,7 +63,73 @@ async function refreshProgress(section) {
   }
 }
 
+// Listening to a line in the browser: the WAV stream is read as it arrives and played with Web Audio, so a line
+// that is still being synthesized starts within a moment (an <audio> element buffers about 5 s of WAV first).
+function parseWavHeader(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, 44);
+  return { channels: view.getUint16(22, true), rate: view.getUint32(24, true), bits: view.getUint16(34, true) };
+}
+
+function concatBytes(a, b) {
+  const joined = new Uint8Array(a.length + b.length);
+  joined.set(a, 0);
+  joined.set(b, a.length);
+  return joined;
+}
+
+async function listen(button) {
+  const context = new AudioContext();
+  button.dataset.state = "loading";
+  const response = await fetch(button.dataset.listen, { credentials: "same-origin", cache: "no-store" });
+  if (!response.ok) {
+    button.dataset.state = "error";
+    return;
+  }
+  const reader = response.body.getReader();
+  let header = null;
+  let rest = new Uint8Array(0);
+  let when = context.currentTime + 0.1; // a short pre-roll against network jitter
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    let bytes = concatBytes(rest, value);
+    if (!header) {
+      if (bytes.length < 44) { rest = bytes; continue; }
+      header = parseWavHeader(bytes);
+      bytes = bytes.subarray(44);
+    }
+    const frameBytes = header.channels * (header.bits / 8);
+    const usable = bytes.length - (bytes.length % frameBytes);
+    rest = bytes.slice(usable);
+    if (usable === 0) continue;
+    const samples = new Int16Array(bytes.slice(0, usable).buffer);
+    const frames = samples.length / header.channels;
+    const buffer = context.createBuffer(header.channels, frames, header.rate);
+    for (let c = 0; c < header.channels; c++) {
+      const channel = buffer.getChannelData(c);
+      for (let i = 0; i < frames; i++) channel[i] = samples[i * header.channels + c] / 32768;
+    }
+    const source = context.createBufferSource();
+    source.buffer = buffer;
+    source.connect(context.destination);
+    when = Math.max(when, context.currentTime + 0.02);
+    source.start(when);
+    when += buffer.duration;
+    if (button.dataset.state !== "playing") {
+      button.dataset.audio = context.state; // "running" unless the browser holds audio back
+      button.dataset.state = "playing";
+    }
+  }
+  button.dataset.state = "done";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-listen]").forEach((button) => {
+    button.addEventListener("click", (event) => {
+      event.preventDefault();
+      listen(button).catch(() => { button.dataset.state = "error"; });
+    });
+  });
   const status = document.querySelector("[data-refresh]");
   if (status) setInterval(() => refreshStatus(status), 1000);
   const progress = document.querySelector("[data-progress]");
