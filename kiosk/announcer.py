@@ -214,21 +214,13 @@ class Announcer:
         self, engine: SpeechEngine, text: str, synthesis: Synthesis, deadline: float | None
     ) -> str | None:
         """One engine's try; None on success (and the line cached), else why not."""
-        first_audio = asyncio.Event()
 
         def on_audio(chunk: bytes) -> None:
             synthesis.fmt = engine.fmt
             synthesis.add(chunk)
-            first_audio.set()
 
-        task = asyncio.ensure_future(engine.synthesize(text, on_audio))
         try:
-            if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, KioskError):
-                    await task
-                raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
-            await task
+            await _synthesize_within(engine, text, on_audio, deadline)
         except SpeechError as exc:
             self.engines.failed(engine, exc)
             return str(exc)
@@ -277,7 +269,6 @@ class Announcer:
         """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
         attempt = _Attempt()
         audio = bytearray()
-        first_audio = asyncio.Event()
 
         def on_audio(chunk: bytes) -> None:
             if not attempt.playbacks:
@@ -285,23 +276,15 @@ class Announcer:
                 attempt.playbacks.append(self._start(engine.fmt, streamed=True, gain=gain))
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
-            first_audio.set()
 
-        task = asyncio.ensure_future(engine.synthesize(text, on_audio))
         try:
-            if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, KioskError):
-                    await task
-                raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
-            await task
+            await _synthesize_within(engine, text, on_audio, deadline)
         except SpeechError as exc:
             self.engines.failed(engine, exc)
             attempt.error = str(exc)
         except KioskError as exc:
             attempt.error = str(exc)
         except BaseException:  # cancelled: silence at once
-            task.cancel()
             for playback in attempt.playbacks:
                 playback.stop()
             raise
@@ -374,6 +357,28 @@ class Announcer:
 async def _once(pcm: bytes, chunk_bytes: int = 32768):
     for i in range(0, len(pcm), chunk_bytes):
         yield pcm[i : i + chunk_bytes]
+
+
+async def _synthesize_within(
+    engine: SpeechEngine, text: str, on_audio: Callable[[bytes], None], deadline: float | None
+) -> None:
+    """`engine.synthesize`, except that with a `deadline` an engine with no audio by then is given up on."""
+    first_audio = asyncio.Event()
+
+    def relay(chunk: bytes) -> None:
+        on_audio(chunk)
+        first_audio.set()
+
+    task = asyncio.ensure_future(engine.synthesize(text, relay))
+    try:
+        if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, KioskError):
+                await task
+            raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
+        await task
+    finally:
+        task.cancel()  # a no-op once it has finished; stops it when we are cancelled
 
 
 async def _first_audio_within(task: asyncio.Future, first_audio: asyncio.Event, seconds: float) -> bool:
