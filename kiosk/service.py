@@ -366,8 +366,9 @@ class Service:
         (m.cache_hits if trace.source == "cache" else m.cache_misses).inc()
         if trace.error and trace.source != "cache":
             m.engine_errors.labels(trace.source).inc()
-        if trace.first_audio_ms is not None and req.started_at is not None:
-            m.first_audio.labels(trace.source).observe(req.started_at - req.requested_at + trace.first_audio_ms / 1000)
+        press_to_audio_ms = _press_to_audio_ms(req)
+        if press_to_audio_ms is not None:
+            m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
         what = req.phrase or f"{len(req.text)} characters of text"
         self.event(f"{req.origin}: {what}: {req.state}" + (f" ({trace.error})" if trace.error else ""))
 
