@@ -1,4 +1,4 @@
-"""systemd's notify protocol (sd_notify): READY, STOPPING, RELOADING, STATUS and watchdog pings.
+"""systemd's notify protocol (sd_notify): READY (with STATUS), STOPPING, RELOADING and watchdog pings.
 
 A dozen lines of socket code: the protocol is one datagram per message, so no library is needed.
 """
@@ -21,10 +21,6 @@ class Notifier:
         self._address = "\0" + path[1:] if path.startswith("@") else path  # "@" marks an abstract socket
         self.watchdog_s = _watchdog_interval(env)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._address)
-
     def send(self, *fields: str) -> None:
         if not self._address:
             return
@@ -42,9 +38,6 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
-
-    def status(self, text: str) -> None:
-        self.send(f"STATUS={text}")
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
