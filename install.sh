@@ -119,9 +119,10 @@ system_packages() {
     "$python" -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
         2>/dev/null || pkgs+=(python3-dev)
     if [ "$with_test" -eq 1 ]; then
-        # A PulseAudio null sink behind ALSA's pulse plugin is the test suite's clocked audio device; Chromium
+        # A PulseAudio null sink behind ALSA's pulse plugin is the clocked audio device of the tests and the
+        # benchmark (pacat, from pulseaudio-utils, keeps it rendering in small blocks); Chromium
         # runs the staff page's browser tests (driven by Playwright); systemd-analyze checks the unit file.
-        pkgs+=(pulseaudio libasound2-plugins chromium systemd)
+        pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins chromium systemd)
     fi
     apt_install "${pkgs[@]}"
 }

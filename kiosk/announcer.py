@@ -24,6 +24,9 @@ from kiosk.speech.chain import EngineChain
 
 log = logging.getLogger(__name__)
 
+# Speech runs at about 60-70 ms of audio per character; erring long only makes a slow stream wait a little more.
+SPEECH_S_PER_CHAR = 0.075
+
 
 @dataclass
 class Trace:
@@ -273,7 +276,7 @@ class Announcer:
         def on_audio(chunk: bytes) -> None:
             if not attempt.playbacks:
                 attempt.first_byte_at = self._clock()
-                attempt.playbacks.append(self._start(engine.fmt, streamed=True, gain=gain))
+                attempt.playbacks.append(self._start(engine.fmt, streamed=True, gain=gain, text=text))
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
 
@@ -313,10 +316,11 @@ class Announcer:
         self.cache_problem = None
         return True
 
-    def _start(self, fmt, *, streamed: bool, gain: float) -> Playback:
+    def _start(self, fmt, *, streamed: bool, gain: float, text: str = "") -> Playback:
         if self._current is not None:
             self._current.stop()
-        self._current = self.player.play(fmt, streamed=streamed, gain=gain)
+        expected_s = len(text) * SPEECH_S_PER_CHAR if streamed else None
+        self._current = self.player.play(fmt, streamed=streamed, gain=gain, expected_s=expected_s)
         return self._current
 
     async def _finish(self, playback: Playback) -> str | None:

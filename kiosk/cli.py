@@ -21,8 +21,7 @@ from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
 from kiosk.config import DEFAULT_CONFIG_PATH, Config, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
-from kiosk.player import Player
-from kiosk.service import alsa_opener, build_cache, build_chain, open_announcer, run_service
+from kiosk.service import build_cache, build_chain, build_player, open_announcer, run_service
 from kiosk.warm import warm
 
 log = logging.getLogger("kiosk")
@@ -188,7 +187,7 @@ def _announcer(args: argparse.Namespace) -> tuple[Config, Announcer]:
     """Cache and engines as the service sees them (configured lines pinned in every engine's voice); the player
     is never started: these commands do not play."""
     cfg = _config(args)
-    player = Player(alsa_opener(cfg.audio), preroll_ms=cfg.audio.preroll_ms)
+    player = build_player(cfg.audio)
     announcer = Announcer(engines=build_chain(cfg), cache=build_cache(cfg), player=player)
     announcer.pin_lines(list(cfg.phrases.values()))
     return cfg, announcer

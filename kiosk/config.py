@@ -110,7 +110,8 @@ class AudioConfig:
 
     device: str = "default"
     volume: int = _bounded(100, 0, 100)  # percent: the device's mixer where it has one, else software gain
-    preroll_ms: int = _bounded(120, 0, 2000)
+    preroll_ms: int = _bounded(120, 0, 2000)  # at least this much audio before a streamed line starts
+    preroll_max_ms: int = _bounded(3000, 0, 30000)  # the longest a line is held after its first byte
     period_ms: int = _bounded(40, 5, 200)
     buffer_periods: int = _bounded(4, 2, 32)
 

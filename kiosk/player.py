@@ -1,8 +1,9 @@
 """The player: feeds PCM to an audio sink from one dedicated writer thread, never from the event loop.
 
-Streamed audio waits for a pre-roll before the device starts, so small gaps in arrival do not underrun it;
-cached audio starts at once. Chunks of any size are re-aligned to whole frames, the last period is padded with
-silence, and a stop request silences the device within one period (the longest a blocking write can take).
+Streamed audio waits for a pre-roll before the device starts, sized from the arrival rate (kiosk.preroll) so that
+the rest of the line is not expected to underrun; cached audio starts at once. Chunks of any size are re-aligned
+to whole frames, the last period is padded with silence, and a stop request silences the device within one period
+(the longest a blocking write can take).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Protocol
 
 from kiosk.errors import AudioError
 from kiosk.pcm import AudioFormat, FrameAligner
+from kiosk.preroll import Arrivals, Preroll
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +64,21 @@ class PlaybackStats:
 class Playback:
     """One stream of audio on its way to the speaker. `feed`, `finish` and `stop` may be called from any thread."""
 
-    def __init__(self, fmt: AudioFormat, preroll_bytes: int, loop: asyncio.AbstractEventLoop, gain: float = 1.0):
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        preroll: Preroll | None = None,
+        expected_s: float | None = None,
+        gain: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.fmt = fmt
-        self.preroll_bytes = preroll_bytes
+        self.preroll = preroll  # None: start with the first audio
+        self.expected_s = expected_s  # how long the line is likely to be, for the pre-roll
         self.gain = gain
+        self._clock = clock
         self.stats = PlaybackStats()
         self._chunks: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -74,7 +87,7 @@ class Playback:
 
     def feed(self, chunk: bytes) -> None:
         if chunk:
-            self._chunks.put(chunk)
+            self._chunks.put((self._clock(), chunk))
 
     def finish(self) -> None:
         """No more audio: play what is queued to the end."""
@@ -107,9 +120,16 @@ class Playback:
 class Player:
     """Plays one Playback after another on a dedicated writer thread, keeping the device open between them."""
 
-    def __init__(self, open_sink: SinkOpener, *, preroll_ms: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        open_sink: SinkOpener,
+        *,
+        preroll_ms: int,
+        preroll_max_ms: int = 3000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._open_sink = open_sink
-        self._preroll_ms = preroll_ms
+        self._preroll = Preroll(floor_s=preroll_ms / 1000, max_wait_s=preroll_max_ms / 1000)
         self._clock = clock
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._sink: AudioSink | None = None
@@ -122,13 +142,16 @@ class Player:
     def start(self) -> None:
         self._thread.start()
 
-    def play(self, fmt: AudioFormat, *, streamed: bool, gain: float = 1.0) -> Playback:
+    def play(self, fmt: AudioFormat, *, streamed: bool, gain: float = 1.0, expected_s: float | None = None) -> Playback:
         """Queue a new playback; streamed audio gets the pre-roll, cached audio starts at once.
 
         `gain` (0 to 1) scales the samples: software volume where the device has no mixer, and quiet hours.
+        `expected_s` is the likely length of a streamed line: the slower it arrives, the more of it must be buffered.
         """
-        preroll = fmt.bytes_for_ms(self._preroll_ms) if streamed else 0
-        playback = Playback(fmt, preroll, asyncio.get_running_loop(), gain)
+        preroll = self._preroll if streamed else None
+        playback = Playback(
+            fmt, asyncio.get_running_loop(), preroll=preroll, expected_s=expected_s, gain=gain, clock=self._clock
+        )
         self._jobs.put(playback)
         return playback
 
@@ -197,6 +220,7 @@ class Player:
         period_bytes = sink.period_frames * frame_bytes
         poll_s = sink.period_frames / playback.fmt.rate / 2
         aligner = FrameAligner(frame_bytes)
+        arrivals = Arrivals()
         pending = bytearray()
         started = ended = False
         while True:
@@ -205,10 +229,9 @@ class Player:
                 sink.drop()
                 playback.stats.stopped = True
                 return
-            target = 1 if started else playback.preroll_bytes
-            starved = not ended and len(pending) < max(target, 1)
-            ended = _take(playback, pending, aligner, poll_s if starved else None) or ended
-            if not started and len(pending) < playback.preroll_bytes and not ended:
+            starved = not ended and (not started or not pending)
+            ended = _take(playback, pending, aligner, arrivals, poll_s if starved else None) or ended
+            if not (started or ended or self._may_start(playback, arrivals)):
                 continue
             started = True
             if ended and len(pending) <= period_bytes:
@@ -221,6 +244,11 @@ class Player:
                 chunk = bytes(pending[:period_bytes])
                 del pending[:period_bytes]
                 self._write(sink, playback, chunk)
+
+    def _may_start(self, playback: Playback, arrivals: Arrivals) -> bool:
+        if playback.preroll is None:
+            return arrivals.first_at is not None
+        return playback.preroll.ready(arrivals, self._clock(), playback.expected_s)
 
     def _write(self, sink: AudioSink, playback: Playback, audio: bytes, pad_to: int = 0) -> None:
         if not audio:
@@ -246,14 +274,19 @@ def scale(pcm: bytes, gain: float, sample_width: int) -> bytes:
     return scaled.tobytes()
 
 
-def _take(playback: Playback, pending: bytearray, aligner: FrameAligner, wait_s: float | None) -> bool:
+def _take(
+    playback: Playback, pending: bytearray, aligner: FrameAligner, arrivals: Arrivals, wait_s: float | None
+) -> bool:
     """Move every chunk that has arrived into `pending`, waiting up to `wait_s` for the first; True at the end."""
+    bytes_per_s = playback.fmt.rate * playback.fmt.frame_bytes
     try:
         item = playback._chunks.get(timeout=wait_s) if wait_s else playback._chunks.get_nowait()
         while True:
             if item is _END:
                 return True
-            pending += aligner.push(item)
+            arrived_at, chunk = item
+            arrivals.add(arrived_at, len(chunk) / bytes_per_s)
+            pending += aligner.push(chunk)
             item = playback._chunks.get_nowait()
     except queue.Empty:
         return False

@@ -52,6 +52,11 @@ def alsa_opener(audio: AudioConfig) -> SinkOpener:
     return open_sink
 
 
+def build_player(audio: AudioConfig, open_sink: SinkOpener | None = None) -> Player:
+    """A player on the configured device (or `open_sink`), with the configured pre-roll."""
+    return Player(open_sink or alsa_opener(audio), preroll_ms=audio.preroll_ms, preroll_max_ms=audio.preroll_max_ms)
+
+
 def build_cache(cfg: Config) -> PhraseCache:
     return PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000)).open()
 
@@ -94,7 +99,7 @@ async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) ->
     """An announcer whose device is already open; everything is closed again on exit."""
     cache = build_cache(cfg)
     engines = build_chain(cfg)
-    player = Player(open_sink or alsa_opener(cfg.audio), preroll_ms=cfg.audio.preroll_ms)
+    player = build_player(cfg.audio, open_sink)
     player.start()
     try:
         announcer = Announcer(engines=engines, cache=cache, player=player)
@@ -250,7 +255,7 @@ class Service:
             log.warning("api.bind and api.port changes take effect after a restart")
 
     def _new_player(self, cfg: Config) -> Player:
-        player = Player(self._open_sink or alsa_opener(cfg.audio), preroll_ms=cfg.audio.preroll_ms)
+        player = build_player(cfg.audio, self._open_sink)
         player.start()
         return player
 

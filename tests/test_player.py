@@ -169,7 +169,7 @@ async def test_underrun_is_recovered_and_counted(pulse_device):
     player.start()
     try:
         first, second = tone(0.5), tone(0.3, hz=660)
-        playback = player.play(OPENAI_PCM, streamed=True)
+        playback = player.play(OPENAI_PCM, streamed=False)  # no pre-roll: the device starts on the first chunk
         playback.feed(first)
         await wait_until(lambda: playback.stats.frames == len(first) // 2, timeout=6)
         await asyncio.sleep(0.5)  # the network stalls: the 160 ms device buffer runs dry
