@@ -22,9 +22,11 @@ import argparse
 import array
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
+import random
 import signal
 import sys
 import threading
@@ -103,7 +105,11 @@ class Behaviour:
     chunk_sizes: list[int] | None = field(default_factory=lambda: [4096])  # cycled; None = one chunk
     realtime_factor: float | None = None  # 1.0 = audio arrives as fast as it plays; None = no pacing
     stall_after_bytes: int | None = None  # pause once after exactly this many body bytes
+    stall_at_fraction: float | None = None  # or after this fraction of the audio (0.5: mid-line)
     stall_s: float = 1.0
+    jitter_s: float = 0.0  # the first byte and each paced chunk (or burst) move by up to ± this much
+    burst_every_s: float | None = None  # paced chunks are held and sent together every this often
+    seed: int = 0  # jitter is drawn from it, so a seed replays the same arrival pattern
     cut_after_bytes: int | None = None  # abort the connection after this many body bytes (no clean end)
     hang: bool = False  # read the request, then never answer until stop()
     status: int | None = None  # answer with this HTTP error status and an OpenAI-style error body
@@ -152,8 +158,16 @@ class RecordedRequest:
 class FakeOpenAI:
     """The aiohttp server. `await start()` / `await stop()`, or `async with FakeOpenAI() as server:`."""
 
-    def __init__(self, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        behaviour: Behaviour | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        profiles: dict[str, Behaviour] | None = None,
+    ) -> None:
         self.behaviour = behaviour or Behaviour()
+        self.profiles = profiles or {}  # served under /profiles/NAME/SEED/v1, each request with its own seed
         self.requests: list[RecordedRequest] = []  # speech requests only, in arrival order
         self.model_requests: list[RecordedRequest] = []  # GET /v1/models, kept apart so counts stay simple
         self._host = host
@@ -202,15 +216,31 @@ class FakeOpenAI:
 
     def _make_app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/v1/audio/speech", self._speech)
-        app.router.add_get("/v1/models", self._models)
+        for prefix in ("", "/profiles/{profile}/{seed:\\d+}"):
+            app.router.add_post(f"{prefix}/v1/audio/speech", self._speech)
+            app.router.add_get(f"{prefix}/v1/models", self._models)
         return app
+
+    def _behaviour_for(self, request: web.Request) -> Behaviour | None:
+        """`self.behaviour`, or a named profile when the base URL is .../profiles/NAME/SEED/v1 (None: unknown)."""
+        name = request.match_info.get("profile")
+        if name is None:
+            return self.behaviour
+        if name not in self.profiles:
+            return None
+        return dataclasses.replace(self.profiles[name], seed=int(request.match_info["seed"]))
 
     # --- handlers ---
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         record = await _record(request, self.requests)
-        behaviour = self.behaviour
+        behaviour = self._behaviour_for(request)
+        if behaviour is None:
+            record.outcome = "error"
+            known = ", ".join(sorted(self.profiles))
+            return self._error(
+                404, "not_found", f"no network profile {request.match_info['profile']!r}; known: {known}"
+            )
         if behaviour.hang:
             return await self._hang(request, record)
         if not await self._pause(behaviour.headers_delay_s):
@@ -320,10 +350,15 @@ class _Delivery:
         self._response = response
         self._audio = audio
         self._record = record
-        self._first_byte_delay_s = behaviour.first_byte_delay_s
+        self._jitter = _Jitter(behaviour.seed, behaviour.jitter_s)
+        self._first_byte_delay_s = max(0.0, behaviour.first_byte_delay_s + self._jitter("first byte", 0))
         self._sizes = itertools.cycle(_chunk_sizes(behaviour.chunk_sizes, len(audio)))
         self._bytes_per_s = None if behaviour.realtime_factor is None else BYTES_PER_SECOND * behaviour.realtime_factor
+        self._burst_every_s = behaviour.burst_every_s
+        self._chunks_sent = 0
         self._stall_at = behaviour.stall_after_bytes
+        if behaviour.stall_at_fraction is not None:
+            self._stall_at = int(len(audio) * behaviour.stall_at_fraction)
         self._stall_s = behaviour.stall_s
         self._cut = behaviour.cut_after_bytes
         self._limit = len(audio) if self._cut is None else max(0, min(self._cut, len(audio)))
@@ -356,10 +391,20 @@ class _Delivery:
         return carry_on
 
     def _pacing_wait(self) -> float:
-        """How long until the next chunk is due, so audio arrives at `realtime_factor` times playback speed."""
+        """How long until the next chunk is due, so audio arrives at `realtime_factor` times playback speed.
+
+        With bursts, a chunk waits for the next burst at or after its due time; jitter moves each chunk, or each
+        burst as a whole. A chunk is never sent before the one ahead of it, so jitter can bunch chunks together.
+        """
         if self._bytes_per_s is None:
             return 0.0
-        return self._started + self._sent / self._bytes_per_s - time.monotonic()
+        due = self._sent / self._bytes_per_s
+        if self._burst_every_s:
+            burst = math.ceil(round(due / self._burst_every_s, 9))
+            due = burst * self._burst_every_s + self._jitter("burst", burst)
+        else:
+            due += self._jitter("chunk", self._chunks_sent)
+        return self._started + due - time.monotonic()
 
     async def _send_chunk(self) -> None:
         """One write = one HTTP chunk; it never crosses the stall or cut point, so those land on exact bytes."""
@@ -368,7 +413,21 @@ class _Delivery:
             end = min(end, self._stall_at)
         await self._response.write(self._audio[self._sent : end])
         self._sent = end
+        self._chunks_sent += 1
         self._record.bytes_sent = end
+
+
+class _Jitter:
+    """A reproducible offset within ±`spread_s` for each (kind, index): the same seed gives the same pattern."""
+
+    def __init__(self, seed: int, spread_s: float) -> None:
+        self._seed = seed
+        self._spread_s = spread_s
+
+    def __call__(self, kind: str, index: int) -> float:
+        if not self._spread_s:
+            return 0.0
+        return random.Random(f"{self._seed}:{kind}:{index}").uniform(-self._spread_s, self._spread_s)
 
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -455,9 +514,15 @@ class ThreadedFakeOpenAI:
     """
 
     def __init__(
-        self, behaviour: Behaviour | None = None, *, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 10.0
+        self,
+        behaviour: Behaviour | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        profiles: dict[str, Behaviour] | None = None,
+        timeout_s: float = 10.0,
     ) -> None:
-        self.server = FakeOpenAI(behaviour, host=host, port=port)
+        self.server = FakeOpenAI(behaviour, host=host, port=port, profiles=profiles)
         self._timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx2
@@ -122,3 +123,66 @@ def test_threaded_server_serves_a_synchronous_client():
 async def _until(condition) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+# --- network profiles (the benchmark's) ---
+
+
+async def arrivals(server: FakeOpenAI, profile: str, seed: int, text: str = TEXT) -> list[tuple[float, int]]:
+    """(seconds since the request, bytes) for each chunk the SDK hands over."""
+    base_url = f"{server.url}/profiles/{profile}/{seed}/v1"
+    got: list[tuple[float, int]] = []
+
+    async def fetch_timed(client: openai.AsyncOpenAI) -> None:
+        asked = time.monotonic()
+        speech = client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts", voice="alloy", input=text, response_format="pcm"
+        )
+        async with speech as response:
+            async for chunk in response.iter_bytes():
+                got.append((time.monotonic() - asked, len(chunk)))
+
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0) as client:
+        await asyncio.wait_for(fetch_timed(client), timeout=STEP_S)
+    return got
+
+
+async def test_a_seed_replays_the_same_jittered_first_byte():
+    profiles = {"jittery": Behaviour(first_byte_delay_s=0.3, jitter_s=0.2)}
+    async with FakeOpenAI(profiles=profiles) as server:
+        firsts = {seed: (await arrivals(server, "jittery", seed))[0][0] for seed in range(5)}
+        again = (await arrivals(server, "jittery", 3))[0][0]
+    assert abs(again - firsts[3]) < 0.05
+    assert max(firsts.values()) - min(firsts.values()) > 0.1
+    assert all(0.1 - 0.02 <= first <= 0.5 + 0.1 for first in firsts.values())
+
+
+async def test_bursts_arrive_together_at_the_average_rate():
+    text = "x" * 40  # 2.4 s of audio at 60 ms a character
+    profiles = {"bursty": Behaviour(realtime_factor=2.0, burst_every_s=0.3, chunk_sizes=[4096])}
+    async with FakeOpenAI(profiles=profiles) as server:
+        got = await arrivals(server, "bursty", 1, text)
+    times = [at for at, _ in got]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(gap < 0.1 or gap > 0.2 for gap in gaps), gaps
+    assert sum(gap > 0.2 for gap in gaps) == 4  # 2.4 s at 2x is 1.2 s of sending: bursts at 0.3 0.6 0.9 1.2
+    assert sum(size for _, size in got) == len(pcm_for(text))
+
+
+async def test_stall_at_a_fraction_of_the_line():
+    text = "y" * 50  # 3 s of audio
+    profiles = {"stall": Behaviour(realtime_factor=4.0, stall_at_fraction=0.5, stall_s=0.5)}
+    async with FakeOpenAI(profiles=profiles) as server:
+        got = await arrivals(server, "stall", 0, text)
+    times = [at for at, _ in got]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    longest = max(range(len(gaps)), key=gaps.__getitem__)
+    before = sum(size for _, size in got[: longest + 1])
+    assert gaps[longest] >= 0.5 - 0.02
+    assert before == len(pcm_for(text)) // 2
+
+
+async def test_unknown_profile_is_a_clear_404():
+    async with FakeOpenAI(profiles={"typical": Behaviour()}) as server:
+        with pytest.raises(openai.NotFoundError, match="no network profile 'nope'"):
+            await arrivals(server, "nope", 0)

@@ -180,3 +180,39 @@ async def test_underrun_is_recovered_and_counted(pulse_device):
         assert stats.frames == (len(first) + len(second)) // 2
     finally:
         await asyncio.to_thread(player.close)
+
+
+async def feed_bursts(playback, audio: bytes, first_s: float, burst_s: float, every_s: float) -> list[float]:
+    """A network that sends `first_s` of audio with the first byte, then `burst_s` every `every_s`; returns the
+    times the bursts were fed."""
+    first, rest = audio[: OPENAI_PCM.bytes_for_ms(first_s * 1000)], audio[OPENAI_PCM.bytes_for_ms(first_s * 1000) :]
+    step = OPENAI_PCM.bytes_for_ms(burst_s * 1000)
+    fed = [time.monotonic()]
+    playback.feed(first)
+    for start in range(0, len(rest), step):
+        await asyncio.sleep(every_s)
+        fed.append(time.monotonic())
+        playback.feed(rest[start : start + step])
+    playback.finish()
+    return fed
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_adaptive_preroll_rides_out_a_bursty_network(pulse_device, streamed):
+    """85 ms with the first byte, then 600 ms every 400 ms (1.5x real time on average): starting at once runs dry
+    before the first burst; the adaptive pre-roll measures the rate first and plays without a gap."""
+    player = Player(file_sink_opener(pulse_device), preroll_ms=120)
+    player.start()
+    try:
+        audio = tone(2.5)
+        playback = player.play(OPENAI_PCM, streamed=streamed, expected_s=2.5)
+        fed = await asyncio.wait_for(feed_bursts(playback, audio, 0.085, 0.6, 0.4), timeout=10)
+        stats = await asyncio.wait_for(playback.wait(), timeout=10)
+        assert stats.frames == len(audio) // 2
+        if streamed:
+            assert stats.underruns == 0
+            assert stats.first_audio_at >= fed[1], "started before the rate could be known"
+        else:
+            assert stats.underruns >= 1
+    finally:
+        await asyncio.to_thread(player.close)
