@@ -61,6 +61,8 @@ def markdown(summary: list[dict], meta: dict) -> str:
     out = [
         f"Command: `{meta['command']}` ({meta['wall_s']} s). Machine: {m['cpu']}, {m['cpus']} CPUs, Linux "
         f"{m['kernel']}, Python {m['python']}; {m['date']}.",
+        f"Host CPU steal (time the hypervisor gave to other machines) per round: median {_steal(meta, 50)} %, "
+        f"worst {_steal(meta, 100)} %.",
         "",
         "Absolute times on a shared virtual machine are noisy; the ratios between approaches, measured side by side "
         "in the same rounds, are the claim. Underruns are per line: the device's EPIPE count and, in brackets, the "
@@ -91,6 +93,11 @@ def markdown(summary: list[dict], meta: dict) -> str:
             f"| {r['line']} | {r['profile']} | {r['ours']:.0f} | {r['theirs']:.0f} | {r['ratio']:.3f} |" for r in ratios
         ]
     return "\n".join(out) + "\n"
+
+
+def _steal(meta: dict, p: float) -> str:
+    rounds = meta.get("steal_pct") or [0.0]
+    return f"{percentile(rounds, p):.1f}"
 
 
 def _ms(value: float | None) -> str:
@@ -146,8 +153,9 @@ def chart(summary: list[dict], path: Path) -> None:
             ax.set_title(f"{line} line: {title}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
         axes[0][col].set_yscale("log")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -154,13 +154,28 @@ def run_profile(contenders, server, scratch: Path, line: str, profile: str, tria
         job["text"] = text
         if profile == CACHED:
             job["cache_dir"] = str(cache_dir)
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), host_cpu()
         answers = run_round(contenders, job, args.one_at_a_time)
+        steal = steal_pct(cpu_before, host_cpu())
         for contender, answer in zip(contenders, answers, strict=True):
-            records.append(trial_record(contender.name, line, profile, trial, answer))
+            records.append({**trial_record(contender.name, line, profile, trial, answer), "steal_pct": steal})
         progress = ", ".join(_brief(r) for r in records[-len(contenders) :])
-        print(f"{line:5} {profile:8} trial {trial + 1}/{trials} ({time.monotonic() - started:.1f} s): {progress}")
+        print(
+            f"{line:5} {profile:8} trial {trial + 1}/{trials} ({time.monotonic() - started:.1f} s): {progress}",
+            flush=True,
+        )
     return records
+
+
+def host_cpu() -> list[int]:
+    """The machine's CPU time counters (user nice system idle iowait irq softirq steal), in jiffies."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_pct(before: list[int], after: list[int]) -> float:
+    """Share of CPU time the hypervisor gave to others: on a virtual machine, the cause of most timing outliers."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return round(100 * spent[7] / max(1, sum(spent)), 1)
 
 
 def _brief(record: dict) -> str:
@@ -210,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     records = run(args)
     command = "bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta = {"command": command.strip(), "machine": machine(), "wall_s": round(time.monotonic() - started)}
+    rounds = {(r["line"], r["profile"], r["trial"]): r["steal_pct"] for r in records}
+    meta["steal_pct"] = list(rounds.values())
     write_report(args.out, records, meta)
     print((args.out / "results.md").read_text())
     errors = [r for r in records if "error" in r]

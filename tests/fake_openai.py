@@ -513,16 +513,8 @@ class ThreadedFakeOpenAI:
     Set `behaviour` before making requests; the lists are appended to from the server thread.
     """
 
-    def __init__(
-        self,
-        behaviour: Behaviour | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        profiles: dict[str, Behaviour] | None = None,
-        timeout_s: float = 10.0,
-    ) -> None:
-        self.server = FakeOpenAI(behaviour, host=host, port=port, profiles=profiles)
+    def __init__(self, behaviour: Behaviour | None = None, *, timeout_s: float = 10.0, **server_options: Any) -> None:
+        self.server = FakeOpenAI(behaviour, **server_options)  # host, port, profiles
         self._timeout_s = timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
