@@ -112,7 +112,8 @@ async def product(job: dict, device: str) -> dict:
         result = usage.result()
     if trace.error:
         raise RuntimeError(trace.error)
-    report = _device_report(sink, pressed, trace.first_byte_ms and pressed + trace.first_byte_ms / 1000)
+    first_byte_at = None if trace.first_byte_ms is None else pressed + trace.first_byte_ms / 1000
+    report = _device_report(sink, pressed, first_byte_at)
     return {**result, **report, "source": trace.source}
 
 

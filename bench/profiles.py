@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fake_openai import Behaviour, pcm_for
+from fake_openai import BYTES_PER_SECOND, Behaviour, pcm_for
 
 CHUNK = [4096]
 
@@ -51,4 +51,4 @@ LINES = {
 
 def audio_s(text: str) -> float:
     """Seconds of audio the test server sends for `text`."""
-    return len(pcm_for(text)) / 48_000
+    return len(pcm_for(text)) / BYTES_PER_SECOND

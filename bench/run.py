@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The test suite's loopback server and clocked sink, reused rather than copied.
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_openai import ThreadedFakeOpenAI  # noqa: E402
+from fake_openai import SAMPLE_RATE, ThreadedFakeOpenAI  # noqa: E402
 from profiles import CACHED, CACHED_FROM, LINES, PROFILES, audio_s  # noqa: E402
 from pulse_sink import NullSink  # noqa: E402
 from report import write_report  # noqa: E402
@@ -38,7 +38,6 @@ MODES = {
     "quick": {"lines": ["short"], "trials": {"short": 2}},
     "full": {"lines": ["short", "long"], "trials": {"short": 10, "long": 3}},
 }
-RATE = 24_000
 ANSWER_SLACK_S = 60.0  # beyond the line's own length, before a contender counts as hung
 
 
@@ -101,7 +100,7 @@ def trial_record(approach: str, line: str, profile: str, trial: int, answer: dic
     record = {"approach": approach, "line": line, "profile": profile, "trial": trial}
     if "error" in answer:
         return {**record, "error": answer["error"]}
-    dry = gaps([tuple(w) for w in answer["writes"]], RATE)
+    dry = gaps([tuple(w) for w in answer["writes"]], SAMPLE_RATE)
     return {
         **record,
         "first_audio_ms": answer["first_audio_ms"],
@@ -109,7 +108,7 @@ def trial_record(approach: str, line: str, profile: str, trial: int, answer: dic
         "epipe": answer["epipe"],
         "timeline_underruns": len(dry),
         "gap_ms": sum(dry) * 1000,
-        "audio_s": answer["frames"] / RATE,
+        "audio_s": answer["frames"] / SAMPLE_RATE,
         "cpu_s": answer["cpu_s"],
         "peak_rss_mb": answer["peak_rss_mb"],
         "source": answer.get("source"),
@@ -140,20 +139,16 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def run_profile(contenders, server, scratch: Path, line: str, profile: str, trials: int, args) -> list[dict]:
-    text = LINES[line]
     records = []
+    network, job = profile, {"text": LINES[line]}
     if profile == CACHED:
         contenders = [c for c in contenders if c.name == "product"]  # the others have no cache
         if not contenders:
             return []
-        cache_dir = scratch / f"cache-{line}"
-        job = {"base_url": profile_url(server, CACHED_FROM, 0), "text": text, "cache_dir": str(cache_dir)}
-        run_round(contenders, job, args.one_at_a_time)  # fetch it once: now it is cached
+        network, job["cache_dir"] = CACHED_FROM, str(scratch / f"cache-{line}")
+        run_round(contenders, {**job, "base_url": profile_url(server, network, 0)}, args.one_at_a_time)  # now cached
     for trial in range(trials):
-        job = {"base_url": profile_url(server, CACHED_FROM if profile == CACHED else profile, args.seed + trial)}
-        job["text"] = text
-        if profile == CACHED:
-            job["cache_dir"] = str(cache_dir)
+        job["base_url"] = profile_url(server, network, args.seed + trial)
         started, cpu_before = time.monotonic(), host_cpu()
         answers = run_round(contenders, job, args.one_at_a_time)
         steal = steal_pct(cpu_before, host_cpu())

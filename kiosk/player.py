@@ -278,14 +278,13 @@ def _take(
     playback: Playback, pending: bytearray, aligner: FrameAligner, arrivals: Arrivals, wait_s: float | None
 ) -> bool:
     """Move every chunk that has arrived into `pending`, waiting up to `wait_s` for the first; True at the end."""
-    bytes_per_s = playback.fmt.rate * playback.fmt.frame_bytes
     try:
         item = playback._chunks.get(timeout=wait_s) if wait_s else playback._chunks.get_nowait()
         while True:
             if item is _END:
                 return True
             arrived_at, chunk = item
-            arrivals.add(arrived_at, len(chunk) / bytes_per_s)
+            arrivals.add(arrived_at, playback.fmt.ms_for_bytes(len(chunk)) / 1000)
             pending += aligner.push(chunk)
             item = playback._chunks.get_nowait()
     except queue.Empty:

@@ -8,8 +8,8 @@ by (1 - r) per second of arrival, so the buffer must also cover the shortfall ov
     buffered >= floor + remaining * (1/r - 1)
 
 The rate is measured up to *now*, not to the last chunk, so while nothing arrives the estimate falls and the start
-is held back rather than rushed. `max_wait_ms` bounds how long a visitor can be kept waiting after the first byte
-when the network is hopeless: then the line starts anyway and may stutter.
+is held back rather than rushed. `max_wait_s` (audio.preroll_max_ms) bounds how long a visitor can be kept waiting
+after the first byte when the network is hopeless: then the line starts anyway and may stutter.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ async def test_stop_silences_within_one_period(pulse_device):
         playback = player.play(OPENAI_PCM, streamed=False)
         playback.feed(tone(8.0))
         playback.finish()
-        # PulseAudio holds a new stream for a moment before its clock runs; stop once it is really playing.
+        # Stop once it is really playing, not while the first periods are still being accepted.
         await wait_until(lambda: playback.stats.frames > OPENAI_PCM.frames_for_ms(600), timeout=6)
         asked = time.monotonic()
         playback.stop()
