@@ -4,16 +4,28 @@ Order: the cache (the primary engine's entry, then a fallback engine's), then th
 back-off. The primary engine gets `failover_s` to deliver its first audio when a fallback stands behind it. A line
 cut mid-stream keeps what was heard and is then spoken whole by the next engine, so it is never left half said;
 nothing partial is ever cached.
+
+An engine that cannot keep up is a fault too. From an engine's first audio byte, its lag is the wall-clock time since
+that byte minus the seconds of audio received; a listener would hear a gap once the lag outgrows what is queued.
+Every engine, the last one included, is given up on (SpeechError "audio arriving too slowly", transient) once its
+lag exceeds `failover_s`; the lag is checked on a timer (every 100 ms), so a stall that delivers nothing is caught
+too. A line that was cut this way is spoken whole by the next engine, or ends with the error on the last one. So no
+press holds the speaker for longer than the first-audio deadline + the line's spoken length + `failover_s` (plus one
+check) for each engine that gave up, plus the next engine's own time, however slowly an engine trickles bytes.
+Healthy streams stay far below the limit: 1.2-3x real time with jitter, 400 ms bursts or an 800 ms stall mid-line
+lag by well under a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 
 from kiosk.cache import Entry, PhraseCache, cache_key
@@ -49,6 +61,11 @@ class Trace:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def failure(cls, engine: str, text_chars: int, error: str, elapsed_ms: float | None) -> Trace:
+        """The trace of a line that failed before or outside the announcer's own accounting."""
+        return cls("none", engine, "", text_chars, None, None, 0, 0, 0.0, elapsed_ms or 0.0, False, False, error)
 
 
 @dataclass
@@ -114,11 +131,18 @@ class Announcer:
     """Speaks text: from the cache when it holds the line, otherwise streamed from the engine chain and cached."""
 
     def __init__(
-        self, *, engines: EngineChain, cache: PhraseCache, player: Player, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        engines: EngineChain,
+        cache: PhraseCache,
+        player: Player,
+        io: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.engines = engines
         self.cache = cache
         self.player = player
+        self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
         self._clock = clock
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
@@ -163,7 +187,7 @@ class Announcer:
         engine = engine or self.engines.primary
         text = text.strip()
         key = self.key_for(text, engine)
-        if await asyncio.to_thread(self.cache.contains, key):
+        if await self._in_io(self.cache.contains, key):
             return False
         audio = bytearray()
         try:
@@ -223,7 +247,7 @@ class Announcer:
             synthesis.add(chunk)
 
         try:
-            await _synthesize_within(engine, text, on_audio, deadline)
+            await _synthesize_within(engine, text, on_audio, deadline, self.engines.failover_s, self._clock)
         except SpeechError as exc:
             self.engines.failed(engine, exc)
             return str(exc)
@@ -233,7 +257,7 @@ class Announcer:
 
     async def _lookup(self, key: str) -> Entry | None:
         try:
-            return await asyncio.to_thread(self.cache.get, key)
+            return await self._in_io(self.cache.get, key)
         except OSError as exc:
             log.warning("phrase cache unreadable, asking the engine instead: %s", exc)
             return None
@@ -281,7 +305,7 @@ class Announcer:
             attempt.playbacks[-1].feed(chunk)
 
         try:
-            await _synthesize_within(engine, text, on_audio, deadline)
+            await _synthesize_within(engine, text, on_audio, deadline, self.engines.failover_s, self._clock)
         except SpeechError as exc:
             self.engines.failed(engine, exc)
             attempt.error = str(exc)
@@ -306,8 +330,10 @@ class Announcer:
         """Commit the finished stream to the cache (off the event loop); a full or read-only disk is not fatal."""
         whole = len(pcm) - len(pcm) % engine.fmt.frame_bytes
         try:
-            await asyncio.to_thread(
-                self.cache.put, key, pcm[:whole], fmt=engine.fmt, text=text, identity=engine.identity()
+            await self._in_io(
+                functools.partial(self.cache.put, fmt=engine.fmt, text=text, identity=engine.identity()),
+                key,
+                pcm[:whole],
             )
         except CacheError as exc:
             log.warning("line played but not cached: %s", exc)
@@ -315,6 +341,9 @@ class Announcer:
             return False
         self.cache_problem = None
         return True
+
+    async def _in_io(self, function: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
     def _start(self, fmt, *, streamed: bool, gain: float, text: str = "") -> Playback:
         if self._current is not None:
@@ -364,22 +393,46 @@ async def _once(pcm: bytes, chunk_bytes: int = 32768):
 
 
 async def _synthesize_within(
-    engine: SpeechEngine, text: str, on_audio: Callable[[bytes], None], deadline: float | None
+    engine: SpeechEngine,
+    text: str,
+    on_audio: Callable[[bytes], None],
+    deadline: float | None,
+    lag_limit: float,
+    clock: Callable[[], float] = time.monotonic,
+    check_s: float = 0.1,
 ) -> None:
-    """`engine.synthesize`, except that with a `deadline` an engine with no audio by then is given up on."""
+    """`engine.synthesize`, except that with a `deadline` an engine with no audio by then is given up on, and so is
+    any engine whose audio falls more than `lag_limit` seconds behind real time (counted from its first byte)."""
     first_audio = asyncio.Event()
+    first_at: float | None = None
+    received = 0  # bytes since the first one
 
     def relay(chunk: bytes) -> None:
+        nonlocal first_at, received
+        if first_at is None:
+            first_at = clock()
+        received += len(chunk)
         on_audio(chunk)
         first_audio.set()
 
     task = asyncio.ensure_future(engine.synthesize(text, relay))
     try:
+        problem = None
         if deadline is not None and not await _first_audio_within(task, first_audio, deadline):
+            problem = f"no audio within {deadline:g} s"
+        while problem is None and not task.done():
+            await asyncio.wait([task], timeout=check_s)  # on a timer: a stall delivers no chunk to check on
+            if task.done() or first_at is None:
+                continue
+            elapsed = clock() - first_at
+            audio_s = engine.fmt.ms_for_bytes(received) / 1000
+            if elapsed - audio_s > lag_limit:
+                problem = f"audio arriving too slowly ({audio_s / elapsed:.2f}× real time)"
+        if problem is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, KioskError):
                 await task
-            raise SpeechError(f"{engine.name}: no audio within {deadline:g} s", "transient")
+            raise SpeechError(f"{engine.name}: {problem}", "transient")
         await task
     finally:
         task.cancel()  # a no-op once it has finished; stops it when we are cancelled

@@ -1,16 +1,18 @@
-"""Wiring and lifetime: config → cache, engine, player, speaker, buttons, HTTP API; systemd notify and watchdog."""
+"""Wiring and lifetime: config → cache, engine, player, speaker, buttons, HTTP API; systemd notify and watchdog.
+
+Supervision lives in kiosk.supervisor, reports in kiosk.status, the audio device in kiosk.device.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib.util
 import logging
-import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -20,9 +22,18 @@ from kiosk.alsa_output import AlsaOutput, set_volume
 from kiosk.announcer import Announcer
 from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
-from kiosk.config import AudioConfig, ButtonConfig, Config, load_config, read_secret_file, resolve_api_key
-from kiosk.errors import AudioError, ConfigError, KioskError, SpeechError
-from kiosk.metrics import CONTENT_TYPE, Metrics
+from kiosk.config import (
+    AudioConfig,
+    ButtonConfig,
+    Config,
+    load_config,
+    read_secret_file,
+    resolve_api_key,
+    text_problem,
+)
+from kiosk.device import DeviceKeeper
+from kiosk.errors import ConfigError, KioskError, SpeechError
+from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
 from kiosk.speaker import Rejected, Request, Speaker
@@ -30,19 +41,17 @@ from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
 from kiosk.speech.openai_engine import OpenAIEngine
 from kiosk.staff.pages import make_staff_app
+from kiosk.status import WRITER_STUCK_S, EventLog, StatusBoard
+from kiosk.supervisor import Supervisor
 from kiosk.systemd import Notifier
 from kiosk.warm import warm
 from kiosk.web.api import RateLimiter, make_app
+from kiosk.web.server import ConnectionLimits, serve
 
 log = logging.getLogger(__name__)
 
-#: A blocking ALSA write lasts one period; a writer silent this long is wedged and systemd should restart us.
-WRITER_STUCK_S = 5.0
 ENGINE_PROBE_EVERY_S = 60.0
 BACKOFF_CHECK_EVERY_S = 5.0
-DEVICE_RETRY_FIRST_S = 1.0
-DEVICE_RETRY_MAX_S = 30.0
-_FINISHED = ("done", "stopped", "failed")
 
 
 def alsa_opener(audio: AudioConfig) -> SinkOpener:
@@ -112,7 +121,11 @@ async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) ->
 
 
 class Service:
-    """The always-on speaker: `start`, `reload` (SIGHUP) and `stop` (SIGTERM)."""
+    """The always-on speaker: `start`, `reload` (SIGHUP) and `stop` (SIGTERM).
+
+    Wiring and lifetime live here; long-lived work runs under `supervisor`, reports under `board`
+    (kiosk.status) and the audio device under `device` (kiosk.device).
+    """
 
     def __init__(
         self,
@@ -124,6 +137,7 @@ class Service:
         pin_factory=None,
         notifier: Notifier | None = None,
         writer_stuck_s: float = WRITER_STUCK_S,
+        limits: ConnectionLimits | None = None,
         clock=time.monotonic,
     ):
         self.cfg = cfg
@@ -132,78 +146,82 @@ class Service:
         self._open_sink = open_sink
         self._pin_factory = pin_factory
         self.notifier = notifier or Notifier()
-        self._writer_stuck_s = writer_stuck_s
+        self._limits = limits or ConnectionLimits()
         self._clock = clock  # for session and lockout expiry on the staff page
-        self.metrics = Metrics()
-        self.events: collections.deque[dict] = collections.deque(maxlen=100)
+        self.events_log = EventLog()
+        self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
+        self.supervisor = Supervisor(on_event=self.event)
+        self.device = DeviceKeeper(
+            player=lambda: self.player,
+            fmt=lambda: self.engine.fmt,
+            speaking=lambda: self.speaker.speaking,
+            on_event=self.event,
+        )
+        # The visitor's path (cache reads and writes) gets threads of its own: a flood of status requests or
+        # password checks on the default pool must never delay a press.
+        self._audio_io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="audio-io")
         self.engine_state: dict = {"reachable": None, "error": None, "checked_at": None}
-        self._started = time.monotonic()
-        self._tasks: list[asyncio.Task] = []
         self._runners: list[web.AppRunner] = []
-        self._warm_task: asyncio.Task | None = None
         self.warm: dict = {"total": 0, "done": 0, "failed": 0, "running": False, "text": "not started", "errors": []}
         self._gain = 1.0
-        self.underruns_total = 0
         self.staff_port: int | None = None
         self.buttons: Buttons | None = None
         self.port: int | None = None
         self._api_token: str | None = None
-        self.device_problem: str | None = None
+        self._api_key: str | None = None
 
     # -- lifetime
 
     async def start(self) -> None:
         cfg = self.cfg
         self._api_token = _token(cfg)
-        self.cache = build_cache(cfg)
-        stale = await asyncio.to_thread(self.cache.remove_stale_temps)
-        if stale:
-            self.event(f"removed {stale} unfinished cache file(s) left by a crash or power cut")
+        self._api_key = resolve_api_key(cfg.openai)
+        self.cache = await self._open_cache(cfg)
         self.engines = build_chain(cfg)
         self.player = self._new_player(cfg)
-        self.announcer = Announcer(engines=self.engines, cache=self.cache, player=self.player)
+        self.announcer = self._new_announcer()
         self.announcer.pin_lines(list(cfg.phrases.values()))
         self.speaker = Speaker(self.announcer, queue_limit=cfg.speech.queue_limit)
         self.speaker.on_change(self._on_request_change)
         self._limiter = RateLimiter(cfg.api.rate_limit_per_min)
-        await self._open_device()
+        await self.device.open()
         await self._apply_volume(cfg)
         self._start_buttons(cfg.buttons)
         self.port = await self._serve(make_app(self), cfg.api.bind, cfg.api.port)
         if cfg.staff.enabled:
             self.staff_port = await self._serve(make_staff_app(self, clock=self._clock), cfg.staff.bind, cfg.staff.port)
         self._start_warm()
-        self._tasks = [
-            asyncio.create_task(self.speaker.run(), name="speaker"),
-            asyncio.create_task(self._probe_engine_forever(), name="engine-probe"),
-            asyncio.create_task(self._watchdog(), name="watchdog"),
-            asyncio.create_task(self._reopen_device_forever(), name="device"),
-        ]
+        run = self.supervisor.start
+        run("speaker", lambda: self.speaker.run(beat=lambda: self.supervisor.beat("speaker")), stale_after_s=5.0)
+        run("engine-probe", self._probe_engine_forever)
+        if self.notifier.watchdog_s:
+            run("watchdog", self._watchdog)
+        run("device", self.device.run)
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
         device = cfg.audio.device
-        speaker = f"speaker missing ({self.device_problem})" if self.device_problem else f"speaking on {device}"
+        problem = self.device.problem
+        speaker = f"speaker missing ({problem})" if problem else f"speaking on {device}"
         self.notifier.ready(f"{speaker}; API on port {self.port}, staff page on {self.staff_port}")
 
     async def stop(self) -> None:
         """Silence at once, then close everything; bounded so SIGTERM ends the process within 2 s."""
         self.notifier.stopping()
         self.speaker.stop()
-        tasks = [*self._tasks, *([self._warm_task] if self._warm_task else [])]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=0.5)
+        await self.supervisor.stop(timeout=0.5)
         if self.buttons:
             self.buttons.close()
         if self._runners:
-            await asyncio.wait([asyncio.create_task(r.cleanup()) for r in self._runners], timeout=1.0)
+            await asyncio.wait([asyncio.create_task(r.cleanup()) for r in self._runners], timeout=0.5)
         await asyncio.to_thread(self.player.close, 0.5)
-        await self.engines.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await self.engines.aclose()
+        self._audio_io.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> bool:
         """Re-read the config file; an invalid one is logged and the running config kept."""
         try:
-            new = load_config(self.config_path).with_overrides(**self._overrides)
+            new = (await asyncio.to_thread(load_config, self.config_path)).with_overrides(**self._overrides)
             new_token = _token(new)
         except ConfigError as exc:
             for problem in exc.problems:
@@ -226,23 +244,20 @@ class Service:
         return True
 
     async def _apply(self, old: Config, new: Config) -> None:
-        if (old.speech, old.openai, old.piper, old.audio, old.cache) != (
-            new.speech,
-            new.openai,
-            new.piper,
-            new.audio,
-            new.cache,
-        ):
+        new_key = resolve_api_key(new.openai)
+        voice = (old.speech, old.openai, old.piper, old.audio, old.cache, self._api_key)
+        if voice != (new.speech, new.openai, new.piper, new.audio, new.cache, new_key):
             self.speaker.stop()
             old_engines, old_player = self.engines, self.player
             self.engines = build_chain(new)
-            self.cache = build_cache(new)
+            self._api_key = new_key  # a key typed on the staff page is used from the next line on
+            self.cache = await self._open_cache(new)
             if old.audio != new.audio:
                 self.player = self._new_player(new)
                 await asyncio.to_thread(old_player.close, 1.0)
-            self.announcer = Announcer(engines=self.engines, cache=self.cache, player=self.player)
+            self.announcer = self._new_announcer()
             self.speaker.announcer = self.announcer
-            await self._open_device()
+            await self.device.open()
             await old_engines.aclose()
         self.announcer.pin_lines(list(new.phrases.values()))
         await self._apply_volume(new)
@@ -253,6 +268,23 @@ class Service:
         self._start_buttons(new.buttons)
         if (old.api.bind, old.api.port) != (new.api.bind, new.api.port):
             log.warning("api.bind and api.port changes take effect after a restart")
+
+    async def _open_cache(self, cfg: Config) -> PhraseCache:
+        """The phrase cache; a read-only, full or missing cache directory is reported, never fatal."""
+        cache = PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000))
+        try:
+            await asyncio.to_thread(cache.open)
+            stale = await asyncio.to_thread(cache.remove_stale_temps)
+        except (KioskError, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            self.event(f"phrase cache {cfg.cache.dir}: {reason}; lines already cached still play where readable")
+            return cache
+        if stale:
+            self.event(f"removed {stale} unfinished cache file(s) left by a crash or power cut")
+        return cache
+
+    def _new_announcer(self) -> Announcer:
+        return Announcer(engines=self.engines, cache=self.cache, player=self.player, io=self._audio_io)
 
     def _new_player(self, cfg: Config) -> Player:
         player = build_player(cfg.audio, self._open_sink)
@@ -271,15 +303,9 @@ class Service:
             log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
 
     async def _serve(self, app: web.Application, bind: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, bind, port).start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise KioskError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
+        runner, bound_port = await serve(app, bind, port, self._limits)
         self._runners.append(runner)
-        return runner.addresses[0][1]
+        return bound_port
 
     async def _apply_volume(self, cfg: Config) -> None:
         """The device's mixer where it has one; otherwise software gain on every playback."""
@@ -289,6 +315,12 @@ class Service:
     # -- requests
 
     def _on_press(self, button: ButtonConfig) -> None:
+        try:
+            self._press(button)
+        except Exception:  # a press must never take the button bridge down; the next press works
+            log.exception("handling a press on GPIO %d failed", button.pin)
+
+    def _press(self, button: ButtonConfig) -> None:
         self.metrics.presses.labels(str(button.pin)).inc()
         if button.action == "stop":
             self.stop_speaking()
@@ -329,6 +361,9 @@ class Service:
             return self.cfg.phrases[phrase]
         if not self.cfg.api.allow_text:
             raise Rejected("free text is disabled (api.allow_text: false)", "text_disabled")
+        problem = text_problem(text)
+        if problem:
+            raise Rejected(problem, "bad_text")
         return text
 
     async def listen(self, text: str):
@@ -357,110 +392,47 @@ class Service:
         if self.buttons and req.origin.startswith("button:") and req.state != "queued":
             self.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")  # a queued press changes nothing
         self.metrics.speaking.set(1 if self.speaker.speaking else 0)
-        if req.state in _FINISHED and req.trace is not None:
-            self._record(req)
-            if self.player.last_error is not None and self.device_problem is None:
-                self.device_problem = str(self.player.last_error)
-                self.event(f"speaker failed: {self.device_problem}; reopening it")
-
-    def _record(self, req: Request) -> None:
-        trace, m = req.trace, self.metrics
-        m.lines.labels(req.state).inc()
-        m.underruns.inc(trace.underruns)
-        self.underruns_total += trace.underruns
-        (m.cache_hits if trace.source == "cache" else m.cache_misses).inc()
-        if trace.error and trace.source != "cache":
-            m.engine_errors.labels(trace.source).inc()
-        press_to_audio_ms = _press_to_audio_ms(req)
-        if press_to_audio_ms is not None:
-            m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
-        what = req.phrase or f"{len(req.text)} characters of text"
-        self.event(f"{req.origin}: {what}: {req.state}" + (f" ({trace.error})" if trace.error else ""))
+        if req.state in ("done", "stopped", "failed") and req.trace is not None:
+            self.board.finished(req)
+            self.device.playback_failed()
 
     def event(self, text: str) -> None:
-        self.events.append({"time": time.time(), "text": text})
-        log.info("%s", text)
+        self.events_log.add(text)
 
-    # -- status, health, metrics
+    # -- what the API and staff page read
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.board.metrics
+
+    @property
+    def device_problem(self) -> str | None:
+        return self.device.problem
+
+    @property
+    def events(self):
+        return self.events_log.events
 
     async def status(self) -> dict:
-        ready_ids = await asyncio.to_thread(self._ready_lines)
-        speaker, trace = self.speaker, self.speaker.last_trace
-        last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
-        disk = await asyncio.to_thread(shutil.disk_usage, self.cache.root)
-        uptime = round(time.monotonic() - self._started)
-        return {
-            "version": __version__,
-            "state": "speaking" if speaker.speaking else "idle",
-            "playing": speaker.current.summary() if speaker.current else None,
-            "queued": speaker.queued,
-            "last_trace": trace.__dict__ if trace else None,
-            "last_press_to_audio_ms": _press_to_audio_ms(last) if last else None,
-            "underruns_total": self.underruns_total,
-            "cache": {"lines_ready": len(ready_ids), "lines_configured": len(self.cfg.phrases), "ready_ids": ready_ids},
-            "engine": {"name": self.engine.name, **self.engine_state, "chain": self.engines.state()},
-            "speaker_problem": self.device_problem,
-            "cache_problem": self.announcer.cache_problem,
-            "device": self.cfg.audio.device,
-            "buttons": {
-                "count": len(self.cfg.buttons),
-                "factory": self.buttons.factory if self.buttons else None,
-                "simulated": bool(self.buttons and self.buttons.simulated),
-                "error": self.buttons.error if self.buttons else None,
-            },
-            "disk_free_gb": round(disk.free / 1e9, 1),
-            "uptime_s": uptime,
-            "uptime_text": _duration(uptime),
-            "warm": dict(self.warm),
-            "problems": self._problems(),
-            "events": [{**e, "clock": time.strftime("%H:%M:%S", time.localtime(e["time"]))} for e in self.events][-20:],
-        }
+        return await self.board.status()
 
-    def _problems(self) -> list[str]:
-        """What staff should know about now, in plain words."""
-        problems = []
-        if self.device_problem:
-            problems.append(f"Speaker missing or failing: {self.device_problem}. Retrying.")
-        for engine in self.engines.state():
-            if engine["in_backoff"]:
-                name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
-                problems.append(f"Voice '{name}' paused: {reason}. Checking again in {wait} s.")
-        if self.announcer.cache_problem:
-            problems.append(f"New lines cannot be kept for offline use: {self.announcer.cache_problem}")
-        if self.buttons and self.buttons.error:
-            problems.append(self.buttons.error)
-        return problems
+    def health(self) -> tuple[bool, str]:
+        return self.board.health()
 
-    def _ready_lines(self) -> list[str]:
-        """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
-        ready = [
-            pid
-            for pid, text in self.cfg.phrases.items()
-            if any(self.cache.contains(key) for key in self.announcer.keys_for(text))
-        ]
-        self.metrics.lines_ready.set(len(ready))
-        self.metrics.lines_configured.set(len(self.cfg.phrases))
-        return ready
+    def metrics_text(self) -> tuple[bytes, str]:
+        return self.board.metrics_text()
 
     def warm_progress(self) -> dict:
         return dict(self.warm)
 
-    def health(self) -> tuple[bool, str]:
-        stuck = time.monotonic() - self.player.heartbeat
-        if stuck > self._writer_stuck_s:
-            return False, f"audio writer stuck for {stuck:.0f} s"
-        return True, ""
+    @property
+    def engine(self) -> SpeechEngine:
+        return self.engines.primary
 
-    def metrics_text(self) -> tuple[bytes, str]:
-        self._ready_lines()
-        return self.metrics.render(), CONTENT_TYPE
-
-    # -- background work
+    # -- background work (supervised)
 
     async def _watchdog(self) -> None:
-        """Ping systemd from the event loop, but only while the ALSA writer is alive too."""
-        if not self.notifier.watchdog_s:
-            return
+        """Ping systemd only while the speaker loop and the ALSA writer both show progress."""
         interval = self.notifier.watchdog_s / 2
         warned = False
         while True:
@@ -475,8 +447,6 @@ class Service:
 
     def _start_warm(self) -> None:
         """Synthesize, in the background, every configured line the cache lacks in the current voice."""
-        if self._warm_task is not None:
-            self._warm_task.cancel()
         # A fresh record per run, set before the task starts: a cancelled run finishing late cannot touch it.
         self.warm = {
             "total": len(self.cfg.phrases),
@@ -486,17 +456,14 @@ class Service:
             "text": "starting",
             "errors": [],
         }
-        self._warm_task = asyncio.create_task(self._warm(self.warm), name="warm")
+        progress = self.warm
+        self.supervisor.start("warm", lambda: self._warm(progress), restart=False)
 
     async def _warm(self, progress: dict) -> None:
         await warm(self.announcer, list(self.cfg.phrases.values()), progress)
-        await asyncio.to_thread(self._ready_lines)
+        await asyncio.to_thread(self.board.ready_lines)
         for error in progress["errors"]:
             self.event(f"could not prepare a line: {error}")
-
-    @property
-    def engine(self) -> SpeechEngine:
-        return self.engines.primary
 
     async def _probe_engine_forever(self) -> None:
         for fallback in self.engines.engines[1:]:  # load the local voice now, not at the first failover
@@ -514,30 +481,6 @@ class Service:
                 self._start_warm()
             await asyncio.sleep(BACKOFF_CHECK_EVERY_S)
 
-    async def _open_device(self) -> None:
-        """Open the audio device; when it is missing the service stays up, says so and keeps trying."""
-        try:
-            await self.player.open_device(self.engine.fmt)
-        except AudioError as exc:
-            if self.device_problem is None:
-                self.event(f"speaker missing: {exc}")
-            self.device_problem = str(exc)
-        else:
-            if self.device_problem is not None:
-                self.event("speaker back")
-            self.device_problem = None
-
-    async def _reopen_device_forever(self) -> None:
-        pause = DEVICE_RETRY_FIRST_S
-        while True:
-            await asyncio.sleep(pause)
-            if self.device_problem is None:
-                pause = DEVICE_RETRY_FIRST_S
-                continue
-            if not self.speaker.speaking:
-                await self._open_device()
-            pause = min(DEVICE_RETRY_MAX_S, pause * 2) if self.device_problem else DEVICE_RETRY_FIRST_S
-
     async def probe_engine(self) -> None:
         try:
             await self.engine.probe()
@@ -547,18 +490,6 @@ class Service:
                 self.event(f"engine {self.engine.name} unreachable: {exc}")
             self.engine_state.update(reachable=False, error=str(exc))
         self.engine_state["checked_at"] = time.time()
-
-
-def _press_to_audio_ms(req: Request) -> float | None:
-    if req.trace is None or req.trace.first_audio_ms is None or req.started_at is None:
-        return None
-    return round((req.started_at - req.requested_at) * 1000 + req.trace.first_audio_ms, 1)
-
-
-def _duration(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    return (f"{days} d " if days else "") + f"{hours} h {rest // 60} min"
 
 
 def _token(cfg: Config) -> str | None:

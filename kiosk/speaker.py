@@ -16,12 +16,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kiosk.announcer import Announcer, Trace
+from kiosk.announcer import SPEECH_S_PER_CHAR, Announcer, Trace
 
 log = logging.getLogger(__name__)
 
 POLICIES = ("restart", "ignore", "queue")
 _HISTORY = 50
+#: The loop shows it is alive at least this often, idle or speaking.
+HEARTBEAT_S = 1.0
+#: A backstop far beyond the announcer's own bounds: no line holds the speaker longer than this.
+LINE_LIMIT_BASE_S = 30.0
+
+
+def line_limit_s(text: str) -> float:
+    """The longest a line may hold the speaker: three times its likely spoken length, plus half a minute."""
+    return LINE_LIMIT_BASE_S + 3 * len(text) * SPEECH_S_PER_CHAR
 
 
 @dataclass
@@ -111,39 +120,73 @@ class Speaker:
         self._drop_queue()
         self._cancel_current()
 
-    async def run(self) -> None:
-        """Speak queued requests one after another until cancelled."""
+    async def run(self, beat: Callable[[], None] = lambda: None) -> None:
+        """Speak queued requests one after another until cancelled, calling `beat()` at least every
+        `HEARTBEAT_S` while the loop is healthy (idle or speaking a line within its time limit)."""
         while True:
+            beat()
             if not self._queue:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HEARTBEAT_S):
+                        await self._wakeup.wait()
                 continue
             req = self._queue.popleft()
-            await self._speak(req)
+            await self._speak(req, beat)
 
     async def idle(self) -> None:
         """Wait until nothing is playing or queued (for tests and orderly shutdown; bound it with a timeout)."""
         while self._queue or self._current is not None:
             await asyncio.sleep(0.01)
 
-    async def _speak(self, req: Request) -> None:
+    async def _speak(self, req: Request, beat: Callable[[], None]) -> None:
+        """Speak one request. Whatever goes wrong fails this request only, never the loop."""
         self._current = req
         req.state = "playing"
         req.started_at = self._clock()
         self._notify(req)
-        self._current_task = asyncio.ensure_future(self.announcer.say(req.text, gain=req.gain))
+        task = self._current_task = asyncio.ensure_future(self.announcer.say(req.text, gain=req.gain))
+        overdue = False
         try:
-            req.trace = await self._current_task
+            overdue = await self._wait_within_limit(task, line_limit_s(req.text), beat)
+            req.trace = task.result()
             req.state = "failed" if req.trace.error else "stopped" if req.trace.stopped else "done"
             self.last_trace = req.trace
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
+                self._cancel_current()
                 raise  # the speaker itself is shutting down, not just this line
-            req.state = "stopped"
+            req.state = "failed" if overdue else "stopped"
+            if overdue:
+                req.trace = self._failure(req, f"gave up: the line took longer than {line_limit_s(req.text):.0f} s")
+        except Exception as exc:  # a fault nobody foresaw: this request fails, the speaker goes on
+            log.exception("speaking request %s failed", req.id)
+            self.announcer.stop()
+            req.state, req.trace = "failed", self._failure(req, f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self._current = None
             self._current_task = None
             self._notify(req)
+
+    async def _wait_within_limit(self, task: asyncio.Future, limit_s: float, beat: Callable[[], None]) -> bool:
+        """Wait for `task`, beating while it is within `limit_s`; past it, cancel the task and stop beating (a
+        task that ignores the cancel leaves the heartbeat stale, which health checks report). True if overdue."""
+        deadline = self._clock() + limit_s
+        overdue = False
+        while not task.done():
+            if not overdue:
+                beat()
+            await asyncio.wait({task}, timeout=HEARTBEAT_S)
+            if not task.done() and not overdue and self._clock() > deadline:
+                log.error("a line is taking longer than %.0f s; giving up on it", limit_s)
+                overdue = True
+                self.announcer.stop()
+                task.cancel()
+        return overdue
+
+    def _failure(self, req: Request, error: str) -> Trace:
+        elapsed = None if req.started_at is None else round((self._clock() - req.started_at) * 1000, 1)
+        return Trace.failure(self.announcer.engine.name, len(req.text), error, elapsed)
 
     def _cancel_current(self) -> None:
         if self._current_task is not None and not self._current_task.done():
@@ -167,9 +210,3 @@ class Speaker:
                 listener(req)
             except Exception:
                 log.exception("state listener failed")
-
-
-async def cancel_and_wait(task: asyncio.Task, timeout: float) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(task, timeout)

@@ -39,6 +39,8 @@ async def api(tmp_path, alsa_file, server):
 
 
 async def call(http, method, path, **kwargs):
+    if method == "POST" and "json" not in kwargs:
+        kwargs["headers"] = {"Content-Type": "application/json", **kwargs.get("headers", {})}
     async with http.request(method, path, **kwargs) as response:
         body = await response.json() if response.content_type == "application/json" else await response.text()
         return response.status, body

@@ -54,7 +54,8 @@ class Running:
 
     def request(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
+        headers = {"Content-Type": "application/json"} if method == "POST" else {}
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=5) as response:
                 return response.status, json.loads(response.read())

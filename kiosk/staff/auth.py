@@ -5,6 +5,7 @@ There is no default password: until `kiosk passwd` has written one, the staff pa
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -12,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +142,11 @@ class Sessions:
 
 
 class LoginLimiter:
-    """After `attempts` failed logins from one address within `window_s`, refuse it for `lockout_s`."""
+    """After `attempts` failed logins from one address within `window_s`, refuse it for `lockout_s`.
+
+    An attempt is counted when it starts, before its password is checked: guesses sent in parallel each take a
+    slot, so 300 at once from one address get at most `attempts` checks and the rest are refused at once.
+    """
 
     def __init__(
         self,
@@ -152,7 +158,19 @@ class LoginLimiter:
         self.attempts, self.window_s, self.lockout_s = attempts, window_s, lockout_s
         self._clock = clock
         self._failures: dict[str, list[float]] = {}
+        self._checking: dict[str, int] = {}
         self._locked_until: dict[str, float] = {}
+
+    def begin(self, address: str) -> float:
+        """Start an attempt from `address`: 0 when it may go ahead (it must then end with `failed` or
+        `succeeded`), else the seconds it must wait."""
+        wait = self.locked_for(address)
+        if wait:
+            return wait
+        if len(self._recent(address)) + self._checking.get(address, 0) >= self.attempts:
+            return self.lockout_s
+        self._checking[address] = self._checking.get(address, 0) + 1
+        return 0.0
 
     def locked_for(self, address: str) -> float:
         """Seconds this address must still wait (0 when it may try)."""
@@ -162,15 +180,63 @@ class LoginLimiter:
             return 0.0
         return left
 
-    def failed(self, address: str) -> None:
-        now = self._clock()
-        recent = [t for t in self._failures.get(address, []) if now - t < self.window_s] + [now]
-        if len(recent) >= self.attempts:
-            self._locked_until[address] = now + self.lockout_s
+    def failed(self, address: str) -> bool:
+        """Count a failed attempt; True when this one locked the address out."""
+        self._end(address)
+        recent = [*self._recent(address), self._clock()]
+        locked = len(recent) >= self.attempts
+        if locked:
+            self._locked_until[address] = self._clock() + self.lockout_s
             recent = []
         self._failures[address] = recent
         if len(self._failures) > 10_000:  # bound memory against a spray of addresses
             self._failures.clear()
+        return locked
+
+    def abandoned(self, address: str) -> None:
+        """An attempt that was never checked (the checker was busy): it counts neither way."""
+        self._end(address)
 
     def succeeded(self, address: str) -> None:
+        self._end(address)
         self._failures.pop(address, None)
+
+    def _recent(self, address: str) -> list[float]:
+        now = self._clock()
+        return [t for t in self._failures.get(address, []) if now - t < self.window_s]
+
+    def _end(self, address: str) -> None:
+        left = self._checking.get(address, 0) - 1
+        if left > 0:
+            self._checking[address] = left
+        else:
+            self._checking.pop(address, None)
+
+
+class CheckerBusy(Exception):
+    """Too many password checks are waiting already; the client should try again shortly."""
+
+
+class PasswordChecker:
+    """Checks passwords on threads of their own (scrypt takes ~0.1 s of CPU and 16 MiB each), never on the
+    event loop nor on the pool that cache reads use, with a bounded queue: a flood of logins from many addresses
+    is refused rather than left to pile up."""
+
+    def __init__(self, passwords: Callable[[], PasswordFile], *, workers: int = 1, max_waiting: int = 4):
+        self._passwords = passwords
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password")
+        self._max_waiting = max_waiting
+        self._waiting = 0
+
+    async def check(self, password: str) -> bool:
+        if self._waiting >= self._max_waiting:
+            raise CheckerBusy("too many logins at once")
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._passwords().check, password)
+        finally:
+            self._waiting -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -25,8 +26,12 @@ from aiohttp import web
 from kiosk.config import Config, load_config, phrase_problem, read_staff_settings
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
-from kiosk.staff.auth import LoginLimiter, PasswordFile, Session, Sessions
+from kiosk.staff.auth import CheckerBusy, LoginLimiter, PasswordChecker, PasswordFile, Session, Sessions
 from kiosk.web.api import stream_wav
+from kiosk.web.hosts import HostNames
+from kiosk.web.server import ConnectionLimits
+
+log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 COOKIE = "kiosk_session"
@@ -59,14 +64,23 @@ SESSION = web.RequestKey("session", Session)
 FORM = web.RequestKey("form", Any)
 SESSIONS = web.AppKey("sessions", Sessions)
 LIMITER = web.AppKey("limiter", LoginLimiter)
+CHECKER = web.AppKey("checker", PasswordChecker)
+HOSTS = web.AppKey("staff_hosts", HostNames)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+BODY_TIMEOUT_S = ConnectionLimits().body_timeout_s
 
 
-def make_staff_app(backend: StaffBackend, *, clock: Callable[[], float] = time.monotonic) -> web.Application:
+def make_staff_app(
+    backend: StaffBackend, *, clock: Callable[[], float] = time.monotonic, hosts: HostNames | None = None
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=[_security_headers, _guard])
     app[BACKEND] = backend
     app[SESSIONS] = Sessions(backend.cfg.staff.session_hours * 3600, clock)
     app[LIMITER] = LoginLimiter(clock=clock)
+    app[CHECKER] = PasswordChecker(lambda: _passwords(backend))
+    app[HOSTS] = hosts or HostNames()
+    app.on_cleanup.append(_close_checker)
     r = app.router
     r.add_get("/", home)
     r.add_get("/login", login_page)
@@ -100,10 +114,14 @@ _PUBLIC = ("/login", "/static/")
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """No password set → only the setup notice. No session → the login page. POSTs need origin and CSRF."""
     backend = request.app[BACKEND]
+    if not request.app[HOSTS].allows_host(request.headers.get("Host")):
+        raise web.HTTPMisdirectedRequest(text="this device does not answer to that host name (see staff.hostnames)")
     if not _passwords(backend).is_set() and not request.path.startswith("/static/"):
         return _render("setup.html", request, status=503, password_file=str(backend.cfg.staff.password_file))
     if request.method == "POST" and not _same_origin(request):
         raise web.HTTPForbidden(text="cross-site request refused")
+    if request.method == "POST" and request.content_type not in _FORM_TYPES:
+        raise web.HTTPUnsupportedMediaType(text="send the page's form as it is")
     if request.path.startswith(_PUBLIC):
         return await handler(request)
     session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
@@ -113,11 +131,29 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPUnauthorized(text="log in first")
     request[SESSION] = session
     if request.method == "POST":
-        form = await request.post()
+        form = await _read_form(request)
         if not _tokens_match(form.get("csrf"), session.csrf):
             raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
         request[FORM] = form
     return await handler(request)
+
+
+async def _read_form(request: web.Request) -> Any:
+    """The posted form; a malformed, oversized or slow body is the client's fault: 4xx, never a traceback."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the form did not arrive in time") from None
+    except web.HTTPException:
+        raise  # 413 from aiohttp's own size limit
+    except Exception as exc:  # aiohttp's multipart and form parsers raise many kinds on malformed input
+        log.info("unreadable form from %s: %s", request.remote, type(exc).__name__)
+        raise web.HTTPBadRequest(text="the form could not be read; reload the page") from None
+
+
+async def _close_checker(app: web.Application) -> None:
+    app[CHECKER].close()
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -170,19 +206,29 @@ def _login_form(request: web.Request, error: str | None = None, status: int = 20
 
 
 async def login(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await _read_form(request)
     if not _tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
         raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
     limiter, address = request.app[LIMITER], request.remote or "?"
-    wait = limiter.locked_for(address)
+    wait = limiter.begin(address)  # counted before the (slow) check, so parallel guesses cannot slip past
     if wait:
         return _login_form(request, f"Too many failed attempts. Try again in {int(wait // 60) + 1} minute(s).", 429)
     password = form.get("password")
-    passwords = _passwords(request.app[BACKEND])
-    if not isinstance(password, str) or not await asyncio.to_thread(passwords.check, password):
-        limiter.failed(address)
+    try:
+        right = isinstance(password, str) and await request.app[CHECKER].check(password)
+    except CheckerBusy:
+        limiter.abandoned(address)
+        return _login_form(request, "Too many logins at once. Try again in a minute.", 429)
+    if not right:
+        if limiter.failed(address):
+            log.warning(
+                "staff login: %s locked out for %.0f s after repeated wrong passwords", address, limiter.lockout_s
+            )
+        else:
+            log.info("staff login: wrong password from %s", address)
         return _login_form(request, "Wrong password.", 401)
     limiter.succeeded(address)
+    log.info("staff login from %s", address)
     session = request.app[SESSIONS].create()
     response = web.HTTPSeeOther("/status")
     response.set_cookie(

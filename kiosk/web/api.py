@@ -1,7 +1,9 @@
 """The local HTTP API: trigger and stop lines, status, health and metrics. JSON in and out.
 
 Bad input always gets a 4xx JSON answer with a message, never a 5xx: bad JSON, wrong types, unknown fields,
-empty or over-long text, oversized bodies. Triggers are rate-limited; the speaker's queue is bounded.
+empty or over-long text, text that cannot be encoded, oversized, deeply nested or slow bodies, a foreign Host or
+Origin, a state-changing call that is not `application/json` (a cross-site form or `text/plain` POST cannot be).
+Triggers are rate-limited; the speaker's queue is bounded.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from aiohttp import web
 from kiosk.errors import KioskError
 from kiosk.pcm import AudioFormat, wav_stream_header
 from kiosk.speaker import Rejected, Request
+from kiosk.web.hosts import HostNames
+from kiosk.web.server import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 4096
-_REJECTED_STATUS = {"unknown_phrase": 404, "text_disabled": 403, "busy": 409, "queue_full": 409}
+MAX_JSON_DEPTH = 8
+BODY_TIMEOUT_S = ConnectionLimits().body_timeout_s
+_REJECTED_STATUS = {"unknown_phrase": 404, "text_disabled": 403, "busy": 409, "queue_full": 409, "bad_text": 400}
 
 
 class ApiError(Exception):
@@ -53,12 +59,14 @@ class Backend(Protocol):
 
 BACKEND = web.AppKey("backend", Backend)
 IDEMPOTENCY = web.AppKey("idempotency", "IdempotencyKeys")
+HOSTS = web.AppKey("hosts", HostNames)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(backend: Backend) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, _bearer_token])
+def make_app(backend: Backend, hosts: HostNames | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_json_errors, _known_host, _bearer_token])
     app[BACKEND] = backend
+    app[HOSTS] = hosts or HostNames()
     app[IDEMPOTENCY] = IdempotencyKeys()
     app.router.add_post("/api/play", play)
     app.router.add_get("/api/play/{id}", playback)
@@ -89,6 +97,21 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 @web.middleware
+async def _known_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a Host that does not name this device (DNS rebinding) and, for calls that change something, a
+    foreign browser Origin or a body that is not JSON (which a cross-site page could send without asking)."""
+    hosts = request.app[HOSTS]
+    if not hosts.allows_host(request.headers.get("Host")):
+        raise ApiError(421, "this device does not answer to that host name (see api.hostnames)")
+    if request.method == "POST":
+        if not hosts.allows_origin(request.headers.get("Origin")):
+            raise ApiError(403, "cross-site request refused")
+        if request.content_type != "application/json":
+            raise ApiError(415, "send the body as JSON with Content-Type: application/json")
+    return await handler(request)
+
+
+@web.middleware
 async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[BACKEND].api_token
     if token and request.path.startswith("/api/"):
@@ -101,11 +124,17 @@ async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamRes
 async def _body(request: web.Request, allowed: set[str]) -> dict:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "request body too large")
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     if not raw.strip():
         return {}
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"body is nested more than {MAX_JSON_DEPTH} levels deep")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "body must be JSON") from None
     if not isinstance(body, dict):
@@ -114,6 +143,33 @@ async def _body(request: web.Request, allowed: set[str]) -> dict:
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
     return body
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text, counted without parsing it (so a body of
+    thousands of brackets costs a scan, not a recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
 
 
 def _string(body: dict, name: str) -> str | None:
@@ -226,11 +282,14 @@ async def stream_wav(request: web.Request, backend: Any, line: str) -> web.Strea
             "X-Accel-Buffering": "no",  # proxies must pass each chunk on at once
         }
     )
-    await response.prepare(request)
-    await response.write(wav_stream_header(fmt))
-    async for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        await response.write(wav_stream_header(fmt))
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:  # the listener left early: not an error; the line is still finished and cached
+        log.debug("a listener left before the end of the line")
     return response
 
 

@@ -1,0 +1,160 @@
+"""What the service reports: recent events, metrics per line, `/api/status`, `/healthz` and the staff page's
+problems — read from the service's parts, never changing them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+from kiosk import __version__
+from kiosk.metrics import CONTENT_TYPE, Metrics
+from kiosk.speaker import Request
+
+if TYPE_CHECKING:
+    from kiosk.service import Service
+
+log = logging.getLogger(__name__)
+
+#: A blocking ALSA write lasts one period; a writer silent this long is wedged and systemd should restart us.
+WRITER_STUCK_S = 5.0
+_FINISHED = ("done", "stopped", "failed")
+
+
+class EventLog:
+    """The last hundred things worth telling staff, each also logged once."""
+
+    def __init__(self, size: int = 100):
+        self.events: collections.deque[dict] = collections.deque(maxlen=size)
+
+    def add(self, text: str) -> None:
+        self.events.append({"time": time.time(), "text": text})
+        log.info("%s", text)
+
+    def recent(self, count: int = 20) -> list[dict]:
+        return [{**e, "clock": time.strftime("%H:%M:%S", time.localtime(e["time"]))} for e in self.events][-count:]
+
+
+class StatusBoard:
+    """Metrics and reports for one service."""
+
+    def __init__(self, service: Service, *, writer_stuck_s: float = WRITER_STUCK_S):
+        self._service = service
+        self._writer_stuck_s = writer_stuck_s
+        self._started = time.monotonic()
+        self.metrics = Metrics()
+        self.underruns_total = 0
+
+    def finished(self, req: Request) -> None:
+        """Count a line that has ended (metrics, event log)."""
+        if req.state not in _FINISHED or req.trace is None:
+            return
+        trace, m = req.trace, self.metrics
+        m.lines.labels(req.state).inc()
+        m.underruns.inc(trace.underruns)
+        self.underruns_total += trace.underruns
+        (m.cache_hits if trace.source == "cache" else m.cache_misses).inc()
+        if trace.error and trace.source != "cache":
+            m.engine_errors.labels(trace.source).inc()
+        press_to_audio_ms = press_to_audio(req)
+        if press_to_audio_ms is not None:
+            m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
+        what = req.phrase or f"{len(req.text)} characters of text"
+        self._service.event(f"{req.origin}: {what}: {req.state}" + (f" ({trace.error})" if trace.error else ""))
+
+    async def status(self) -> dict:
+        s = self._service
+        ready_ids = await asyncio.to_thread(self.ready_lines)
+        speaker, trace = s.speaker, s.speaker.last_trace
+        last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
+        disk = await asyncio.to_thread(shutil.disk_usage, s.cache.root)
+        uptime = round(time.monotonic() - self._started)
+        return {
+            "version": __version__,
+            "state": "speaking" if speaker.speaking else "idle",
+            "playing": speaker.current.summary() if speaker.current else None,
+            "queued": speaker.queued,
+            "last_trace": trace.__dict__ if trace else None,
+            "last_press_to_audio_ms": press_to_audio(last) if last else None,
+            "underruns_total": self.underruns_total,
+            "cache": {"lines_ready": len(ready_ids), "lines_configured": len(s.cfg.phrases), "ready_ids": ready_ids},
+            "engine": {"name": s.engine.name, **s.engine_state, "chain": s.engines.state()},
+            "speaker_problem": s.device_problem,
+            "cache_problem": s.announcer.cache_problem,
+            "device": s.cfg.audio.device,
+            "buttons": {
+                "count": len(s.cfg.buttons),
+                "factory": s.buttons.factory if s.buttons else None,
+                "simulated": bool(s.buttons and s.buttons.simulated),
+                "error": s.buttons.error if s.buttons else None,
+            },
+            "tasks": s.supervisor.state(),
+            "disk_free_gb": round(disk.free / 1e9, 1),
+            "uptime_s": uptime,
+            "uptime_text": _duration(uptime),
+            "warm": dict(s.warm),
+            "problems": self.problems(),
+            "events": s.events_log.recent(),
+        }
+
+    def problems(self) -> list[str]:
+        """What staff should know about now, in plain words."""
+        s = self._service
+        problems = []
+        if s.device_problem:
+            problems.append(f"Speaker missing or failing: {s.device_problem}. Retrying.")
+        for engine in s.engines.state():
+            if engine["in_backoff"]:
+                name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
+                problems.append(f"Voice '{name}' paused: {reason}. Checking again in {wait} s.")
+        if s.announcer.cache_problem:
+            problems.append(f"New lines cannot be kept for offline use: {s.announcer.cache_problem}")
+        if s.buttons and s.buttons.error:
+            problems.append(s.buttons.error)
+        ok, why = self.health()
+        if not ok:
+            problems.append(f"The speaker is not working: {why}. The service will be restarted.")
+        return problems + s.supervisor.problems()
+
+    def ready_lines(self) -> list[str]:
+        """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
+        s = self._service
+        ready = [
+            pid
+            for pid, text in s.cfg.phrases.items()
+            if any(s.cache.contains(key) for key in s.announcer.keys_for(text))
+        ]
+        self.metrics.lines_ready.set(len(ready))
+        self.metrics.lines_configured.set(len(s.cfg.phrases))
+        return ready
+
+    def health(self) -> tuple[bool, str]:
+        """Alive means the speaker loop and the audio writer both keep making progress."""
+        s = self._service
+        stuck = time.monotonic() - s.player.heartbeat
+        if stuck > self._writer_stuck_s:
+            return False, f"audio writer stuck for {stuck:.0f} s"
+        stale = s.supervisor.stale()
+        if stale:
+            return False, "; ".join(stale)
+        return True, ""
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        self.ready_lines()
+        return self.metrics.render(), CONTENT_TYPE
+
+
+def press_to_audio(req: Request) -> float | None:
+    """Milliseconds from the press (or API call) to the first frame the device accepted."""
+    if req.trace is None or req.trace.first_audio_ms is None or req.started_at is None:
+        return None
+    return round((req.started_at - req.requested_at) * 1000 + req.trace.first_audio_ms, 1)
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return (f"{days} d " if days else "") + f"{hours} h {rest // 60} min"
