@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from kiosk import __version__
+from kiosk import __version__, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
@@ -23,6 +23,7 @@ from kiosk.config import DEFAULT_CONFIG_PATH, Config, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
 from kiosk.service import build_cache, build_chain, build_player, open_announcer, run_service
 from kiosk.warm import warm
+from kiosk.web.server import raise_open_file_limit
 
 log = logging.getLogger("kiosk")
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for chatty in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request is noise in the journal
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.install()  # a fault repeating in a loop must not flood the journal
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -118,7 +120,17 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    return asyncio.run(run_service(cfg, config_path=args.config, overrides=_overrides(args)))
+    raise_open_file_limit()  # connections are capped far below it; the rest is headroom for cache and device
+    # Not asyncio.run: at its end it joins every worker thread, and one may be inside a native call that cannot
+    # be interrupted (the local voice loading, an ALSA write). The service has closed everything by the time
+    # run_service returns; waiting for such a thread would break the promise to stop within 2 s of SIGTERM.
+    code = asyncio.new_event_loop().run_until_complete(
+        run_service(cfg, config_path=args.config, overrides=_overrides(args))
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
