@@ -159,7 +159,7 @@ async def test_staff_preview_of_a_new_line_plays_before_synthesis_ends(service, 
     await page.fill("#new-text", text)
     await page.click("text=Add line")
     await page.wait_for_url(f"{base}/lines")
-    service._warm_task.cancel()  # the preview, not the background warm-up, must be what synthesizes it
+    service.supervisor.cancel("warm")  # the preview, not the background warm-up, must be what synthesizes it
     asked = len(server.requests)
     clicked = asyncio.get_running_loop().time()
     await page.click("#listen-amethyst")

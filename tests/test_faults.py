@@ -206,8 +206,8 @@ class FlakyDevice:
 
 
 async def test_speaker_missing_at_start_then_unplugged_mid_line(server, tmp_path, alsa_file, monkeypatch):
-    monkeypatch.setattr("kiosk.service.DEVICE_RETRY_FIRST_S", 0.1)
-    monkeypatch.setattr("kiosk.service.DEVICE_RETRY_MAX_S", 0.4)
+    monkeypatch.setattr("kiosk.device.RETRY_FIRST_S", 0.1)
+    monkeypatch.setattr("kiosk.device.RETRY_MAX_S", 0.4)
     device = FlakyDevice(file_sink_opener(alsa_file[0]))
     cfg = config(server.url, tmp_path / "cache", "staff:\n  enabled: false\napi:\n  port: 0\n", fallback="none")
     service = Service(cfg, open_sink=device.open, pin_factory=MockFactory(), notifier=Notifier({}))

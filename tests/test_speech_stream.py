@@ -35,7 +35,7 @@ async def api(tmp_path, alsa_file, server):
     server.behaviour.first_byte_delay_s = 0.3
     server.behaviour.chunk_sizes = [2400]
     await asyncio.wait_for(service.start(), timeout=10)
-    service._warm_task.cancel()  # keep the line uncached: these tests are about streaming it
+    service.supervisor.cancel("warm")  # keep the line uncached: these tests are about streaming it
     async with aiohttp.ClientSession(f"http://127.0.0.1:{service.port}", timeout=TIMEOUT) as http:
         yield service, http
     await service.stop()
