@@ -8,9 +8,12 @@ delays a visitor's press.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from kiosk.announcer import Announcer
 from kiosk.errors import KioskError
+
+log = logging.getLogger(__name__)
 
 
 async def warm(announcer: Announcer, texts: list[str], progress: dict) -> None:
@@ -22,8 +25,10 @@ async def warm(announcer: Announcer, texts: list[str], progress: dict) -> None:
             try:
                 await _warm_line(announcer, text)
             except KioskError as exc:
-                progress["failed"] += 1
-                progress["errors"] = [*progress["errors"][-4:], str(exc)]
+                _failed(progress, str(exc))
+            except Exception as exc:  # a fault nobody foresaw fails this line, not the rest
+                log.exception("preparing a line failed")
+                _failed(progress, f"internal error: {type(exc).__name__}: {exc}")
             else:
                 progress["done"] += 1
             progress["text"] = _summary(progress)
@@ -47,6 +52,11 @@ async def _warm_line(announcer: Announcer, text: str) -> None:
     if not usable:
         raise KioskError("no speech engine available now")
     await announcer.prepare(text, usable[0])
+
+
+def _failed(progress: dict, error: str) -> None:
+    progress["failed"] += 1
+    progress["errors"] = [*progress["errors"][-4:], error]
 
 
 def _summary(progress: dict) -> str:
