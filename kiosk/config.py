@@ -2,6 +2,9 @@
 
 Every problem is collected and reported at once as "section.key: message"; unknown keys get a "did you mean"
 suggestion. Each dataclass field carries its own bounds in `metadata`, so the schema lives in one place.
+
+Nothing in a file gets past as a traceback: the file's size, the YAML's nesting and alias expansion are bounded,
+and a value that would only fail later (NaN, a lone surrogate, a NUL in a path) is refused here, in one line.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +28,11 @@ from kiosk.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/kiosk/kiosk.yaml")
 MAX_TEXT_CHARS = 20_000
-PHRASE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# The service re-reads its config on SIGHUP: a 30 MB file once blocked it for 20 s, so size and shape are bounded.
+MAX_CONFIG_BYTES = 1_000_000
+MAX_YAML_DEPTH = 32  # the composer recurses: 10 000 '[' would end in RecursionError
+MAX_YAML_NODES = 100_000  # counted with aliases expanded: "billion laughs" is a few lines of anchors
+PHRASE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch: `$` would let "welcome\n" through
 
 
 def _bounded(default: Any, lo: float | None = None, hi: float | None = None) -> Any:
@@ -38,7 +47,7 @@ def _required(hint_default: Any = None, lo: float | None = None, hi: float | Non
     return field(default=hint_default, metadata={"required": True, "min": lo, "max": hi})
 
 
-_CLOCK_TIME = {"pattern": re.compile(r"^([01]\d|2[0-3]):[0-5]\d$"), "pattern_help": "a time as HH:MM"}
+_CLOCK_TIME = {"pattern": re.compile(r"([01]\d|2[0-3]):[0-5]\d"), "pattern_help": "a time as HH:MM"}  # fullmatch
 
 
 @dataclass(frozen=True)
@@ -188,21 +197,25 @@ def load_config(path: Path | str, staff_settings: dict | None = None) -> Config:
     data = _read_yaml_mapping(path)
     settings_path = staff_settings_path(data)
     problems: list[str] = []
-    if staff_settings is None and settings_path.exists():
-        staff_settings = _read_yaml_mapping(settings_path)
+    if staff_settings is None:
+        staff_settings = read_staff_settings(settings_path)
     if staff_settings:
-        data = overlay_staff_settings(data, staff_settings, str(settings_path), problems)
+        data = overlay_staff_settings(data, staff_settings, _show(settings_path, 1000), problems)
     return validate(data, problems)
 
 
 def staff_settings_path(operator_data: dict) -> Path:
+    """Where the staff settings are kept: the operator's staff.settings_file when it is a usable path (a bad one
+    is reported by validation), else the default."""
     staff = operator_data.get("staff") if isinstance(operator_data.get("staff"), dict) else {}
-    return Path(staff.get("settings_file") or StaffConfig.settings_file)
+    raw = staff.get("settings_file")
+    path = _INVALID if raw is None else _scalar(Path, raw, "", {}, [])
+    return StaffConfig.settings_file if path is _INVALID else path
 
 
 def read_staff_settings(path: Path) -> dict:
     """The staff page's settings file as a mapping ({} when there is none yet)."""
-    return _read_yaml_mapping(path) if path.exists() else {}
+    return _read_yaml_mapping(path, missing_ok=True)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -212,6 +225,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
 def validate(data: dict, problems: list[str] | None = None) -> Config:
     problems = list(problems or [])
+    if not isinstance(data, dict):
+        raise ConfigError([*problems, f"the top level must be a mapping of sections, not {_kind(data)}"])
     cfg = _build(Config, data, "", problems)
     if not problems:
         problems += _cross_check(cfg)
@@ -220,24 +235,85 @@ def validate(data: dict, problems: list[str] | None = None) -> Config:
     return cfg
 
 
-def _read_yaml_mapping(path: Path) -> dict:
+def _read_yaml_mapping(path: Path, missing_ok: bool = False) -> dict:
+    """A YAML file's top-level mapping. A file over MAX_CONFIG_BYTES is refused before the parser sees it (and
+    read no further than the limit: it may be a pipe or still growing)."""
+    source = _show(path, 1000)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_CONFIG_BYTES + 1) if size <= MAX_CONFIG_BYTES else b""
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config file ({exc.strerror or exc})"]) from exc
-    return _yaml_mapping(text, str(path))
+        if missing_ok and isinstance(exc, FileNotFoundError | NotADirectoryError):
+            return {}
+        raise ConfigError([f"{source}: cannot read config file ({exc.strerror or exc})"]) from exc
+    except ValueError as exc:  # a NUL or a lone surrogate in the path
+        raise ConfigError([f"{source}: cannot read config file ({exc})"]) from exc
+    if size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
+        shown = size if size > MAX_CONFIG_BYTES else f"over {MAX_CONFIG_BYTES}"
+        raise ConfigError([f"{source}: config file is too large ({shown} bytes; the limit is {MAX_CONFIG_BYTES})"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{source}: not valid UTF-8 at byte {exc.start} (line {line})"]) from exc
+    return _yaml_mapping(text, source)
+
+
+_TOO_DEEP = f"nested deeper than {MAX_YAML_DEPTH} levels"
+_TOO_MANY = f"too many aliases or nodes (over {MAX_YAML_NODES} with aliases expanded)"
 
 
 class _SafeLoaderWithoutDuplicates(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice is an error: PyYAML would silently keep the last one."""
+    """yaml.safe_load, except that a key given twice is an error (PyYAML would silently keep the last one), that
+    composing stops at MAX_YAML_DEPTH levels or MAX_YAML_NODES nodes, and that a value Python cannot make (a
+    5,000-digit number, 30 February) is a YAML error at its line rather than a bare ValueError."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH or self._nodes > MAX_YAML_NODES:
+                problem = _TOO_DEEP if self._depth > MAX_YAML_DEPTH else _TOO_MANY
+                raise yaml.composer.ComposerError(None, None, problem, self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise yaml.constructor.ConstructorError(None, None, _unmakeable(node, exc), node.start_mark) from exc
+
+
+def _unmakeable(node: yaml.Node, exc: Exception) -> str:
+    # Python's limit on reading whole numbers from text; its hint (sys.set_int_max_str_digits) is not for staff.
+    if "Exceeds the limit" in str(exc):
+        return f"a number with more than {sys.get_int_max_str_digits()} digits"
+    kind = node.tag.rsplit(":", 1)[-1]
+    return f"{_show(node.value) if isinstance(node, yaml.ScalarNode) else 'this'} is not a valid {kind} ({exc})"
 
 
 def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        try:
+            duplicate = key in seen
+        except TypeError:  # `? [a]` or `? {a: 1}`: no mapping can hold a list or mapping as a key
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{_kind(key)} cannot be a key", key_node.start_mark
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {_show(repr(key))}", key_node.start_mark
+            )
         seen.add(key)
     return loader.construct_mapping(node, deep)
 
@@ -249,16 +325,77 @@ _SafeLoaderWithoutDuplicates.add_constructor(
 
 def _yaml_mapping(text: str, source: str) -> dict:
     try:
-        data = yaml.load(text, Loader=_SafeLoaderWithoutDuplicates)  # a SafeLoader: no arbitrary objects
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
+        raise ConfigError([f"{source}: not valid YAML{_yaml_where(exc, text)}: {_yaml_problem(exc)}"]) from exc
+    except RecursionError as exc:  # the bounds above should make this unreachable; still one line if not
+        raise ConfigError([f"{source}: not valid YAML: {_TOO_DEEP}"]) from exc
+    except Exception as exc:  # a PyYAML corner not met yet: one line, never a traceback
+        raise ConfigError([f"{source}: cannot read YAML: {_show(exc, 200)}"]) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping of sections, not {_kind(data)}"])
     return data
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.load with a SafeLoader (no arbitrary objects), the composed nodes checked before any is constructed."""
+    loader = _SafeLoaderWithoutDuplicates(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_node_graph(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_node_graph(root: yaml.Node) -> None:
+    """Refuse a document that aliases make too deep or too big ("billion laughs": each anchor repeating the one
+    before), or that contains itself, before it is constructed. Walks each distinct node once, without recursion."""
+    size: dict[int, int] = {}  # id(node) → nodes with aliases expanded, capped just over the limit
+    depth: dict[int, int] = {}
+    walking: set[int] = set()  # the nodes on the path from the root to the current one
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        children = _child_nodes(node)
+        if children_done:
+            walking.discard(id(node))
+            size[id(node)] = min(MAX_YAML_NODES + 1, 1 + sum(size[id(c)] for c in children))
+            depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+            if size[id(node)] > MAX_YAML_NODES or depth[id(node)] > MAX_YAML_DEPTH:
+                problem = _TOO_MANY if size[id(node)] > MAX_YAML_NODES else _TOO_DEEP
+                raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
+        elif id(node) in walking:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that contains it", node.start_mark)
+        elif id(node) not in size:
+            walking.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+
+
+def _child_nodes(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def _yaml_where(exc: yaml.YAMLError, text: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow (a NUL, a lone surrogate)
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        return f" at line {line}, column {column}"
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character #x{exc.character:04x} is not allowed" if isinstance(exc.character, int) else exc.reason
+    return _show(getattr(exc, "problem", None) or getattr(exc, "context", None) or exc, 200)
 
 
 #: What the staff page may set, laid over the operator's file: section → keys (None: the whole section).
@@ -281,14 +418,14 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
     for section, value in staff.items():
         keys = STAFF_SETTABLE.get(section, set())
         if section not in STAFF_SETTABLE:
-            problems.append(f"{source}: {section}: cannot be set from the staff page")
+            problems.append(f"{source}: {_show(section)}: cannot be set from the staff page")
         elif section == "button_phrases":
             merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems)
         elif keys is None:
             merged[section] = value
         elif isinstance(value, dict):
             for key in set(value) - keys:
-                problems.append(f"{source}: {section}.{key}: cannot be set from the staff page")
+                problems.append(f"{source}: {section}.{_show(key)}: cannot be set from the staff page")
             section_base = base.get(section) if isinstance(base.get(section), dict) else {}
             merged[section] = {**section_base, **{k: v for k, v in value.items() if k in keys}}
         else:
@@ -301,13 +438,13 @@ def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[s
         if assignment:
             problems.append(f"{source}: button_phrases: needs buttons in the config and a mapping of pin: line")
         return buttons
-    assignment = {str(pin): phrase for pin, phrase in assignment.items()}
-    pins = {str(b.get("pin")) for b in buttons if isinstance(b, dict)}
+    assignment = {_str(pin): phrase for pin, phrase in assignment.items()}
+    pins = {_str(b.get("pin")) for b in buttons if isinstance(b, dict)}
     for pin in sorted(set(assignment) - pins):
-        problems.append(f"{source}: button_phrases.{pin}: no button on GPIO {pin} in the config")
+        problems.append(f"{source}: button_phrases.{_show(pin)}: no button on GPIO {_show(pin)} in the config")
     return [
-        {**b, "phrase": assignment[str(b.get("pin"))]}
-        if isinstance(b, dict) and str(b.get("pin")) in assignment and b.get("action") != "stop"
+        {**b, "phrase": assignment[_str(b.get("pin"))]}
+        if isinstance(b, dict) and _str(b.get("pin")) in assignment and b.get("action") != "stop"
         else b
         for b in buttons
     ]
@@ -321,7 +458,7 @@ def _build(cls: type, data: dict, prefix: str, problems: list[str]) -> Any:
         if key in fields:
             values[key] = _value(hints[key], raw, f"{prefix}{key}", fields[key].metadata, problems)
         else:
-            problems.append(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
+            problems.append(f"{prefix}{_show(key)}: unknown key{_suggest(_show(key), fields)}")
     for name, f in fields.items():
         if f.metadata.get("required") and name not in data:
             problems.append(f"{prefix}{name}: must be set")
@@ -354,31 +491,58 @@ def _value(hint: Any, raw: Any, where: str, meta: Any, problems: list[str]) -> A
 
 
 def _scalar(base: type, raw: Any, where: str, meta: Any, problems: list[str]) -> Any:
-    if base is float and isinstance(raw, int) and not isinstance(raw, bool):
-        raw = float(raw)
-    if meta.get("pattern") is _CLOCK_TIME["pattern"] and isinstance(raw, int) and 0 <= raw < 24 * 60:
+    if meta.get("pattern") is _CLOCK_TIME["pattern"] and type(raw) is int and 0 <= raw < 24 * 60:
         raw = f"{raw // 60:02d}:{raw % 60:02d}"  # YAML 1.1 reads an unquoted 22:00 as 1320 (base 60)
     if base is Path:
-        if not isinstance(raw, str) or not raw.strip():
-            problems.append(f"{where}: must be a path, not {_kind(raw)}")
-            return _INVALID
-        return Path(raw).expanduser()
-    if not isinstance(raw, base) or (base is not bool and isinstance(raw, bool)):
+        return _path(raw, where, problems)
+    accepted = (int, float) if base is float else base  # a whole number is a number too
+    if not isinstance(raw, accepted) or (base is not bool and isinstance(raw, bool)):
         problems.append(f"{where}: must be {_TYPE_NAMES[base]}, not {_kind(raw)}")
         return _INVALID
-    pattern = meta.get("pattern")
-    if pattern and not pattern.match(raw):
-        problems.append(f"{where}: {raw!r} is not {meta['pattern_help']}")
+    problem = _value_problem(raw, meta)
+    if problem:
+        problems.append(f"{where}: {problem}")
         return _INVALID
+    return float(raw) if base is float else raw  # every float field is bounded: a 400-digit number is refused above
+
+
+def _value_problem(raw: Any, meta: Any) -> str | None:
+    if isinstance(raw, float) and not math.isfinite(raw):
+        return f"must be a finite number, not {raw}"  # NaN passes every `raw < lo`; inf would stall a timer
+    if isinstance(raw, str) and (problem := _string_problem(raw)):
+        return problem
+    pattern = meta.get("pattern")
+    if pattern and not pattern.fullmatch(raw):
+        return f"{_show(repr(raw))} is not {meta['pattern_help']}"
     choices = meta.get("choices")
     if choices and raw not in choices:
-        problems.append(f"{where}: {raw!r} is not one of {', '.join(choices)}")
-        return _INVALID
+        return f"{_show(repr(raw))} is not one of {', '.join(choices)}"
     lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and raw < lo) or (hi is not None and raw > hi):
-        problems.append(f"{where}: {raw} is out of range ({lo} to {hi})")
+        return f"{_show(raw)} is out of range ({lo} to {hi})"
+    return None
+
+
+def _string_problem(raw: str) -> str | None:
+    """Why a string value would fail later (writing it, opening it, passing it to C), or None."""
+    at = unencodable_at(raw)
+    if at is not None:
+        return _cannot_encode(at)
+    if "\0" in raw:
+        return f"contains a NUL character (at position {raw.index(chr(0))})"
+    return None
+
+
+def _path(raw: Any, where: str, problems: list[str]) -> Any:
+    problem = _string_problem(raw) if isinstance(raw, str) and raw.strip() else f"must be a path, not {_kind(raw)}"
+    if problem:
+        problems.append(f"{where}: {problem}")
         return _INVALID
-    return raw
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError:  # ~name for a user this machine does not have, or no home directory at all
+        problems.append(f"{where}: cannot find the home directory for {_show(raw.split('/')[0])}")
+        return _INVALID
 
 
 def _items(item_cls: type, raw: Any, where: str, problems: list[str]) -> Any:
@@ -400,14 +564,14 @@ def _cross_check(cfg: Config) -> list[str]:
     """Rules that span keys: buttons name existing lines, no pin is used twice, an open API has a token."""
     problems = []
     if not _is_loopback(cfg.api.bind) and cfg.api.token_file is None:
-        problems.append(f"api.token_file: required when api.bind ({cfg.api.bind}) is not a loopback address")
+        problems.append(f"api.token_file: required when api.bind ({_show(cfg.api.bind)}) is not a loopback address")
     used: dict[int, str] = {}
     for i, b in enumerate(cfg.buttons):
         where = f"buttons[{i}]"
         if b.action == "speak" and b.phrase is None:
             problems.append(f"{where}.phrase: must be set for a speak button (or set action: stop)")
         elif b.phrase is not None and b.phrase not in cfg.phrases:
-            problems.append(f"{where}.phrase: no line '{b.phrase}' in phrases{_suggest(b.phrase, cfg.phrases)}")
+            problems.append(f"{where}.phrase: no line '{_show(b.phrase)}' in phrases{_suggest(b.phrase, cfg.phrases)}")
         for role, pin in (("pin", b.pin), ("led", b.led)):
             if pin is None:
                 continue
@@ -444,18 +608,20 @@ def _phrases(raw: Any, where: str, problems: list[str]) -> Any:
         problems.append(f"{where}: must be a mapping of id: text, not {_kind(raw)}")
         return _INVALID
     phrases = {}
-    for pid, text in raw.items():
-        problem = phrase_problem(str(pid), text)
+    for pid, text in raw.items():  # a key YAML reads as a number or true/false is taken as its text
+        problem = phrase_problem(_str(pid), text)
+        if not problem and _str(pid) in phrases:
+            problem = "id is given twice (once quoted, once not)"
         if problem:
-            problems.append(f"{where}.{pid}: {problem}")
+            problems.append(f"{where}.{_show(pid)}: {problem}")
         else:
-            phrases[str(pid)] = text.strip()
+            phrases[_str(pid)] = text.strip()
     return phrases
 
 
 def phrase_problem(pid: str, text: Any) -> str | None:
     """Why an exhibit line is unacceptable, or None; shared by the config file and the staff page."""
-    if not PHRASE_ID.match(pid):
+    if not PHRASE_ID.fullmatch(pid):
         return "id must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
     if not isinstance(text, str):
         return f"text must be a string, not {_kind(text)}"
@@ -468,7 +634,22 @@ def text_problem(text: str) -> str | None:
         return "text is empty"
     if len(text) > MAX_TEXT_CHARS:
         return f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
+    at = unencodable_at(text)
+    return f"text {_cannot_encode(at)}" if at is not None else None
+
+
+def unencodable_at(text: str) -> int | None:
+    """The position of the first character of `text` that UTF-8 cannot encode (a lone surrogate, as a YAML
+    "\\ud800" escape or a badly decoded file name makes), or None: such text fails later, when written or sent."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
     return None
+
+
+def _cannot_encode(at: int) -> str:
+    return f"contains characters that cannot be encoded (a lone surrogate at position {at})"
 
 
 _TYPE_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
@@ -482,6 +663,23 @@ def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", int: "a whole number", float: "a number"}.get(
         type(value), type(value).__name__
     )
+
+
+def _str(value: Any) -> str:
+    """str(value), except for a whole number too long to convert (Python's limit is 4300 digits)."""
+    try:
+        return str(value)
+    except ValueError:
+        return f"<a number with more than {sys.get_int_max_str_digits()} digits>"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """`value` for a problem line: one line, at most `limit` characters, control characters and lone surrogates
+    escaped, so it can be printed, logged and sent as UTF-8."""
+    text = _str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _suggest(key: str, known: dict) -> str:
