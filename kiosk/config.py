@@ -47,6 +47,10 @@ def _required(hint_default: Any = None, lo: float | None = None, hi: float | Non
     return field(default=hint_default, metadata={"required": True, "min": lo, "max": hi})
 
 
+_HOSTNAME = {
+    "pattern": re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"),
+    "pattern_help": "a host name (lowercase letters, digits, '-' and '.')",
+}
 _CLOCK_TIME = {"pattern": re.compile(r"([01]\d|2[0-3]):[0-5]\d"), "pattern_help": "a time as HH:MM"}  # fullmatch
 
 
@@ -169,6 +173,9 @@ class Config:
     staff: StaffConfig = StaffConfig()
     buttons: tuple[ButtonConfig, ...] = ()
     quiet_hours: tuple[QuietHours, ...] = ()
+    #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
+    #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.
+    hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)
     phrases: dict[str, str] = field(default_factory=dict)
 
     def quiet_volume(self, hhmm: str) -> int | None:
@@ -479,7 +486,7 @@ def _value(hint: Any, raw: Any, where: str, meta: Any, problems: list[str]) -> A
     if hint == dict[str, str]:
         return _phrases(raw, where, problems)
     if typing.get_origin(hint) is tuple:
-        return _items(typing.get_args(hint)[0], raw, where, problems)
+        return _items(typing.get_args(hint)[0], raw, where, meta, problems)
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
     if raw is None:
         if optional:
@@ -545,12 +552,15 @@ def _path(raw: Any, where: str, problems: list[str]) -> Any:
         return _INVALID
 
 
-def _items(item_cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+def _items(item_cls: type, raw: Any, where: str, meta: Any, problems: list[str]) -> Any:
     if raw is None:
         return ()
     if not isinstance(raw, list):
         problems.append(f"{where}: must be a list, not {_kind(raw)}")
         return _INVALID
+    if not dataclasses.is_dataclass(item_cls):
+        values = [_scalar(item_cls, item, f"{where}[{i}]", meta, problems) for i, item in enumerate(raw)]
+        return tuple(v for v in values if v is not _INVALID)
     items = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):

@@ -46,6 +46,7 @@ from kiosk.supervisor import Supervisor
 from kiosk.systemd import Notifier
 from kiosk.warm import warm
 from kiosk.web.api import RateLimiter, make_app
+from kiosk.web.hosts import HostNames
 from kiosk.web.server import ConnectionLimits, serve
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class Service:
         self._pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         self._limits = limits or ConnectionLimits()
+        self.hosts = HostNames(cfg.hostnames)
         self._clock = clock  # for session and lockout expiry on the staff page
         self.events_log = EventLog()
         self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
@@ -187,9 +189,10 @@ class Service:
         await self.device.open()
         await self._apply_volume(cfg)
         self._start_buttons(cfg.buttons)
-        self.port = await self._serve(make_app(self), cfg.api.bind, cfg.api.port)
+        self.port = await self._serve(make_app(self, self.hosts), cfg.api.bind, cfg.api.port)
         if cfg.staff.enabled:
-            self.staff_port = await self._serve(make_staff_app(self, clock=self._clock), cfg.staff.bind, cfg.staff.port)
+            staff_app = make_staff_app(self, clock=self._clock, hosts=self.hosts)
+            self.staff_port = await self._serve(staff_app, cfg.staff.bind, cfg.staff.port)
         self._start_warm()
         run = self.supervisor.start
         run("speaker", lambda: self.speaker.run(beat=lambda: self.supervisor.beat("speaker")), stale_after_s=5.0)
@@ -262,6 +265,7 @@ class Service:
         self.announcer.pin_lines(list(new.phrases.values()))
         await self._apply_volume(new)
         self.speaker.queue_limit = new.speech.queue_limit
+        self.hosts.configure(new.hostnames)
         self._limiter = RateLimiter(new.api.rate_limit_per_min)
         if self.buttons:
             self.buttons.close()

@@ -115,7 +115,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """No password set → only the setup notice. No session → the login page. POSTs need origin and CSRF."""
     backend = request.app[BACKEND]
     if not request.app[HOSTS].allows_host(request.headers.get("Host")):
-        raise web.HTTPMisdirectedRequest(text="this device does not answer to that host name (see staff.hostnames)")
+        raise web.HTTPMisdirectedRequest(
+            text="this device does not answer to that host name (see hostnames in kiosk.yaml)"
+        )
     if not _passwords(backend).is_set() and not request.path.startswith("/static/"):
         return _render("setup.html", request, status=503, password_file=str(backend.cfg.staff.password_file))
     if request.method == "POST" and not _same_origin(request):

@@ -102,7 +102,7 @@ async def _known_host(request: web.Request, handler: Handler) -> web.StreamRespo
     foreign browser Origin or a body that is not JSON (which a cross-site page could send without asking)."""
     hosts = request.app[HOSTS]
     if not hosts.allows_host(request.headers.get("Host")):
-        raise ApiError(421, "this device does not answer to that host name (see api.hostnames)")
+        raise ApiError(421, "this device does not answer to that host name (see hostnames in kiosk.yaml)")
     if request.method == "POST":
         if not hosts.allows_origin(request.headers.get("Origin")):
             raise ApiError(403, "cross-site request refused")

@@ -16,7 +16,12 @@ from urllib.parse import urlsplit
 
 class HostNames:
     def __init__(self, extra: Iterable[str] = (), hostname: str | None = None):
-        own = (hostname or socket.gethostname()).lower().rstrip(".")
+        self._own = (hostname or socket.gethostname()).lower().rstrip(".")
+        self.configure(extra)
+
+    def configure(self, extra: Iterable[str]) -> None:
+        """The configured names (`hostnames:`), replacing the previous ones (a reload)."""
+        own = self._own
         self._names = {"localhost", own, f"{own}.local", *(n.lower().rstrip(".") for n in extra)}
 
     def allows_host(self, host_header: str | None) -> bool:
