@@ -10,7 +10,6 @@ import pytest
 from test_service import QUARTZ, WELCOME, config, press, started, wait_idle
 from test_staff import PASSWORD, csrf_of, log_in, operator, post, staff  # noqa: F401 (fixtures)
 
-from kiosk.errors import SpeechError
 from kiosk.staff.auth import PasswordFile
 from kiosk.supervisor import Supervisor
 
@@ -349,5 +348,33 @@ async def test_a_new_key_takes_effect_on_reload(server, tmp_path, alsa_file, pin
         await service.stop()
 
 
-def test_speech_error_is_a_kiosk_error():
-    assert issubclass(SpeechError, Exception)
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8080", True),
+        ("[::1]:8080", True),
+        ("192.168.1.40", True),
+        ("localhost:8000", True),
+        ("hall2", True),
+        ("HALL2.local", True),
+        ("speaker.museum.lan:8000", True),
+        ("attacker.example", False),
+        ("hall2.attacker.example", False),
+        ("", False),
+        ("[::1", False),
+    ],
+)
+def test_host_names_that_name_this_device(host, allowed):
+    from kiosk.web.hosts import HostNames
+
+    assert HostNames(["speaker.museum.lan"], hostname="hall2").allows_host(host) is allowed
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [(None, True), ("http://hall2.local:8000", True), ("null", False), ("http://attacker.example", False)],
+)
+def test_origins_that_name_this_device(origin, allowed):
+    from kiosk.web.hosts import HostNames
+
+    assert HostNames(hostname="hall2").allows_origin(origin) is allowed
