@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fake_openai import FakeOpenAI
+from gpiozero.pins.mock import MockFactory
 from pulse_sink import NullSink
 
 from kiosk.alsa_output import AlsaOutput
@@ -18,6 +19,12 @@ async def server():
     """The OpenAI-compatible test server on loopback, well behaved until a test changes `server.behaviour`."""
     async with FakeOpenAI() as fake:
         yield fake
+
+
+@pytest.fixture
+def pins():
+    """gpiozero's own mock pins: `pins.pin(17).drive_low()` is a press."""
+    return MockFactory()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import time
 import pytest
 from conftest import file_sink_opener
 from fake_openai import pcm_for
-from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import parse_config
 from kiosk.pcm import OPENAI_PCM
@@ -49,11 +48,6 @@ BUTTONS = """buttons:
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
-
-
-@pytest.fixture
-def pins():
-    return MockFactory()
 
 
 async def started(cfg, device, pins, **kwargs):
