@@ -1,6 +1,7 @@
 """The staff page's handlers over real HTTP: access control, CSRF, validation beside the field, atomic saves."""
 
 import asyncio
+import logging
 import os
 import stat
 
@@ -124,12 +125,15 @@ async def test_unauthenticated_requests_are_sent_to_login(staff):
     assert settings_of(service) is None
 
 
-async def test_login_lockout_and_its_expiry(staff):
+async def test_login_lockout_and_its_expiry(staff, caplog):
     service, http, clock, _ = staff
     PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
-    for _ in range(5):
-        status, html, _ = await log_in(http, "guess")
-        assert status == 401 and "Wrong password" in html
+    with caplog.at_level(logging.INFO, logger="kiosk.staff"):
+        for _ in range(5):
+            status, html, _ = await log_in(http, "guess")
+            assert status == 401 and "Wrong password" in html
+    assert caplog.text.count("wrong password from 127.0.0.1") == 4
+    assert "127.0.0.1 locked out for 300 s" in caplog.text and "guess" not in caplog.text
     status, html, _ = await log_in(http)  # even the right password is refused while locked out
     assert status == 429 and "Too many failed attempts" in html
     clock.now += 301
