@@ -166,6 +166,14 @@ class Announcer:
         """The configured exhibit lines, in every engine's voice, are never evicted from the cache."""
         self.cache.pin(key for text in texts for key in self.keys_for(text))
 
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """End the syntheses still running for listeners (before their engines are closed under them)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""
         if self._current is not None:
@@ -232,6 +240,9 @@ class Announcer:
                     return
                 errors.append(error)
             synthesis.end("; ".join(errors) or "no speech engine available now")
+        except Exception as exc:  # nobody awaits this task: a fault nobody foresaw ends the line, logged once
+            log.exception("synthesizing a line for a listener failed")
+            synthesis.end(f"internal error: {type(exc).__name__}")
         finally:
             if not synthesis.done:
                 synthesis.end("cancelled")

@@ -638,6 +638,9 @@ def phrase_problem(pid: str, text: Any) -> str | None:
     return text_problem(text)
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # all but tab, newline, carriage return
+
+
 def text_problem(text: str) -> str | None:
     """Why a text cannot be spoken, or None."""
     if not text.strip():
@@ -645,7 +648,12 @@ def text_problem(text: str) -> str | None:
     if len(text) > MAX_TEXT_CHARS:
         return f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}"
     at = unencodable_at(text)
-    return f"text {_cannot_encode(at)}" if at is not None else None
+    if at is not None:
+        return f"text {_cannot_encode(at)}"
+    control = _CONTROL_CHARACTER.search(text)  # a NUL or a bell cannot be spoken; engines fail on them
+    if control:
+        return f"text contains a control character (U+{ord(control.group()):04X} at position {control.start()})"
+    return None
 
 
 def unencodable_at(text: str) -> int | None:

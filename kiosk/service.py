@@ -251,6 +251,8 @@ class Service:
         voice = (old.speech, old.openai, old.piper, old.audio, old.cache, self._api_key)
         if voice != (new.speech, new.openai, new.piper, new.audio, new.cache, new_key):
             self.speaker.stop()
+            self.supervisor.cancel("warm")  # started again below, in the new voice
+            await self.announcer.aclose()  # nothing may use the old engines once they are closed
             old_engines, old_player = self.engines, self.player
             self.engines = build_chain(new)
             self._api_key = new_key  # a key typed on the staff page is used from the next line on

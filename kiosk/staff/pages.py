@@ -9,10 +9,12 @@ applied without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,9 +25,10 @@ import jinja2
 import yaml
 from aiohttp import web
 
-from kiosk.config import Config, load_config, phrase_problem, read_staff_settings
+from kiosk.config import Config, load_config, phrase_problem, read_staff_settings, unencodable_at
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
+from kiosk.speaker import Rejected
 from kiosk.staff.auth import CheckerBusy, LoginLimiter, PasswordChecker, PasswordFile, Session, Sessions
 from kiosk.web.api import stream_wav
 from kiosk.web.hosts import HostNames
@@ -67,6 +70,7 @@ LIMITER = web.AppKey("limiter", LoginLimiter)
 CHECKER = web.AppKey("checker", PasswordChecker)
 HOSTS = web.AppKey("staff_hosts", HostNames)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")  # secrets.token_urlsafe(32) makes 43 such characters
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 BODY_TIMEOUT_S = ConnectionLimits().body_timeout_s
 
@@ -141,10 +145,16 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _read_form(request: web.Request) -> Any:
-    """The posted form; a malformed, oversized or slow body is the client's fault: 4xx, never a traceback."""
+    """The posted form; a malformed, oversized or slow body is the client's fault: 4xx, never a traceback.
+
+    Only UTF-8 is read (aiohttp would decode any charset the client names, and some make strings that cannot be
+    encoded again), and no field may hold such a string or a file.
+    """
+    if request.charset not in (None, "utf-8"):
+        raise web.HTTPUnsupportedMediaType(text="send the form as UTF-8")
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
-            return await request.post()
+            form = await request.post()
     except TimeoutError:
         raise web.HTTPRequestTimeout(text="the form did not arrive in time") from None
     except web.HTTPException:
@@ -152,6 +162,18 @@ async def _read_form(request: web.Request) -> Any:
     except Exception as exc:  # aiohttp's multipart and form parsers raise many kinds on malformed input
         log.info("unreadable form from %s: %s", request.remote, type(exc).__name__)
         raise web.HTTPBadRequest(text="the form could not be read; reload the page") from None
+    _refuse_odd_fields(form)
+    return form
+
+
+def _refuse_odd_fields(form: Any) -> None:
+    for value in form.values():
+        if not isinstance(value, str):  # an uploaded file: this page takes none
+            with contextlib.suppress(Exception):
+                value.file.close()
+            raise web.HTTPBadRequest(text="files cannot be sent to this form")
+        if unencodable_at(value) is not None:
+            raise web.HTTPBadRequest(text="the form holds characters that cannot be encoded; retype it")
 
 
 async def _close_checker(app: web.Application) -> None:
@@ -168,8 +190,11 @@ def _same_origin(request: web.Request) -> bool:
     return referer == expected or referer.startswith(expected + "/")
 
 
-def _tokens_match(given: Any, expected: str) -> bool:
-    return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
+def _tokens_match(given: Any, expected: str | None) -> bool:
+    """True when both are well-formed tokens and equal (an empty or odd one never matches)."""
+    if not (isinstance(given, str) and expected and _TOKEN.fullmatch(given) and _TOKEN.fullmatch(expected)):
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 @web.middleware
@@ -201,7 +226,9 @@ async def login_page(request: web.Request) -> web.Response:
 
 
 def _login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
-    token = request.cookies.get(LOGIN_COOKIE) or _new_token()
+    token = request.cookies.get(LOGIN_COOKIE, "")
+    if not _TOKEN.fullmatch(token):  # only a token this page made is shown back in the page
+        token = _new_token()
     response = _render("login.html", request, status=status, csrf=token, error=error)
     response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
     return response
@@ -322,7 +349,10 @@ async def play_line(request: web.Request) -> web.Response:
     pid = request.match_info["id"]
     if pid not in request.app[BACKEND].cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
-    request.app[BACKEND].play(phrase=pid, text=None, origin="staff")
+    try:
+        request.app[BACKEND].play(phrase=pid, text=None, origin="staff")
+    except Rejected as exc:
+        return await lines_page(request, {f"{pid}.text": f"not played: {exc}"}, status=409)
     raise web.HTTPSeeOther("/lines")
 
 

@@ -10,16 +10,20 @@ A flood of idle or slow ("slowloris") connections must never starve a real clien
   connection that has been idle longest (no request being handled on it) so the newcomer — often a health
   check from the same address as the flood — is served; if every connection over the cap is busy, it closes
   the newcomer instead. Each closure is counted, never logged with a traceback.
+- A request aiohttp's parser refuses (no Host, a control character in a header, a line too long) is answered 400
+  and logged at INFO in one line: it is the client's mistake, not a fault of the service.
 """
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from kiosk.errors import KioskError
@@ -163,6 +167,7 @@ async def serve(
         shutdown_timeout=0.5,
         keepalive_timeout=limits.idle_timeout_s,
         handler_cancellation=True,  # a client that hangs up cancels its handler instead of leaving it running
+        logger=_request_log(),
     )
     await runner.setup()
     try:
@@ -171,6 +176,26 @@ async def serve(
         await runner.cleanup()
         raise KioskError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
     return runner, runner.addresses[0][1]
+
+
+class _ClientFaults(logging.Filter):
+    """aiohttp logs a request its parser refuses at ERROR with the parser's traceback; one INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            address = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused a malformed request from %s: %s", (address, exc.message)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def _request_log() -> logging.Logger:
+    log = logging.getLogger("kiosk.web.requests")
+    if not any(isinstance(f, _ClientFaults) for f in log.filters):
+        log.addFilter(_ClientFaults())
+    return log
 
 
 def raise_open_file_limit() -> tuple[int, int]:
