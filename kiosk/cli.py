@@ -35,14 +35,12 @@ NO_CARD_WAV = "kiosk-say.wav"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="kiosk: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kiosk: %(levelname)s: %(message)s"))
+    logs.install(handler)  # a fault repeating in a loop must not flood the journal
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     for chatty in ("httpx", "httpx2", "openai"):  # one INFO line per HTTP request is noise in the journal
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    logs.install()  # a fault repeating in a loop must not flood the journal
     try:
         return args.func(args)
     except ConfigError as exc:
