@@ -100,6 +100,7 @@ def write_config(tmp: Path, server_url: str) -> Path:
     path = tmp / "kiosk.yaml"
     path.write_text(
         f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {tmp / 'cache'}\n"
+        f"history:\n  file: {tmp / 'cache'}.history.sqlite3\n"
         "audio:\n  device: 'null'\napi:\n  port: 0\n  allow_text: true\n  rate_limit_per_min: 100000\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp / 'pw'}\n  settings_file: {tmp / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n"

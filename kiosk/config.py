@@ -163,6 +163,14 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """Every press and trigger with its outcome, and the events staff see, kept on the device (SQLite)."""
+
+    file: Path = Path("/var/lib/kiosk/history.sqlite3")
+    keep_days: int = _bounded(400, 1, 3650)
+
+
+@dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()
     speech: SpeechConfig = SpeechConfig()
@@ -171,6 +179,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     api: ApiConfig = ApiConfig()
     staff: StaffConfig = StaffConfig()
+    history: HistoryConfig = HistoryConfig()
     buttons: tuple[ButtonConfig, ...] = ()
     quiet_hours: tuple[QuietHours, ...] = ()
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):

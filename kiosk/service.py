@@ -33,6 +33,7 @@ from kiosk.config import (
 )
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError, SpeechError
+from kiosk.history import History, Outcome
 from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
@@ -41,7 +42,7 @@ from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
 from kiosk.speech.openai_engine import OpenAIEngine
 from kiosk.staff.pages import make_staff_app
-from kiosk.status import WRITER_STUCK_S, EventLog, StatusBoard
+from kiosk.status import WRITER_STUCK_S, EventLog, StatusBoard, outcome_of
 from kiosk.supervisor import Supervisor
 from kiosk.systemd import Notifier
 from kiosk.warm import warm
@@ -150,7 +151,8 @@ class Service:
         self._limits = limits or ConnectionLimits()
         self.hosts = HostNames(cfg.hostnames)
         self._clock = clock  # for session and lockout expiry on the staff page
-        self.events_log = EventLog()
+        self.history = History(cfg.history.file, keep_days=cfg.history.keep_days)
+        self.events_log = EventLog(self.history)
         self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
         self.supervisor = Supervisor(on_event=self.event)
         self.device = DeviceKeeper(
@@ -178,6 +180,8 @@ class Service:
         cfg = self.cfg
         self._api_token = _token(cfg)
         self._api_key = resolve_api_key(cfg.openai)
+        await self.history.open()
+        self.events_log.load(await self.history.recent_events())
         self.cache = await self._open_cache(cfg)
         self.engines = build_chain(cfg)
         self.player = self._new_player(cfg)
@@ -200,6 +204,7 @@ class Service:
         if self.notifier.watchdog_s:
             run("watchdog", self._watchdog)
         run("device", self.device.run)
+        run("history", self.history.run)
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
         device = cfg.audio.device
         problem = self.device.problem
@@ -219,6 +224,9 @@ class Service:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.3):
                 await self.engines.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):  # what was recorded in the last second
+                await self.history.close()
         self._audio_io.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> bool:
@@ -268,12 +276,13 @@ class Service:
         await self._apply_volume(new)
         self.speaker.queue_limit = new.speech.queue_limit
         self.hosts.configure(new.hostnames)
+        self.history.keep_days = new.history.keep_days
         self._limiter = RateLimiter(new.api.rate_limit_per_min)
         if self.buttons:
             self.buttons.close()
         self._start_buttons(new.buttons)
-        if (old.api.bind, old.api.port) != (new.api.bind, new.api.port):
-            log.warning("api.bind and api.port changes take effect after a restart")
+        if (old.api.bind, old.api.port, old.history.file) != (new.api.bind, new.api.port, new.history.file):
+            log.warning("api.bind, api.port and history.file changes take effect after a restart")
 
     async def _open_cache(self, cfg: Config) -> PhraseCache:
         """The phrase cache; a read-only, full or missing cache directory is reported, never fatal."""
@@ -334,6 +343,7 @@ class Service:
         quiet = self.cfg.quiet_volume(time.strftime("%H:%M"))
         if quiet == 0:
             self.metrics.rejected.labels("quiet_hours").inc()
+            self._refused(f"button:{button.pin}", button.phrase, "quiet_hours")
             self.event(f"button {button.pin}: quiet hours, not spoken")
             return
         try:
@@ -346,6 +356,7 @@ class Service:
             )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
+            self._refused(f"button:{button.pin}", button.phrase, exc.reason)
             log.info("button %d: %s", button.pin, exc)
 
     def play(self, *, phrase: str | None, text: str | None, origin: str, policy: str | None = None) -> Request:
@@ -357,7 +368,11 @@ class Service:
             )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
+            self._refused(origin, phrase, exc.reason)
             raise
+
+    def _refused(self, origin: str, phrase: str | None, reason: str) -> None:
+        self.history.record(Outcome(time.time(), origin, phrase, None, None, reason))
 
     def line_text(self, *, phrase: str | None, text: str | None) -> str:
         """The configured line, or free text where allowed; raises Rejected saying why not."""
@@ -398,6 +413,8 @@ class Service:
         if self.buttons and req.origin.startswith("button:") and req.state != "queued":
             self.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")  # a queued press changes nothing
         self.metrics.speaking.set(1 if self.speaker.speaking else 0)
+        if req.state in ("done", "stopped", "failed", "dropped"):
+            self.history.record(outcome_of(req))
         if req.state in ("done", "stopped", "failed") and req.trace is not None:
             self.board.finished(req)
             self.device.playback_failed()
@@ -430,6 +447,15 @@ class Service:
 
     def warm_progress(self) -> dict:
         return dict(self.warm)
+
+    async def history_rows(self, days: int) -> list[dict]:
+        return await self.history.as_json(days)
+
+    async def history_csv(self, days: int) -> str:
+        return await self.history.csv(days)
+
+    async def history_summary(self, days: int) -> dict:
+        return await self.history.summary(days)
 
     @property
     def engine(self) -> SpeechEngine:

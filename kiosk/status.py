@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kiosk import __version__
+from kiosk.history import History, Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.speaker import Request
 
@@ -25,17 +26,42 @@ _FINISHED = ("done", "stopped", "failed")
 
 
 class EventLog:
-    """The last hundred things worth telling staff, each also logged once."""
+    """The last hundred things worth telling staff, each logged once and kept in the history across restarts.
 
-    def __init__(self, size: int = 100):
+    The same event again in a row only counts up ("speaker missing ×12"), so a flapping fault cannot push
+    everything else off the list.
+    """
+
+    def __init__(self, history: History | None = None, size: int = 100):
         self.events: collections.deque[dict] = collections.deque(maxlen=size)
+        self._history = history
+
+    def load(self, events: list[dict]) -> None:
+        """Events kept from before a restart, oldest first."""
+        self.events.extend(events)
 
     def add(self, text: str) -> None:
-        self.events.append({"time": time.time(), "text": text})
+        now = time.time()
+        if self.events and self.events[-1]["text"] == text:
+            self.events[-1] = {**self.events[-1], "time": now, "count": self.events[-1].get("count", 1) + 1}
+        else:
+            self.events.append({"time": now, "text": text, "count": 1})
+        if self._history is not None:
+            self._history.event(text, now)
         log.info("%s", text)
 
     def recent(self, count: int = 20) -> list[dict]:
-        return [{**e, "clock": time.strftime("%H:%M:%S", time.localtime(e["time"]))} for e in self.events][-count:]
+        return [_dated(e) for e in self.events][-count:]
+
+
+def _dated(event: dict) -> dict:
+    moment = time.localtime(event["time"])
+    return {
+        **event,
+        "count": event.get("count", 1),
+        "date": time.strftime("%Y-%m-%d", moment),
+        "clock": time.strftime("%H:%M:%S", moment),
+    }
 
 
 class StatusBoard:
@@ -114,6 +140,8 @@ class StatusBoard:
             problems.append(f"New lines cannot be kept for offline use: {s.announcer.cache_problem}")
         if s.buttons and s.buttons.error:
             problems.append(s.buttons.error)
+        if s.history.problem:
+            problems.append(f"Presses are not being recorded: {s.history.problem}.")
         ok, why = self.health()
         if not ok:
             problems.append(f"The speaker is not working: {why}. The service will be restarted.")
@@ -145,6 +173,21 @@ class StatusBoard:
     def metrics_text(self) -> tuple[bytes, str]:
         self.ready_lines()
         return self.metrics.render(), CONTENT_TYPE
+
+
+def outcome_of(req: Request) -> Outcome:
+    """A finished request as the history keeps it."""
+    trace = req.trace
+    return Outcome(
+        time=time.time() - (time.monotonic() - req.requested_at),
+        origin=req.origin,
+        line=req.phrase,
+        source=trace.source if trace and trace.frames else None,
+        response_ms=press_to_audio(req),
+        outcome=req.state,
+        error=trace.error if trace else None,
+        text_chars=len(req.text),
+    )
 
 
 def press_to_audio(req: Request) -> float | None:

@@ -22,6 +22,7 @@ def api_key(monkeypatch):
 async def start_service(tmp_path, device, api="", server_url="http://127.0.0.1:9"):
     cfg = parse_config(
         f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {tmp_path / 'cache'}\n"
+        f"history:\n  file: {tmp_path / 'cache'}.history.sqlite3\n"
         f"staff:\n  enabled: false\napi:\n  port: 0\n{api}"
         "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz.\n"
     )

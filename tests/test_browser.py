@@ -38,7 +38,8 @@ async def service(tmp_path, server, alsa_file, monkeypatch):
     config = tmp_path / "kiosk.yaml"
     config.write_text(
         f"openai:\n  base_url: {server.url}/v1\nspeech:\n  fallback: none\n"
-        f"cache:\n  dir: {tmp_path / 'cache'}\napi:\n  port: 0\n"
+        f"cache:\n  dir: {tmp_path / 'cache'}\n"
+        f"history:\n  file: {tmp_path / 'cache'}.history.sqlite3\napi:\n  port: 0\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'pw'}\n"
         f"  settings_file: {tmp_path / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"

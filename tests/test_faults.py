@@ -34,7 +34,8 @@ def config(server_url, cache_dir, extra="", fallback="auto"):
     return parse_config(
         f"openai:\n  base_url: {server_url}/v1\n  first_byte_timeout_s: 3\n  chunk_gap_timeout_s: 0.5\n"
         f"speech:\n  failover_ms: {FAILOVER_MS}\n  fallback: {fallback}\n"
-        f"cache:\n  dir: {cache_dir}\n{extra}phrases:\n  welcome: {LINE}\n"
+        f"cache:\n  dir: {cache_dir}\n"
+        f"history:\n  file: {cache_dir}.history.sqlite3\n{extra}phrases:\n  welcome: {LINE}\n"
     )
 
 

@@ -87,7 +87,7 @@ class LiveService:
         tmp = self.tmp_path
         self.config_path.write_text(
             f"openai:\n  base_url: {self.server.url}/v1\n  api_key_file: {tmp / 'key'}\n"
-            f"cache:\n  dir: {tmp / 'cache'}\n"
+            f"cache:\n  dir: {tmp / 'cache'}\nhistory:\n  file: {tmp / 'cache'}.history.sqlite3\n"
             "api:\n  port: 0\n  allow_text: true\n  rate_limit_per_min: 100000\n"
             f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp / 'state' / 'pw'}\n"
             f"  settings_file: {self.settings_path}\n"

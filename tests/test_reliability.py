@@ -317,7 +317,8 @@ async def test_a_new_key_takes_effect_on_reload(server, tmp_path, alsa_file, pin
     path = tmp_path / "kiosk.yaml"
     path.write_text(
         f"openai:\n  base_url: {server.url}/v1\n  api_key_file: {key_file}\nspeech:\n  fallback: none\n"
-        f"cache:\n  dir: {tmp_path / 'c'}\nstaff:\n  enabled: false\napi:\n  port: 0\n"
+        f"cache:\n  dir: {tmp_path / 'c'}\n"
+        f"history:\n  file: {tmp_path / 'c'}.history.sqlite3\nstaff:\n  enabled: false\napi:\n  port: 0\n"
         f"phrases:\n  quartz: {QUARTZ}\n"
     )
     from kiosk.config import load_config

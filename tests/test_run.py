@@ -71,7 +71,9 @@ class Running:
 def write_config(path, cache_dir, phrases, extra=""):
     lines = "".join(f"  {k}: {v}\n" for k, v in phrases.items())
     path.write_text(
-        f"cache:\n  dir: {cache_dir}\nstaff:\n  enabled: false\napi:\n  allow_text: true\n{extra}phrases:\n{lines}"
+        f"cache:\n  dir: {cache_dir}\n"
+        f"history:\n  file: {cache_dir}.history.sqlite3\n"
+        f"staff:\n  enabled: false\napi:\n  allow_text: true\n{extra}phrases:\n{lines}"
     )
 
 

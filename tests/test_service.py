@@ -21,7 +21,9 @@ QUARTZ = "Quartz grows as six-sided prisms."
 def config(server_url, cache_dir, buttons="", extra=""):
     return parse_config(
         f"openai:\n  base_url: {server_url}/v1\n  first_byte_timeout_s: 2\n"
-        f"cache:\n  dir: {cache_dir}\nstaff:\n  enabled: false\napi:\n  port: 0\n  allow_text: true\n{extra}"
+        f"cache:\n  dir: {cache_dir}\n"
+        f"history:\n  file: {cache_dir}.history.sqlite3\n"
+        f"staff:\n  enabled: false\napi:\n  port: 0\n  allow_text: true\n{extra}"
         f"phrases:\n  welcome: {WELCOME}\n  quartz: {QUARTZ}\n{buttons}"
     )
 

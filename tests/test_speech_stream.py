@@ -27,6 +27,7 @@ def api_key(monkeypatch):
 async def api(tmp_path, alsa_file, server):
     cfg = parse_config(
         f"openai:\n  base_url: {server.url}/v1\nspeech:\n  fallback: none\ncache:\n  dir: {tmp_path / 'cache'}\n"
+        f"history:\n  file: {tmp_path / 'cache'}.history.sqlite3\n"
         f"staff:\n  enabled: false\napi:\n  port: 0\n  allow_text: true\n  rate_limit_per_min: 1000\n"
         f"phrases:\n  hall: {LONG}\n"
     )

@@ -40,7 +40,8 @@ def operator(tmp_path, server):
     path.write_text(
         f"# the operator's own comment\n"
         f"openai:\n  base_url: {server.url}/v1\n  api_key_file: {tmp_path / 'key'}\n  speed: 1.0\n"
-        f"cache:\n  dir: {tmp_path / 'cache'}\napi:\n  port: 0\n"
+        f"cache:\n  dir: {tmp_path / 'cache'}\n"
+        f"history:\n  file: {tmp_path / 'cache'}.history.sqlite3\napi:\n  port: 0\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'state' / 'pw'}\n"
         f"  settings_file: {tmp_path / 'state' / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"

@@ -55,6 +55,8 @@ class Backend(Protocol):
     @property
     def api_token(self) -> str | None: ...
     def allow_trigger(self) -> float | None: ...
+    async def history_rows(self, days: int) -> list[dict]: ...
+    async def history_csv(self, days: int) -> str: ...
 
 
 BACKEND = web.AppKey("backend", Backend)
@@ -73,6 +75,8 @@ def make_app(backend: Backend, hosts: HostNames | None = None) -> web.Applicatio
     app.router.add_post("/api/stop", stop)
     app.router.add_get("/api/speech", speech)
     app.router.add_get("/api/status", status)
+    app.router.add_get("/api/history", history)
+    app.router.add_get("/api/history.csv", history_csv)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app
@@ -307,6 +311,29 @@ async def stop(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     return _json(200, await request.app[BACKEND].status())
+
+
+async def history(request: web.Request) -> web.Response:
+    """Every press and trigger of the last `days` days (default 30) with its outcome, oldest first."""
+    return _json(200, await request.app[BACKEND].history_rows(history_days(request.query)))
+
+
+async def history_csv(request: web.Request) -> web.Response:
+    days = history_days(request.query)
+    body = await request.app[BACKEND].history_csv(days)
+    disposition = f'attachment; filename="kiosk-history-{days}-days.csv"'
+    return web.Response(text=body, content_type="text/csv", headers={"Content-Disposition": disposition})
+
+
+def history_days(query) -> int:
+    """`?days=N`, 1 to 3650 (default 30); anything else is a 400."""
+    unknown = sorted(set(query) - {"days"})
+    if unknown:
+        raise ApiError(400, f"unknown parameter(s): {', '.join(unknown)}; allowed: days")
+    raw = query.get("days", "30")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and 1 <= int(raw) <= 3650):
+        raise ApiError(400, "'days' must be a whole number from 1 to 3650")
+    return int(raw)
 
 
 async def healthz(request: web.Request) -> web.Response:

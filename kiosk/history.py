@@ -1,0 +1,242 @@
+"""The history: every press and trigger with its outcome, and the events staff see, kept in SQLite for years.
+
+Modelled on Home Assistant's recorder: WAL mode, rows buffered in memory and committed together about once a
+second (an SD card wears with every write; a burst of presses is one transaction), rows older than `keep_days`
+purged once a day. All database work runs on one thread of its own, so SQLite's connection never crosses threads
+and a slow card never stalls the event loop. A database that cannot be opened (read-only or full disk) leaves the
+speaker speaking: `problem` says why and nothing is recorded until it can be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 1.0
+PURGE_EVERY_S = 24 * 3600
+CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars")
+_MAX_PLOT_POINTS = 2000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    time REAL NOT NULL, origin TEXT NOT NULL, line TEXT, source TEXT, response_ms REAL,
+    outcome TEXT NOT NULL, error TEXT, text_chars INTEGER
+);
+CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
+CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, text TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
+CREATE INDEX IF NOT EXISTS events_time ON events (time);
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One press or trigger and how it ended (`outcome`: done, stopped, failed, dropped, or why it was refused)."""
+
+    time: float
+    origin: str  # "button:17", "api", "staff", "schedule"
+    line: str | None  # the phrase id; None for free text
+    source: str | None  # "cache" or the engine that spoke; None when nothing played
+    response_ms: float | None  # press → first audio
+    outcome: str
+    error: str | None = None
+    text_chars: int | None = None
+
+
+class History:
+    def __init__(self, path: Path, *, keep_days: int, clock: Callable[[], float] = time.time):
+        self.path = path
+        self.keep_days = keep_days
+        self._clock = clock
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[Outcome] = []
+        self._pending_events: list[tuple[float, str]] = []
+        #: Why nothing is being recorded, or None.
+        self.problem: str | None = None
+
+    # -- lifetime
+
+    async def open(self) -> None:
+        await self._in_db_thread(self._open)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self._in_db_thread(self._close)
+        self._db_thread.shutdown(wait=False)
+
+    async def run(self) -> None:
+        """Commit what was recorded about once a second; purge old rows once a day (a supervised task)."""
+        next_purge = 0.0
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            await self.flush()
+            if self._clock() >= next_purge:
+                await self._in_db_thread(self._purge)
+                next_purge = self._clock() + PURGE_EVERY_S
+
+    # -- recording (from the event loop; never blocks)
+
+    def record(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+
+    def event(self, text: str, at: float | None = None) -> None:
+        self._pending_events.append((self._clock() if at is None else at, text))
+
+    async def flush(self) -> None:
+        rows, self._pending = self._pending, []
+        events, self._pending_events = self._pending_events, []
+        if rows or events:
+            await self._in_db_thread(self._write, rows, events)
+
+    # -- reading
+
+    async def outcomes(self, days: int) -> list[Outcome]:
+        await self.flush()
+        return await self._in_db_thread(self._outcomes, self._clock() - days * 86400)
+
+    async def csv(self, days: int) -> str:
+        """The last `days` days as CSV, oldest first; times in ISO 8601 with the local offset."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in await self.outcomes(days):
+            writer.writerow([_iso(row.time), *(_cell(getattr(row, c)) for c in CSV_COLUMNS[1:])])
+        return out.getvalue()
+
+    async def as_json(self, days: int) -> list[dict]:
+        return [{**asdict(row), "time": _iso(row.time)} for row in await self.outcomes(days)]
+
+    async def summary(self, days: int = 30) -> dict:
+        """What the staff page charts: presses per day per line, presses by hour of day, response times, and when
+        each origin (each button) was last used. Staff tests are left out of the counts."""
+        rows = [r for r in await self.outcomes(days) if r.origin != "staff"]
+        today = datetime.fromtimestamp(self._clock()).date()
+        dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+        per_line: dict[str, list[int]] = {}
+        by_hour = [0] * 24
+        for row in rows:
+            moment = datetime.fromtimestamp(row.time)
+            counts = per_line.setdefault(row.line or "(text)", [0] * days)
+            index = dates.index(moment.date().isoformat()) if moment.date().isoformat() in dates else None
+            if index is not None:
+                counts[index] += 1
+            by_hour[moment.hour] += 1
+        timed = [(r.time, r.response_ms, r.source) for r in rows if r.response_ms is not None]
+        last_used = {r.origin: _iso(r.time) for r in rows}
+        return {
+            "days": dates,
+            "presses_per_day": per_line,
+            "presses_by_hour": by_hour,
+            "response": [{"time": t, "ms": ms, "source": s} for t, ms, s in timed[-_MAX_PLOT_POINTS:]],
+            "last_used": last_used,
+            "total": len(rows),
+        }
+
+    async def recent_events(self, count: int = 100) -> list[dict]:
+        await self.flush()
+        return await self._in_db_thread(self._recent_events, count)
+
+    # -- on the database thread
+
+    async def _in_db_thread(self, function: Callable, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
+        except (sqlite3.Error, OSError) as exc:
+            if self.problem is None:
+                log.error("history: %s", exc)
+            self.problem = f"the history cannot be kept ({exc})"
+            return [] if function in (self._outcomes, self._recent_events) else None
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; fewer syncs per commit
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        db.executescript(_SCHEMA)
+        self._db = db
+        self.problem = None
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._open()
+        return self._db
+
+    def _write(self, rows: list[Outcome], events: list[tuple[float, str]]) -> None:
+        db = self._connection()
+        with _transaction(db):
+            db.executemany(
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars) for r in rows],
+            )
+            for at, text in events:
+                self._add_event(db, at, text)
+        self.problem = None
+
+    @staticmethod
+    def _add_event(db: sqlite3.Connection, at: float, text: str) -> None:
+        """The same event again in a row only counts up (a flapping network is one line, 'x 12')."""
+        last = db.execute("SELECT rowid, text FROM events ORDER BY rowid DESC LIMIT 1").fetchone()
+        if last is not None and last[1] == text:
+            db.execute("UPDATE events SET time = ?, count = count + 1 WHERE rowid = ?", (at, last[0]))
+        else:
+            db.execute("INSERT INTO events (time, text) VALUES (?, ?)", (at, text))
+
+    def _outcomes(self, since: float) -> list[Outcome]:
+        cursor = self._connection().execute(
+            "SELECT time, origin, line, source, response_ms, outcome, error, text_chars FROM requests "
+            "WHERE time >= ? ORDER BY time",
+            (since,),
+        )
+        return [Outcome(*row) for row in cursor]
+
+    def _recent_events(self, count: int) -> list[dict]:
+        cursor = self._connection().execute(
+            "SELECT time, text, count FROM events ORDER BY rowid DESC LIMIT ?", (count,)
+        )
+        return [{"time": t, "text": text, "count": n} for t, text, n in reversed(cursor.fetchall())]
+
+    def _purge(self) -> None:
+        cutoff = self._clock() - self.keep_days * 86400
+        db = self._connection()
+        with _transaction(db):
+            db.execute("DELETE FROM requests WHERE time < ?", (cutoff,))
+            db.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN")
+
+    def __exit__(self, kind, *_rest) -> None:
+        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
