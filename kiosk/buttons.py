@@ -82,6 +82,14 @@ class Buttons:
         if led is not None:
             led.value = on
 
+    def blink(self, pin: int, seconds: float = 5.0) -> bool:
+        """Blink the LED of the button on `pin` so staff can find it; False when it has no LED."""
+        led = self._leds.get(pin)
+        if led is None:
+            return False
+        led.blink(on_time=0.25, off_time=0.25, n=max(1, round(seconds * 2)), background=True)
+        return True
+
     def close(self) -> None:
         for device in self._devices:
             try:

@@ -96,6 +96,7 @@ class ButtonConfig:
     """A push button on a GPIO pin (BCM numbering), wired between the pin and ground unless pull_up is false."""
 
     pin: int | None = _required(None, 0, 53)
+    name: str = ""  # what staff call it, e.g. "Entrance case" (shown on the staff page)
     phrase: str | None = None
     action: str = _choice("speak", "stop")
     pull_up: bool = True

@@ -173,6 +173,7 @@ class Service:
         self.port: int | None = None
         self._api_token: str | None = None
         self._api_key: str | None = None
+        self.last_pressed: dict[int, float] = {}  # GPIO pin → wall-clock time of its last press
 
     # -- lifetime
 
@@ -336,6 +337,7 @@ class Service:
             log.exception("handling a press on GPIO %d failed", button.pin)
 
     def _press(self, button: ButtonConfig) -> None:
+        self.last_pressed[button.pin] = time.time()
         self.metrics.presses.labels(str(button.pin)).inc()
         if button.action == "stop":
             self.stop_speaking()
@@ -390,6 +392,16 @@ class Service:
     async def listen(self, text: str):
         """(format, chunks) of a line for a listener over HTTP; see Announcer.listen."""
         return await self.announcer.listen(text)
+
+    def identify_button(self, pin: int) -> str | None:
+        """Blink the LED of the button on `pin`; None when it blinks, else why it cannot."""
+        if not any(b.pin == pin for b in self.cfg.buttons):
+            return f"there is no button on GPIO {pin}"
+        if self.buttons is None or self.buttons.error:
+            return "the buttons are not working (see the problems above)"
+        if not self.buttons.blink(pin):
+            return "this button has no LED; press it and watch the page instead"
+        return None
 
     def stop_speaking(self) -> bool:
         was_speaking = self.speaker.speaking or self.speaker.queued > 0

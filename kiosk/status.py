@@ -54,6 +54,12 @@ class EventLog:
         return [_dated(e) for e in self.events][-count:]
 
 
+def _origin_words(origin: str) -> str:
+    if origin.startswith("button:"):
+        return f"Button on GPIO {origin.split(':', 1)[1]}"
+    return {"api": "Show control (API)", "staff": "Staff page"}.get(origin, origin)
+
+
 def _dated(event: dict) -> dict:
     moment = time.localtime(event["time"])
     return {
@@ -88,8 +94,9 @@ class StatusBoard:
         press_to_audio_ms = press_to_audio(req)
         if press_to_audio_ms is not None:
             m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
-        what = req.phrase or f"{len(req.text)} characters of text"
-        self._service.event(f"{req.origin}: {what}: {req.state}" + (f" ({trace.error})" if trace.error else ""))
+        if req.state == "failed":  # every press is in the history; only what went wrong is news for staff
+            what = f"'{req.phrase}'" if req.phrase else f"a text of {len(req.text)} characters"
+            self._service.event(f"{_origin_words(req.origin)}: {what} could not be spoken ({trace.error})")
 
     async def status(self) -> dict:
         s = self._service
@@ -98,6 +105,7 @@ class StatusBoard:
         last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
         disk = await asyncio.to_thread(shutil.disk_usage, s.cache.root)
         uptime = round(time.monotonic() - self._started)
+        problems = self.problems()
         return {
             "version": __version__,
             "state": "speaking" if speaker.speaking else "idle",
@@ -116,15 +124,33 @@ class StatusBoard:
                 "factory": s.buttons.factory if s.buttons else None,
                 "simulated": bool(s.buttons and s.buttons.simulated),
                 "error": s.buttons.error if s.buttons else None,
+                "list": self._buttons(),
             },
             "tasks": s.supervisor.state(),
             "disk_free_gb": round(disk.free / 1e9, 1),
             "uptime_s": uptime,
             "uptime_text": _duration(uptime),
             "warm": dict(s.warm),
-            "problems": self.problems(),
+            "problems": problems,
+            "headline": "All good" if not problems else f"Needs attention: {problems[0]}",
             "events": s.events_log.recent(),
         }
+
+    def _buttons(self) -> list[dict]:
+        """Each button as staff know it: its name, what it says, and when it was last pressed."""
+        s = self._service
+        return [
+            {
+                "pin": b.pin,
+                "name": b.name or f"Button on GPIO {b.pin}",
+                "action": b.action,
+                "phrase": b.phrase,
+                "text": s.cfg.phrases.get(b.phrase, "") if b.phrase else "",
+                "has_led": b.led is not None,
+                "last_pressed": s.last_pressed.get(b.pin),
+            }
+            for b in s.cfg.buttons
+        ]
 
     def problems(self) -> list[str]:
         """What staff should know about now, in plain words."""
