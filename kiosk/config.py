@@ -19,6 +19,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,21 +52,38 @@ _HOSTNAME = {
     "pattern": re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"),
     "pattern_help": "a host name (lowercase letters, digits, '-' and '.')",
 }
-_CLOCK_TIME = {"pattern": re.compile(r"([01]\d|2[0-3]):[0-5]\d"), "pattern_help": "a time as HH:MM"}  # fullmatch
+_CLOCK_TIME = {"pattern": re.compile(r"([01]\d|2[0-3]):[0-5]\d"), "pattern_help": "a time like 22:00"}  # fullmatch
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True)
 class QuietHours:
-    """A daily period when button presses are silent (volume 0) or quieter."""
+    """A period when button presses are silent (volume 0) or quieter, daily or on some weekdays.
+
+    A period whose end is before its start runs overnight and belongs to the day it starts on: `fri 22:00-06:00`
+    covers Friday night until Saturday 06:00.
+    """
 
     start: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
     end: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
     volume: int = _bounded(0, 0, 100)  # percent of the normal volume; 0: presses are silent
+    days: tuple[str, ...] = field(default=(), metadata={"choices": WEEKDAYS})  # empty: every day
 
-    def covers(self, hhmm: str) -> bool:
-        if self.start <= self.end:
-            return self.start <= hhmm < self.end
-        return hhmm >= self.start or hhmm < self.end  # across midnight
+    @property
+    def overnight(self) -> bool:
+        return self.end < self.start
+
+    def covers(self, moment: datetime) -> bool:
+        hhmm, today = moment.strftime("%H:%M"), WEEKDAYS[moment.weekday()]
+        if not self.overnight:
+            return self._on(today) and self.start <= hhmm < self.end
+        yesterday = WEEKDAYS[(moment.weekday() - 1) % 7]
+        return (self._on(today) and hhmm >= self.start) or (self._on(yesterday) and hhmm < self.end)
+
+    def _on(self, day: str) -> bool:
+        return not self.days or day in self.days
 
 
 @dataclass(frozen=True)
@@ -188,9 +206,9 @@ class Config:
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)
     phrases: dict[str, str] = field(default_factory=dict)
 
-    def quiet_volume(self, hhmm: str) -> int | None:
-        """The quiet-hours volume (percent) in force at `hhmm`, or None outside quiet hours."""
-        volumes = [q.volume for q in self.quiet_hours if q.covers(hhmm)]
+    def quiet_volume(self, moment: datetime) -> int | None:
+        """The quiet-hours volume (percent) in force at `moment` (local time), or None outside quiet hours."""
+        volumes = [q.volume for q in self.quiet_hours if q.covers(moment)]
         return min(volumes) if volumes else None
 
     def with_overrides(
@@ -529,6 +547,8 @@ def _value_problem(raw: Any, meta: Any) -> str | None:
     if isinstance(raw, str) and (problem := _string_problem(raw)):
         return problem
     pattern = meta.get("pattern")
+    if pattern and not raw:
+        return f"must be set ({meta['pattern_help']})"
     if pattern and not pattern.fullmatch(raw):
         return f"{_show(repr(raw))} is not {meta['pattern_help']}"
     choices = meta.get("choices")
@@ -585,6 +605,9 @@ def _cross_check(cfg: Config) -> list[str]:
     problems = []
     if not _is_loopback(cfg.api.bind) and cfg.api.token_file is None:
         problems.append(f"api.token_file: required when api.bind ({_show(cfg.api.bind)}) is not a loopback address")
+    for i, quiet in enumerate(cfg.quiet_hours):
+        if quiet.start == quiet.end:
+            problems.append(f"quiet_hours[{i}].end: the same as the start ({quiet.start}), so it would never apply")
     used: dict[int, str] = {}
     for i, b in enumerate(cfg.buttons):
         where = f"buttons[{i}]"

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -342,7 +343,7 @@ class Service:
         if button.action == "stop":
             self.stop_speaking()
             return
-        quiet = self.cfg.quiet_volume(time.strftime("%H:%M"))
+        quiet = self.cfg.quiet_volume(datetime.now())
         if quiet == 0:
             self.metrics.rejected.labels("quiet_hours").inc()
             self._refused(f"button:{button.pin}", button.phrase, "quiet_hours")

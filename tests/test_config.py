@@ -1,3 +1,4 @@
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         "phrases.Bad Id: id must be 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
         "phrases.empty: text is empty",
         "phrases.number: text must be a string, not a whole number",
-        "extra: unknown key (known keys: audio, speech, openai, piper, cache, api, staff, buttons, quiet_hours, "
-        "hostnames, phrases)",
+        "extra: unknown key (known keys: audio, speech, openai, piper, cache, api, staff, history, buttons, "
+        "quiet_hours, hostnames, phrases)",
     ]
 
 
@@ -108,7 +109,7 @@ def test_staff_settings_are_laid_over_the_operators_file(tmp_path):
     assert cfg.phrases == {"a": "Line A.", "b": "Line B."}
     assert (cfg.openai.voice, cfg.openai.model, cfg.audio.volume) == ("sage", "m1", 40)
     assert cfg.buttons[0].phrase == "b" and cfg.buttons[1].action == "stop"
-    assert cfg.quiet_volume("23:15") == 0
+    assert cfg.quiet_volume(datetime(2026, 12, 1, 23, 15)) == 0
     assert operator.read_text().startswith("# operator comment")
 
 
@@ -125,4 +126,25 @@ def test_staff_settings_cannot_reach_operator_keys(tmp_path):
         f"{settings}: api: cannot be set from the staff page",
         f"{settings}: openai.base_url: cannot be set from the staff page",
         f"{settings}: button_phrases.5: no button on GPIO 5 in the config",
+    ]
+
+
+def test_quiet_hours_on_weekdays_overnight_and_never_empty():
+    cfg = parse_config("quiet_hours:\n  - {start: '22:00', end: '06:00', days: [fri], volume: 0}\n")
+    friday_night, saturday_early = datetime(2026, 12, 4, 23, 0), datetime(2026, 12, 5, 5, 59)
+    assert cfg.quiet_volume(friday_night) == 0 and cfg.quiet_volume(saturday_early) == 0
+    assert cfg.quiet_volume(datetime(2026, 12, 5, 6, 0)) is None  # the end is not included
+    assert cfg.quiet_volume(datetime(2026, 12, 5, 23, 0)) is None  # Saturday night is not Friday's
+    assert cfg.quiet_volume(datetime(2026, 12, 3, 23, 0)) is None  # nor Thursday's
+    assert cfg.quiet_hours[0].overnight
+    daily = parse_config("quiet_hours:\n  - {start: '12:00', end: '13:00', volume: 40}\n")
+    assert daily.quiet_volume(datetime(2026, 12, 6, 12, 30)) == 40 and not daily.quiet_hours[0].overnight
+    assert problems("quiet_hours:\n  - {start: '09:00', end: '09:00'}\n") == [
+        "quiet_hours[0].end: the same as the start (09:00), so it would never apply"
+    ]
+    assert problems("quiet_hours:\n  - {start: '09:00', end: '10:00', days: [funday]}\n") == [
+        "quiet_hours[0].days[0]: 'funday' is not one of mon, tue, wed, thu, fri, sat, sun"
+    ]
+    assert problems("quiet_hours:\n  - {start: '', end: '10:00'}\n") == [
+        "quiet_hours[0].start: must be set (a time like 22:00)"
     ]
