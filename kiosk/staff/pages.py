@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -25,7 +26,7 @@ import jinja2
 import yaml
 from aiohttp import web
 
-from kiosk.config import Config, load_config, phrase_problem, read_staff_settings, unencodable_at
+from kiosk.config import WEEKDAYS, Config, load_config, phrase_problem, read_staff_settings, unencodable_at
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
 from kiosk.speaker import Rejected
@@ -440,41 +441,66 @@ async def volume_page(
     request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
 ) -> web.Response:
     cfg = request.app[BACKEND].cfg
+    values = values or {}
+    rows = values.get("quiet_rows")
+    if rows is None:
+        rows = [{**dataclasses.asdict(q), "overnight": q.overnight} for q in cfg.quiet_hours]
     return _render(
         "volume.html",
         request,
         status=status,
         volume=cfg.audio.volume,
-        quiet_hours=cfg.quiet_hours,
+        rows=[*rows, {"start": "", "end": "", "volume": 0, "days": (), "overnight": False, "new": True}],
+        weekdays=WEEKDAYS,
         errors=errors or {},
-        values=values or {},
+        values=values,
     )
+
+
+#: Rows of quiet hours one form may carry: far more than any museum needs, and a bound on the work.
+_MAX_QUIET_ROWS = 50
 
 
 async def save_volume(request: web.Request) -> web.Response:
     form = request[FORM]
-    values = {k: str(v).strip() for k, v in form.items() if k != "csrf"}
-    errors: dict[str, str] = {}
-    try:
-        volume = int(values.get("volume", ""))
-    except ValueError:
-        errors["volume"] = "must be a whole number from 0 to 100"
-        volume = 0
-    quiet = []
-    for i in range(4):
-        start, end = values.get(f"quiet.{i}.start", ""), values.get(f"quiet.{i}.end", "")
-        if not start and not end:
-            continue
-        try:
-            quiet_volume = int(values.get(f"quiet.{i}.volume") or 0)
-        except ValueError:
-            errors[f"quiet.{i}.volume"] = "must be a whole number from 0 to 100"
-            continue
-        quiet.append({"start": start, "end": end, "volume": quiet_volume})
+    volume_text = str(form.get("volume", "")).strip()
+    rows = _quiet_rows(form)
+    values = {"volume": volume_text, "quiet_rows": rows}
+    if not (volume_text.isascii() and volume_text.isdigit() and len(volume_text) <= 3):
+        return await volume_page(request, {"volume": "must be a whole number from 0 to 100"}, values, 400)
+    errors = {
+        f"quiet.{i}.volume": "must be a whole number from 0 to 100"
+        for i, row in enumerate(rows)
+        if not isinstance(row["volume"], int)
+    }
     if errors:
         return await volume_page(request, errors, values, 400)
-    changes = {"audio": {"volume": volume}, "quiet_hours": quiet}
+    quiet = [
+        {k: row[k] for k in ("start", "end", "volume")} | ({"days": row["days"]} if row["days"] else {}) for row in rows
+    ]
+    changes = {"audio": {"volume": int(volume_text)}, "quiet_hours": quiet}
     return await _save(request, changes, "/volume", volume_page, None, values)
+
+
+def _quiet_rows(form: Any) -> list[dict]:
+    """The quiet periods posted, in order, without blank or removed rows (numbered afresh, so that a problem
+    the config finds in quiet_hours[i] is shown beside row i)."""
+    rows = []
+    for i in range(_MAX_QUIET_ROWS):
+        start, end = (str(form.get(f"quiet.{i}.{key}", "")).strip() for key in ("start", "end"))
+        if (not start and not end) or form.get(f"quiet.{i}.remove"):
+            continue
+        volume_text = str(form.get(f"quiet.{i}.volume", "0")).strip() or "0"
+        volume = (
+            int(volume_text)
+            if volume_text.isascii() and volume_text.isdigit() and len(volume_text) <= 3
+            else volume_text
+        )
+        days = [day for day in WEEKDAYS if day in form.getall(f"quiet.{i}.days", [])]
+        rows.append(
+            {"start": start, "end": end, "volume": volume, "days": days, "overnight": bool(end and end < start)}
+        )
+    return rows
 
 
 # -- saving
