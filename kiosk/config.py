@@ -284,9 +284,15 @@ def _read_yaml_mapping(path: Path, missing_ok: bool = False) -> dict:
         raise ConfigError([f"{source}: cannot read config file ({exc.strerror or exc})"]) from exc
     except ValueError as exc:  # a NUL or a lone surrogate in the path
         raise ConfigError([f"{source}: cannot read config file ({exc})"]) from exc
-    if size > MAX_CONFIG_BYTES or len(data) > MAX_CONFIG_BYTES:
-        shown = size if size > MAX_CONFIG_BYTES else f"over {MAX_CONFIG_BYTES}"
-        raise ConfigError([f"{source}: config file is too large ({shown} bytes; the limit is {MAX_CONFIG_BYTES})"])
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{source}: config file is too large ({size} bytes; the limit is {MAX_CONFIG_BYTES})"])
+    return yaml_mapping_of(data, source)
+
+
+def yaml_mapping_of(data: bytes, source: str) -> dict:
+    """The top-level mapping of YAML bytes (a file, or an upload on the staff page), with every bound applied."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{source}: config file is too large (over {MAX_CONFIG_BYTES} bytes)"])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -30,6 +30,7 @@ from kiosk.config import WEEKDAYS, Config, load_config, phrase_problem, read_sta
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
 from kiosk.speaker import Rejected
+from kiosk.staff import account
 from kiosk.staff.auth import CheckerBusy, LoginLimiter, PasswordChecker, PasswordFile, Session, Sessions
 from kiosk.web.api import stream_wav
 from kiosk.web.hosts import HostNames
@@ -71,6 +72,7 @@ LIMITER = web.AppKey("limiter", LoginLimiter)
 CHECKER = web.AppKey("checker", PasswordChecker)
 HOSTS = web.AppKey("staff_hosts", HostNames)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_UPLOAD_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,64}")  # secrets.token_urlsafe(32) makes 43 such characters
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 BODY_TIMEOUT_S = ConnectionLimits().body_timeout_s
@@ -105,6 +107,10 @@ def make_staff_app(
     r.add_get("/voice/progress.json", warm_progress)
     r.add_get("/volume", volume_page)
     r.add_post("/volume", save_volume)
+    r.add_get("/account", account_page)
+    r.add_post("/account/password", change_password)
+    r.add_get("/account/settings.yaml", download_settings)
+    r.add_post("/account/settings", upload_settings)
     r.add_static("/static", HERE / "static", name="static", append_version=True)
     return app
 
@@ -163,13 +169,19 @@ async def _read_form(request: web.Request) -> Any:
     except Exception as exc:  # aiohttp's multipart and form parsers raise many kinds on malformed input
         log.info("unreadable form from %s: %s", request.remote, type(exc).__name__)
         raise web.HTTPBadRequest(text="the form could not be read; reload the page") from None
-    _refuse_odd_fields(form)
+    _refuse_odd_fields(form, files_allowed=request.path in _UPLOADS)
     return form
 
 
-def _refuse_odd_fields(form: Any) -> None:
+#: The one form that takes a file: restoring the staff settings.
+_UPLOADS = {"/account/settings": "settings"}
+
+
+def _refuse_odd_fields(form: Any, files_allowed: bool) -> None:
     for value in form.values():
-        if not isinstance(value, str):  # an uploaded file: this page takes none
+        if not isinstance(value, str):
+            if files_allowed:
+                continue
             with contextlib.suppress(Exception):
                 value.file.close()
             raise web.HTTPBadRequest(text="files cannot be sent to this form")
@@ -501,6 +513,64 @@ def _quiet_rows(form: Any) -> list[dict]:
             {"start": start, "end": end, "volume": volume, "days": days, "overnight": bool(end and end < start)}
         )
     return rows
+
+
+# -- account and settings
+
+
+async def account_page(
+    request: web.Request, errors: dict | None = None, notice: str | None = None, status: int = 200
+) -> web.Response:
+    return _render("account.html", request, status=status, errors=errors or {}, notice=notice, values={})
+
+
+async def change_password(request: web.Request) -> web.Response:
+    form = request[FORM]
+    current, new, repeat = (str(form.get(name, "")) for name in ("current", "new", "repeat"))
+    passwords = _passwords(request.app[BACKEND])
+    limiter, address = request.app[LIMITER], request.remote or "?"
+    if limiter.begin(address):  # the current password is a guess like any other
+        return await account_page(
+            request, {"current": "too many wrong passwords; try again in a few minutes"}, status=429
+        )
+    errors = await asyncio.to_thread(account.password_change_errors, passwords, current, new, repeat)
+    if "current" in errors:
+        limiter.failed(address)
+        log.info("staff password change: wrong current password from %s", address)
+        return await account_page(request, errors, status=400)
+    limiter.succeeded(address)
+    if errors:
+        return await account_page(request, errors, status=400)
+    try:
+        await asyncio.to_thread(passwords.set, new)
+    except ConfigError as exc:
+        return await account_page(request, {"new": exc.problems[0]}, status=503)
+    log.warning("staff password changed from %s", address)
+    return await account_page(request, notice="Password changed.")
+
+
+async def download_settings(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(account.settings_file_bytes, request.app[BACKEND].cfg.staff.settings_file)
+    stamp = time.strftime("%Y-%m-%d")
+    headers = {"Content-Disposition": f'attachment; filename="kiosk-staff-settings-{stamp}.yaml"'}
+    return web.Response(body=body, content_type="application/x-yaml", headers=headers)
+
+
+async def upload_settings(request: web.Request) -> web.Response:
+    upload = request[FORM].get("settings")
+    if upload is None or isinstance(upload, str):
+        return await account_page(request, {"settings": "choose a settings file to restore"}, status=400)
+    try:
+        data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+    finally:
+        upload.file.close()
+    backend = request.app[BACKEND]
+    try:
+        await asyncio.to_thread(account.restore_settings, backend.config_path, backend.cfg.staff.settings_file, data)
+    except ConfigError as exc:
+        return await account_page(request, {"settings": "; ".join(exc.problems[:5])}, status=400)
+    await backend.reload()
+    return await account_page(request, notice="Settings restored; the previous ones are kept as a .bak file.")
 
 
 # -- saving
