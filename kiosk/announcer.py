@@ -398,6 +398,41 @@ class Announcer:
         )
 
 
+class SampleStream:
+    """`text` spoken by `engine` for a listener and not cached (a voice sample for staff).
+
+    `await start()` returns once the first audio has come, so a failure is raised as SpeechError before anything
+    is sent; iterate for the chunks; `aclose()` (always, in a finally) stops the synthesis and, with
+    `close_engine`, closes an engine made just for this sample.
+    """
+
+    def __init__(self, engine: SpeechEngine, text: str, *, close_engine: bool):
+        self.engine, self.fmt = engine, engine.fmt
+        self._close_engine = close_engine
+        self._chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._task = asyncio.ensure_future(engine.synthesize(text, self._chunks.put_nowait))
+        self._task.add_done_callback(lambda _: self._chunks.put_nowait(None))
+        self._first: bytes | None = None
+
+    async def start(self) -> None:
+        self._first = await self._chunks.get()
+        if self._first is None:
+            self._task.result()  # raises the engine's SpeechError
+            raise SpeechError(f"{self.engine.name}: no audio")
+
+    async def __aiter__(self):
+        if self._first is not None:
+            yield self._first
+        while (chunk := await self._chunks.get()) is not None:
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task], timeout=1)  # its own error, if any, was the listener's already
+        if self._close_engine:
+            await self.engine.aclose()
+
+
 async def _once(pcm: bytes, chunk_bytes: int = 32768):
     for i in range(0, len(pcm), chunk_bytes):
         yield pcm[i : i + chunk_bytes]

@@ -52,6 +52,7 @@ _HOSTNAME = {
     "pattern": re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"),
     "pattern_help": "a host name (lowercase letters, digits, '-' and '.')",
 }
+_NONEMPTY = {"nonempty": True}
 _CLOCK_TIME = {"pattern": re.compile(r"([01]\d|2[0-3]):[0-5]\d"), "pattern_help": "a time like 22:00"}  # fullmatch
 
 
@@ -154,8 +155,8 @@ class OpenAIConfig:
 
     base_url: str | None = None
     api_key_file: Path | None = None
-    model: str = "gpt-4o-mini-tts"
-    voice: str = "coral"
+    model: str = field(default="gpt-4o-mini-tts", metadata=_NONEMPTY)
+    voice: str = field(default="coral", metadata=_NONEMPTY)
     instructions: str = ""
     speed: float = _bounded(1.0, 0.25, 4.0)
     connect_timeout_s: float = _bounded(3.0, 0.1, 60)
@@ -169,7 +170,7 @@ class OpenAIConfig:
 class PiperConfig:
     """The local Piper voice (optional extra `kiosk[piper]`)."""
 
-    voice: str = "joe-us"
+    voice: str = field(default="joe-us", metadata=_NONEMPTY)
     speed: float = _bounded(1.0, 0.25, 4.0)
 
 
@@ -445,6 +446,7 @@ STAFF_SETTABLE: dict[str, set[str] | None] = {
     "quiet_hours": None,
     "speech": {"engine"},
     "openai": {"model", "voice", "instructions", "speed"},
+    "piper": {"voice"},
     "audio": {"volume"},
     "button_phrases": None,
 }
@@ -552,6 +554,8 @@ def _value_problem(raw: Any, meta: Any) -> str | None:
         return f"must be a finite number, not {raw}"  # NaN passes every `raw < lo`; inf would stall a timer
     if isinstance(raw, str) and (problem := _string_problem(raw)):
         return problem
+    if meta.get("nonempty") and isinstance(raw, str) and not raw.strip():
+        return "must not be empty"
     pattern = meta.get("pattern")
     if pattern and not raw:
         return f"must be set ({meta['pattern_help']})"

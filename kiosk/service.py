@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import logging
 import signal
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from kiosk import __version__
 from kiosk.alsa_output import AlsaOutput, set_volume
-from kiosk.announcer import Announcer
+from kiosk.announcer import Announcer, SampleStream
 from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
 from kiosk.config import (
@@ -54,6 +55,8 @@ from kiosk.web.server import ConnectionLimits, serve
 log = logging.getLogger(__name__)
 
 ENGINE_PROBE_EVERY_S = 60.0
+VOICE_SAMPLE = "Welcome to the museum. This is how I sound when I tell you about the exhibits."
+BUNDLED_VOICE = "joe-us"  # kiosk.speech.piper_engine.BUNDLED_VOICE, named here without loading onnxruntime
 BACKOFF_CHECK_EVERY_S = 5.0
 
 
@@ -90,6 +93,12 @@ def build_engine(cfg: Config) -> SpeechEngine:
 
         return PiperEngine(cfg.piper)
     return OpenAIEngine(cfg.openai, key)
+
+
+def build_local_voice(piper_cfg) -> SpeechEngine:
+    from kiosk.speech.piper_engine import PiperEngine  # imported only when used: it loads onnxruntime
+
+    return PiperEngine(piper_cfg)
 
 
 def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
@@ -403,6 +412,47 @@ class Service:
         if not self.buttons.blink(pin):
             return "this button has no LED; press it and watch the page instead"
         return None
+
+    def voice_report(self) -> dict:
+        """Which voice speaks lines that are not ready offline, and why, in plain words."""
+        choice, primary = self.cfg.speech.engine, self.engine.name
+        paused = [e for e in self.engines.state() if e["in_backoff"]]
+        if primary == "openai" and paused and paused[0]["name"] == "openai":
+            standing_in = len(self.engines.engines) > 1
+            why = f"OpenAI is paused ({paused[0]['reason']})" + (
+                "; the local voice stands in until it is back" if standing_in else ""
+            )
+            return {"engine": "piper" if standing_in else "openai", "why": why}
+        if primary == "openai":
+            return {"engine": "openai", "why": "an OpenAI key is set" if choice == "auto" else "OpenAI was chosen"}
+        if choice == "piper":
+            return {"engine": "piper", "why": "the local voice was chosen"}
+        return {"engine": "piper", "why": "no OpenAI key is set; add one to use the OpenAI voices"}
+
+    def local_voices(self) -> list[str]:
+        """The local voices this speaker has: the bundled one, and the one configured if that is another."""
+        if not piper_installed():
+            return []
+        return list(dict.fromkeys([BUNDLED_VOICE, self.cfg.piper.voice]))
+
+    async def sample(self, engine: str, voice: str) -> SampleStream:
+        """A short sample of `voice` for staff, started (raises KioskError saying why it cannot be)."""
+        if engine == "openai":
+            if not self._api_key:
+                raise SpeechError("the OpenAI voices need a key: add one below first")
+            speaker = OpenAIEngine(dataclasses.replace(self.cfg.openai, voice=voice), self._api_key)
+            own = True
+        else:
+            current = next((e for e in self.engines.engines if e.name == "piper"), None)
+            own = current is None or voice != self.cfg.piper.voice
+            speaker = build_local_voice(dataclasses.replace(self.cfg.piper, voice=voice)) if own else current
+        stream = SampleStream(speaker, VOICE_SAMPLE, close_engine=own)
+        try:
+            await stream.start()
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
 
     def stop_speaking(self) -> bool:
         was_speaking = self.speaker.speaking or self.speaker.queued > 0

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 #: The speech API rejects input longer than this.
 API_TEXT_LIMIT = 4096
+#: The speech API's voices and models, as the staff page offers them (kiosk.yaml may name others, for an
+#: OpenAI-compatible server that has them).
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+MODELS = ("gpt-4o-mini-tts", "tts-1", "tts-1-hd")
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 
 

@@ -278,6 +278,11 @@ async def stream_wav(request: web.Request, backend: Any, line: str) -> web.Strea
         fmt, chunks = await backend.listen(line)
     except KioskError as exc:
         raise web.HTTPServiceUnavailable(text=f"cannot speak this line now: {exc}") from None
+    return await send_wav(request, fmt, chunks)
+
+
+async def send_wav(request: web.Request, fmt: AudioFormat, chunks: AsyncIterator[bytes]) -> web.StreamResponse:
+    """Stream PCM chunks as one WAV; a listener who leaves early is not an error."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "audio/wav",
