@@ -88,6 +88,40 @@ class QuietHours:
 
 
 @dataclass(frozen=True)
+class OpeningHours:
+    """When the museum is open on some weekdays (all days when `days` is left out)."""
+
+    open: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
+    close: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
+    days: tuple[str, ...] = field(default=(), metadata={"choices": WEEKDAYS})
+
+    def covers(self, moment: datetime) -> bool:
+        day = WEEKDAYS[moment.weekday()]
+        return (not self.days or day in self.days) and self.open <= moment.strftime("%H:%M") < self.close
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A line spoken at a time of day, daily or on some weekdays ("we close in 15 minutes")."""
+
+    time: str = field(default="", metadata={"required": True, **_CLOCK_TIME})
+    phrase: str = field(default="", metadata={"required": True, **_NONEMPTY})
+    days: tuple[str, ...] = field(default=(), metadata={"choices": WEEKDAYS})
+
+    def on(self, day: datetime) -> bool:
+        return not self.days or WEEKDAYS[day.weekday()] in self.days
+
+
+@dataclass(frozen=True)
+class AttractConfig:
+    """Inviting visitors: after this many idle minutes while open (and outside quiet hours), say one of `phrases`,
+    each in turn."""
+
+    idle_minutes: int = _bounded(0, 0, 1440)  # 0: off
+    phrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StaffConfig:
     """The staff web page: lines, buttons, voice, volume, status."""
 
@@ -202,10 +236,18 @@ class Config:
     history: HistoryConfig = HistoryConfig()
     buttons: tuple[ButtonConfig, ...] = ()
     quiet_hours: tuple[QuietHours, ...] = ()
+    opening_hours: tuple[OpeningHours, ...] = ()  # empty: always open
+    closed_phrase: str | None = None  # said when a button is pressed while closed; None: presses do nothing
+    schedule: tuple[Announcement, ...] = ()
+    attract: AttractConfig = AttractConfig()
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
     #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)
     phrases: dict[str, str] = field(default_factory=dict)
+
+    def is_open(self, moment: datetime) -> bool:
+        """Whether the museum is open at `moment` (always, when no opening hours are set)."""
+        return not self.opening_hours or any(hours.covers(moment) for hours in self.opening_hours)
 
     def quiet_volume(self, moment: datetime) -> int | None:
         """The quiet-hours volume (percent) in force at `moment` (local time), or None outside quiet hours."""
@@ -444,6 +486,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 STAFF_SETTABLE: dict[str, set[str] | None] = {
     "phrases": None,
     "quiet_hours": None,
+    "schedule": None,
     "speech": {"engine"},
     "openai": {"model", "voice", "instructions", "speed"},
     "piper": {"voice"},
@@ -618,6 +661,17 @@ def _cross_check(cfg: Config) -> list[str]:
     for i, quiet in enumerate(cfg.quiet_hours):
         if quiet.start == quiet.end:
             problems.append(f"quiet_hours[{i}].end: the same as the start ({quiet.start}), so it would never apply")
+    for i, hours in enumerate(cfg.opening_hours):
+        if hours.close <= hours.open:
+            problems.append(f"opening_hours[{i}].close: must be after the opening time ({hours.open})")
+    named = [("closed_phrase", cfg.closed_phrase)] if cfg.closed_phrase else []
+    named += [(f"schedule[{i}].phrase", a.phrase) for i, a in enumerate(cfg.schedule)]
+    named += [(f"attract.phrases[{i}]", pid) for i, pid in enumerate(cfg.attract.phrases)]
+    for where, pid in named:
+        if pid not in cfg.phrases:
+            problems.append(f"{where}: no line '{_show(pid)}' in phrases{_suggest(pid, cfg.phrases)}")
+    if cfg.attract.idle_minutes and not cfg.attract.phrases:
+        problems.append("attract.phrases: name at least one line to invite visitors with (or set idle_minutes: 0)")
     used: dict[int, str] = {}
     for i, b in enumerate(cfg.buttons):
         where = f"buttons[{i}]"

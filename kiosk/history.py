@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, text TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
+CREATE TABLE IF NOT EXISTS fired (slot TEXT PRIMARY KEY, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
 
@@ -62,6 +63,7 @@ class History:
         self._db: sqlite3.Connection | None = None
         self._pending: list[Outcome] = []
         self._pending_events: list[tuple[float, str]] = []
+        self._claimed_in_memory: set[str] = set()
         #: Why nothing is being recorded, or None.
         self.problem: str | None = None
 
@@ -98,6 +100,15 @@ class History:
         events, self._pending_events = self._pending_events, []
         if rows or events:
             await self._in_db_thread(self._write, rows, events)
+
+    async def claim(self, slot: str) -> bool:
+        """Mark a scheduled slot as said, committed at once; False when it was said already (before a restart).
+        Without a database, slots are remembered in memory only."""
+        claimed = await self._in_db_thread(self._claim, slot)
+        if claimed is None:  # the database is not available
+            claimed = slot not in self._claimed_in_memory
+        self._claimed_in_memory.add(slot)
+        return claimed
 
     # -- reading
 
@@ -197,6 +208,10 @@ class History:
         else:
             db.execute("INSERT INTO events (time, text) VALUES (?, ?)", (at, text))
 
+    def _claim(self, slot: str) -> bool:
+        cursor = self._connection().execute("INSERT OR IGNORE INTO fired VALUES (?, ?)", (slot, self._clock()))
+        return cursor.rowcount == 1
+
     def _outcomes(self, since: float) -> list[Outcome]:
         cursor = self._connection().execute(
             "SELECT time, origin, line, source, response_ms, outcome, error, text_chars FROM requests "
@@ -217,6 +232,7 @@ class History:
         with _transaction(db):
             db.execute("DELETE FROM requests WHERE time < ?", (cutoff,))
             db.execute("DELETE FROM events WHERE time < ?", (cutoff,))
+            db.execute("DELETE FROM fired WHERE time < ?", (self._clock() - 7 * 86400,))
 
 
 class _transaction:

@@ -39,6 +39,7 @@ from kiosk.history import History, Outcome
 from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
+from kiosk.schedule import Scheduler
 from kiosk.speaker import Rejected, Request, Speaker
 from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
@@ -151,6 +152,7 @@ class Service:
         writer_stuck_s: float = WRITER_STUCK_S,
         limits: ConnectionLimits | None = None,
         clock=time.monotonic,
+        now=datetime.now,
     ):
         self.cfg = cfg
         self.config_path = config_path
@@ -161,6 +163,7 @@ class Service:
         self._limits = limits or ConnectionLimits()
         self.hosts = HostNames(cfg.hostnames)
         self._clock = clock  # for session and lockout expiry on the staff page
+        self._now = now  # local time of day: opening hours, quiet hours, the schedule
         self.history = History(cfg.history.file, keep_days=cfg.history.keep_days)
         self.events_log = EventLog(self.history)
         self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
@@ -184,6 +187,9 @@ class Service:
         self._api_token: str | None = None
         self._api_key: str | None = None
         self.last_pressed: dict[int, float] = {}  # GPIO pin → wall-clock time of its last press
+        self.scheduler = Scheduler(
+            config=lambda: self.cfg, speak=self._announce, claim=self.history.claim, on_event=self.event, now=now
+        )
 
     # -- lifetime
 
@@ -216,6 +222,7 @@ class Service:
             run("watchdog", self._watchdog)
         run("device", self.device.run)
         run("history", self.history.run)
+        run("schedule", self.scheduler.run)
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
         device = cfg.audio.device
         problem = self.device.problem
@@ -352,7 +359,10 @@ class Service:
         if button.action == "stop":
             self.stop_speaking()
             return
-        quiet = self.cfg.quiet_volume(datetime.now())
+        if not self.cfg.is_open(self._now()):
+            self._closed(button)
+            return
+        quiet = self.cfg.quiet_volume(self._now())
         if quiet == 0:
             self.metrics.rejected.labels("quiet_hours").inc()
             self._refused(f"button:{button.pin}", button.phrase, "quiet_hours")
@@ -370,6 +380,30 @@ class Service:
             self.metrics.rejected.labels(exc.reason).inc()
             self._refused(f"button:{button.pin}", button.phrase, exc.reason)
             log.info("button %d: %s", button.pin, exc)
+
+    def _closed(self, button: ButtonConfig) -> None:
+        """A press while the museum is closed: the closed line where one is set, else nothing."""
+        phrase = self.cfg.closed_phrase
+        if phrase is None:
+            self.metrics.rejected.labels("closed").inc()
+            self._refused(f"button:{button.pin}", button.phrase, "closed")
+            return
+        with contextlib.suppress(Rejected):
+            self.speaker.request(
+                self.cfg.phrases[phrase], origin=f"button:{button.pin}", policy="ignore", phrase=phrase, gain=self._gain
+            )
+
+    def _announce(self, phrase: str, origin: str, volume: int) -> bool:
+        """A scheduled announcement (after what is playing) or an invitation (only when nothing is)."""
+        policy = "queue" if origin == "schedule" else "ignore"
+        try:
+            self.speaker.request(
+                self.cfg.phrases[phrase], origin=origin, policy=policy, phrase=phrase, gain=self._gain * volume / 100
+            )
+        except Rejected as exc:
+            self._refused(origin, phrase, exc.reason)
+            return False
+        return True
 
     def play(self, *, phrase: str | None, text: str | None, origin: str, policy: str | None = None) -> Request:
         """Queue a configured line or (where allowed) free text; raises Rejected saying why not."""
@@ -473,6 +507,7 @@ class Service:
         return self._api_token
 
     def _on_request_change(self, req: Request) -> None:
+        self.scheduler.activity()
         if self.buttons and req.origin.startswith("button:") and req.state != "queued":
             self.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")  # a queued press changes nothing
         self.metrics.speaking.set(1 if self.speaker.speaking else 0)
@@ -523,6 +558,10 @@ class Service:
     @property
     def engine(self) -> SpeechEngine:
         return self.engines.primary
+
+    def local_time(self) -> datetime:
+        """The time of day as the museum keeps it (injected in tests)."""
+        return self._now()
 
     # -- background work (supervised)
 

@@ -131,6 +131,8 @@ class StatusBoard:
             "uptime_s": uptime,
             "uptime_text": _duration(uptime),
             "warm": dict(s.warm),
+            "open": s.cfg.is_open(s.local_time()),
+            "next_announcement": s.scheduler.next_announcement(),
             "problems": problems,
             "headline": "All good" if not problems else f"Needs attention: {problems[0]}",
             "events": s.events_log.recent(),
