@@ -559,6 +559,9 @@ class Service:
     def engine(self) -> SpeechEngine:
         return self.engines.primary
 
+    def next_announcement(self) -> dict | None:
+        return self.scheduler.next_announcement()
+
     def local_time(self) -> datetime:
         """The time of day as the museum keeps it (injected in tests)."""
         return self._now()
