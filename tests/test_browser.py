@@ -106,24 +106,25 @@ async def test_staff_flow_in_a_real_browser(service, page):
     await page.click("nav >> text=Lines")
     await page.fill("#new-id", "garnet")
     await page.fill("#new-text", "Garnets <b>glow</b> deep red.")
-    await page.click("text=Add line")
-    await page.wait_for_url(f"{base}/lines")
+    await page.click("text=Add line")  # saved in place: the page answers without a reload
+    await page.locator('form[action="/lines/add"] .form-msg[data-kind=done]').wait_for()
+    assert page.url == f"{base}/lines"
     assert await page.input_value("#text-garnet") == "Garnets <b>glow</b> deep red."
     assert await page.locator("#line-garnet b").count() == 0  # shown as text, not markup
 
     await page.select_option("#button-17", "garnet")
     await page.click("text=Save buttons")
-    await page.wait_for_url(f"{base}/lines")
+    await page.locator('form[action="/buttons"] .form-msg[data-kind=done]').wait_for()
     assert await page.locator("#button-17").input_value() == "garnet"
-    await page.locator("#line-garnet .tag").wait_for()  # synthesized in the background: ready offline
+    await page.locator('[data-ready-for="garnet"][data-ready="yes"]').wait_for()  # synthesized in the background
     await shot(page, "lines")
 
     await page.click("nav >> text=Status")
     await page.wait_for_url(f"{base}/status")
     service.test_pins.pin(17).drive_low()
     service.test_pins.pin(17).drive_high()
-    await page.locator('[data-field="press_to_audio"]', has_text="ms").wait_for()
-    assert await page.locator('[data-field="last_source"]').inner_text() == "cache"
+    await page.locator('[data-field="response_time"]', has_text="ms").wait_for()
+    assert await page.locator('[data-field="last_source"]').inner_text() == "a saved copy (offline)"
     await shot(page, "status")
 
     await page.click("nav >> text=Voice")
@@ -135,7 +136,8 @@ async def test_staff_flow_in_a_real_browser(service, page):
     await page.fill("input[name='quiet.0.start']", "22:00")
     await page.fill("input[name='quiet.0.end']", "07:00")
     await page.click("text=Save volume")
-    await page.wait_for_url(f"{base}/volume")
+    await page.locator(".form-msg[data-kind=done]").wait_for()
+    assert page.url == f"{base}/volume"
     assert service.cfg.quiet_hours[0].start == "22:00"
     await shot(page, "volume")
 

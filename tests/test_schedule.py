@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from test_service import BUTTONS, config, press, started, wait_idle
+from test_staff import operator, staff  # noqa: F401 (fixtures)
 
 from kiosk.config import parse_config
 from kiosk.history import History
@@ -181,3 +182,25 @@ async def test_buttons_outside_opening_hours_say_the_closed_line_or_nothing(serv
         assert [r.phrase for r in service.speaker.history.values()] == ["welcome"]
     finally:
         await service.stop()
+
+
+async def test_staff_edit_the_schedule(staff):  # noqa: F811
+    from test_staff import PASSWORD, csrf_of, get, log_in, post, settings_of
+
+    from kiosk.staff.auth import PasswordFile
+
+    service, http, _clock, _pins = staff
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    await log_in(http)
+    token = await csrf_of(http, "/schedule")
+    bad = {"csrf": token, "schedule.0.time": "16:45", "schedule.0.phrase": ""}
+    status, html, _ = await post(http, "/schedule", bad)
+    assert status == 400 and "must not be empty" in html and settings_of(service) is None
+    good = {"csrf": token, "schedule.0.time": "16:45", "schedule.0.phrase": "quartz", "schedule.0.days": "sat"}
+    assert (await post(http, "/schedule", good))[0] == 303
+    assert [(a.time, a.phrase, a.days) for a in service.cfg.schedule] == [("16:45", "quartz", ("sat",))]
+    _, html, _ = await get(http, "/schedule")
+    assert "Next: <strong>Quartz is hard.</strong>" in html
+    removed = {**good, "schedule.0.remove": "1"}
+    assert (await post(http, "/schedule", removed))[0] == 303
+    assert service.cfg.schedule == ()

@@ -110,20 +110,29 @@ async def test_unauthenticated_requests_are_sent_to_login(staff):
     PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
     for path in ("/", "/status", "/lines", "/voice", "/volume", "/lines/welcome/preview.wav"):
         status, _, headers = await get(http, path)
-        assert status == 303 and headers["Location"] in ("/login", "/status")
-    assert (await get(http, "/status.json"))[0] == 401
-    assert (await get(http, "/voice/progress.json"))[0] == 401
-    for path in (
+        assert status == 303 and headers["Location"].startswith(("/login", "/status")), path
+    assert (await get(http, "/lines"))[2]["Location"] == "/login?next=/lines"  # and back to it after login
+    for path in ("/status.json", "/voice/progress.json", "/status/history.json"):
+        status, body, _ = await get(http, path)
+        assert status == 401 and "log in again" in body, path
+    posts = (
         "/lines/add",
         "/lines/welcome/edit",
         "/lines/welcome/delete",
         "/lines/welcome/play",
         "/buttons",
+        "/buttons/17/identify",
         "/voice",
         "/volume",
         "/logout",
-    ):
-        assert (await post(http, path, {"csrf": "x"}))[0] == 401, path
+    )
+    base = str(http._base_url)
+    for path in posts:  # a plain form goes to the login page, which brings staff back to the page it came from
+        status, _, headers = await post(http, path, {"csrf": "x"}, headers={"Referer": f"{base}/lines"})
+        assert status == 303 and headers["Location"] == "/login?next=/lines", path
+        # the page's own script is told where to log in, so it can keep what was typed first
+        status, body, _ = await post(http, path, {"csrf": "x"}, headers={"X-Kiosk-Fetch": "1"})
+        assert status == 401 and '"login": "/login"' in body, path
     assert settings_of(service) is None
 
 
@@ -293,7 +302,7 @@ async def test_preview_play_status_json(staff):
         info = await r.json()
     assert info["cache"]["lines_ready"] == 2 and info["engine"]["name"] == "openai"
     _, html, headers = await get(http, "/status")
-    assert '2</span>/<span data-field="lines_configured">2' in html
+    assert 'lines_ready">2</span> of <span data-field="lines_configured">2' in html
     assert "default-src 'self'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
 
 

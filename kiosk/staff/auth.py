@@ -1,4 +1,4 @@
-"""Staff access: a scrypt password file, expiring server-side sessions with CSRF tokens, a login lockout.
+"""Staff access: a scrypt password file, sliding server-side sessions with CSRF tokens, a login lockout.
 
 There is no default password: until `kiosk passwd` has written one, the staff page only says how to set it.
 """
@@ -101,34 +101,48 @@ def _give_to_directory_owner(path: Path) -> None:
         os.chown(path, owner.st_uid, owner.st_gid)
 
 
+#: A session unused this long ends, whatever its lifetime: a phone left logged in on a bench does not stay so.
+IDLE_S = 2 * 3600
+
+
 @dataclass
 class Session:
     token: str
     csrf: str
-    expires: float
+    expires: float  # the absolute end (staff.session_hours after login): activity never moves it
+    idle_until: float  # the end if nothing more is asked of the page; each request moves it on
 
 
 class Sessions:
-    """Server-side sessions: the cookie holds only a random token; a restart logs everyone out."""
+    """Server-side sessions that slide with activity: a session ends `idle_s` after its last request, and in any
+    case `lifetime_s` after login. The cookie holds only a random token; a restart logs everyone out."""
 
-    def __init__(self, lifetime_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, lifetime_s: float, clock: Callable[[], float] = time.monotonic, idle_s: float = IDLE_S):
         self.lifetime_s = lifetime_s
+        self.idle_s = min(idle_s, lifetime_s)
         self._clock = clock
         self._sessions: dict[str, Session] = {}
 
     def create(self) -> Session:
         self._expire()
-        session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._clock() + self.lifetime_s)
-        self._sessions[session.token] = session
+        now = self._clock()
+        token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        session = Session(token, csrf, now + self.lifetime_s, now + self.idle_s)
+        self._sessions[token] = session
         return session
 
-    def get(self, token: str | None) -> Session | None:
+    def get(self, token: str | None, *, touch: bool = True) -> Session | None:
+        """The live session for `token`, or None. `touch` (a request staff made) moves its idle deadline on; a
+        page polling in the background passes False, so an open tab alone does not keep a session alive."""
         if not token:
             return None
         session = self._sessions.get(token)
-        if session is None or session.expires <= self._clock():
+        now = self._clock()
+        if session is None or not _alive(session, now):
             self._sessions.pop(token, None)
             return None
+        if touch:
+            session.idle_until = min(now + self.idle_s, session.expires)
         return session
 
     def end(self, token: str | None) -> None:
@@ -137,8 +151,12 @@ class Sessions:
 
     def _expire(self) -> None:
         now = self._clock()
-        for token in [t for t, s in self._sessions.items() if s.expires <= now]:
+        for token in [t for t, s in self._sessions.items() if not _alive(s, now)]:
             del self._sessions[token]
+
+
+def _alive(session: Session, now: float) -> bool:
+    return now < session.expires and now < session.idle_until
 
 
 class LoginLimiter:

@@ -14,25 +14,29 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
+from urllib.parse import urlsplit
 
 import jinja2
 import yaml
 from aiohttp import web
 
+from kiosk.announcer import SPEECH_S_PER_CHAR
 from kiosk.config import WEEKDAYS, Config, load_config, phrase_problem, read_staff_settings, unencodable_at
-from kiosk.errors import ConfigError
+from kiosk.errors import ConfigError, KioskError
 from kiosk.fileio import write_atomically
 from kiosk.speaker import Rejected
+from kiosk.speech import openai_engine
 from kiosk.staff import account
 from kiosk.staff.auth import CheckerBusy, LoginLimiter, PasswordChecker, PasswordFile, Session, Sessions
-from kiosk.web.api import stream_wav
+from kiosk.web.api import ApiError, history_days, send_wav, stream_wav
 from kiosk.web.hosts import HostNames
 from kiosk.web.server import ConnectionLimits
 
@@ -62,11 +66,20 @@ class StaffBackend(Protocol):
     def play(self, *, phrase: str | None, text: str | None, origin: str) -> Any: ...
     async def listen(self, text: str) -> Any: ...
     def warm_progress(self) -> dict: ...
+    def voice_report(self) -> dict: ...
+    def local_voices(self) -> list[str]: ...
+    async def sample(self, engine: str, voice: str) -> Any: ...
+    def allow_trigger(self) -> float | None: ...
+    def next_announcement(self) -> dict | None: ...
+    def identify_button(self, pin: int) -> str | None: ...
+    async def history_summary(self, days: int) -> dict: ...
+    async def history_csv(self, days: int) -> str: ...
 
 
 BACKEND = web.AppKey("staff_backend", StaffBackend)
 SESSION = web.RequestKey("session", Session)
 FORM = web.RequestKey("form", Any)
+HEADLINE = web.RequestKey("headline", str)
 SESSIONS = web.AppKey("sessions", Sessions)
 LIMITER = web.AppKey("limiter", LoginLimiter)
 CHECKER = web.AppKey("checker", PasswordChecker)
@@ -95,6 +108,8 @@ def make_staff_app(
     r.add_post("/logout", logout)
     r.add_get("/status", status_page)
     r.add_get("/status.json", status_json)
+    r.add_get("/status/history.json", history_json)
+    r.add_get("/status/history.csv", history_csv)
     r.add_get("/lines", lines_page)
     r.add_post("/lines/add", add_line)
     r.add_post("/lines/{id}/edit", edit_line)
@@ -102,11 +117,15 @@ def make_staff_app(
     r.add_post("/lines/{id}/play", play_line)
     r.add_get("/lines/{id}/preview.wav", preview_line)
     r.add_post("/buttons", assign_buttons)
+    r.add_post("/buttons/{pin}/identify", identify_button)
     r.add_get("/voice", voice_page)
     r.add_post("/voice", save_voice)
     r.add_get("/voice/progress.json", warm_progress)
+    r.add_get("/voice/sample.wav", voice_sample)
     r.add_get("/volume", volume_page)
     r.add_post("/volume", save_volume)
+    r.add_get("/schedule", schedule_page)
+    r.add_post("/schedule", save_schedule)
     r.add_get("/account", account_page)
     r.add_post("/account/password", change_password)
     r.add_get("/account/settings.yaml", download_settings)
@@ -137,18 +156,77 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise web.HTTPUnsupportedMediaType(text="send the page's form as it is")
     if request.path.startswith(_PUBLIC):
         return await handler(request)
-    session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+    # A page polling in the background says so: only what staff do keeps a session from going idle.
+    polling = request.headers.get("X-Kiosk-Poll") == "idle"
+    session = request.app[SESSIONS].get(request.cookies.get(COOKIE), touch=not polling)
     if session is None:
-        if request.method == "GET" and not request.path.endswith(".json"):
-            raise web.HTTPSeeOther("/login")
-        raise web.HTTPUnauthorized(text="log in first")
+        _logged_out(request)
     request[SESSION] = session
     if request.method == "POST":
         form = await _read_form(request)
         if not _tokens_match(form.get("csrf"), session.csrf):
             raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
         request[FORM] = form
+    if not request.path.endswith(_DATA_SUFFIXES):  # every page says at the top whether all is well
+        request[HEADLINE] = await _headline(backend)
     return await handler(request)
+
+
+_DATA_SUFFIXES = (".json", ".csv", ".wav", ".yaml")
+
+
+async def _headline(backend: StaffBackend) -> str:
+    try:
+        return short_headline(await backend.status())
+    except Exception:  # a page opens whatever the report does; its script fills the headline in (or says why not)
+        log.exception("the status for the headline could not be made")
+        return ""
+
+
+def short_headline(status: dict) -> str:
+    """The backend's headline in a few words: the first problem without the technical detail after its colon
+    (raw ALSA text has no place at the top of every page; the status page shows it), and how many more there are.
+    app.js shortens it the same way as it refreshes."""
+    problems = status.get("problems") or []
+    if not problems:
+        return status["headline"]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"Needs attention: {problem_parts(problems[0])[0]}{more}"
+
+
+def problem_parts(problem: str) -> tuple[str, str]:
+    """("Speaker missing or failing", "cannot open ALSA device ...") from "Speaker missing or failing: cannot ..."."""
+    short, _, detail = problem.partition(": ")
+    return short.rstrip("."), detail
+
+
+_NEXT = re.compile(r"/[a-z][a-z0-9_/-]{0,80}")
+
+
+def _logged_out(request: web.Request) -> NoReturn:
+    """No live session. A page goes to the login page, which brings staff back to it afterwards. The page's own
+    script (which says so in X-Kiosk-Fetch) gets a 401 naming the login page, so that it can keep what was typed
+    (in the tab's sessionStorage) before it goes there; so do other data requests."""
+    back = _safe_next(request.path if request.method == "GET" else _referer_path(request))
+    login = "/login" if back == "/status" else f"/login?next={back}"  # _safe_next: nothing to escape
+    if request.headers.get("X-Kiosk-Fetch") or (request.method == "GET" and request.path.endswith(".json")):
+        body = json.dumps({"error": "your session has ended; log in again", "login": login})
+        raise web.HTTPUnauthorized(text=body, content_type="application/json")
+    raise web.HTTPSeeOther(login)
+
+
+def _referer_path(request: web.Request) -> str:
+    """The path of the page a form was posted from (only when that page is on this very host)."""
+    referer = request.headers.get("Referer", "")
+    origin = f"{request.scheme}://{request.host}"
+    return urlsplit(referer).path if referer.startswith(origin + "/") else ""
+
+
+def _safe_next(path: Any) -> str:
+    """A page of this site to return to after login; anything else (another site, odd characters) is Status."""
+    if isinstance(path, str) and _NEXT.fullmatch(path) and "//" not in path and path not in ("/login", "/logout"):
+        return path
+    return "/status"
 
 
 async def _read_form(request: web.Request) -> Any:
@@ -238,11 +316,14 @@ async def login_page(request: web.Request) -> web.Response:
     return _login_form(request)
 
 
-def _login_form(request: web.Request, error: str | None = None, status: int = 200) -> web.Response:
+def _login_form(
+    request: web.Request, error: str | None = None, status: int = 200, next_path: Any = None
+) -> web.Response:
     token = request.cookies.get(LOGIN_COOKIE, "")
     if not _TOKEN.fullmatch(token):  # only a token this page made is shown back in the page
         token = _new_token()
-    response = _render("login.html", request, status=status, csrf=token, error=error)
+    back = _safe_next(next_path or request.query.get("next"))
+    response = _render("login.html", request, status=status, csrf=token, error=error, next_path=back)
     response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
     return response
 
@@ -254,13 +335,14 @@ async def login(request: web.Request) -> web.Response:
     limiter, address = request.app[LIMITER], request.remote or "?"
     wait = limiter.begin(address)  # counted before the (slow) check, so parallel guesses cannot slip past
     if wait:
-        return _login_form(request, f"Too many failed attempts. Try again in {int(wait // 60) + 1} minute(s).", 429)
+        message = f"Too many failed attempts. Try again in {int(wait // 60) + 1} minute(s)."
+        return _login_form(request, message, 429, form.get("next"))
     password = form.get("password")
     try:
         right = isinstance(password, str) and await request.app[CHECKER].check(password)
     except CheckerBusy:
         limiter.abandoned(address)
-        return _login_form(request, "Too many logins at once. Try again in a minute.", 429)
+        return _login_form(request, "Too many logins at once. Try again in a minute.", 429, form.get("next"))
     if not right:
         if limiter.failed(address):
             log.warning(
@@ -268,11 +350,11 @@ async def login(request: web.Request) -> web.Response:
             )
         else:
             log.info("staff login: wrong password from %s", address)
-        return _login_form(request, "Wrong password.", 401)
+        return _login_form(request, "Wrong password.", 401, form.get("next"))
     limiter.succeeded(address)
     log.info("staff login from %s", address)
     session = request.app[SESSIONS].create()
-    response = web.HTTPSeeOther("/status")
+    response = web.HTTPSeeOther(_safe_next(form.get("next")))  # back to the page staff were on
     response.set_cookie(
         COOKIE, session.token, httponly=True, samesite="Strict", max_age=int(request.app[SESSIONS].lifetime_s)
     )
@@ -290,29 +372,98 @@ async def logout(request: web.Request) -> web.Response:
 # -- pages
 
 
-async def status_page(request: web.Request) -> web.Response:
-    return _render("status.html", request, status_info=await request.app[BACKEND].status())
+async def status_page(request: web.Request, errors: dict | None = None, status: int = 200) -> web.Response:
+    info = await request.app[BACKEND].status()
+    problems = [problem_parts(problem) for problem in info["problems"]]
+    return _render(
+        "status.html", request, status=status, status_info=info, problems=problems, errors=errors or {}, now=time.time()
+    )
 
 
 async def status_json(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[BACKEND].status(), dumps=_dumps)
+    # The speaker's own clock, so that the page can say "pressed 2 s ago" whatever the phone's clock says.
+    info = {**await request.app[BACKEND].status(), "server_time": time.time()}
+    return web.json_response(info, dumps=_dumps)
+
+
+def _history_days(request: web.Request) -> int:
+    try:
+        return history_days(request.query)
+    except ApiError as exc:  # a page, not a traceback: the address was typed or edited by hand
+        html = _html("message.html", request, title="That history cannot be shown", message=str(exc))
+        raise web.HTTPBadRequest(text=html, content_type="text/html") from None
+
+
+async def history_json(request: web.Request) -> web.Response:
+    """What the status page charts: presses per day per line, by hour of day, response times."""
+    summary = await request.app[BACKEND].history_summary(_history_days(request))
+    return web.json_response(summary, dumps=_dumps)
+
+
+async def history_csv(request: web.Request) -> web.Response:
+    """Every press and trigger of the last `days` days as a spreadsheet-ready download."""
+    days = _history_days(request)
+    body = await request.app[BACKEND].history_csv(days)
+    disposition = f'attachment; filename="exhibit-speaker-history-{days}-days.csv"'
+    return web.Response(text=body, content_type="text/csv", headers={"Content-Disposition": disposition})
+
+
+async def identify_button(request: web.Request) -> web.Response:
+    """Blink a button's LED so staff can tell which one it is."""
+    backend, pin_text = request.app[BACKEND], request.match_info["pin"]
+    pin = int(pin_text) if pin_text.isascii() and pin_text.isdigit() and len(pin_text) <= 2 else None
+    if pin is None or not any(b.pin == pin for b in backend.cfg.buttons):
+        raise web.HTTPNotFound(text="there is no such button")
+    problem = backend.identify_button(pin)
+    if problem:
+        return await status_page(request, {f"identify.{pin}": problem}, 409)
+    raise web.HTTPSeeOther("/status")
+
+
+#: Past this a visitor is unlikely to stay for the whole line: the Lines page says so.
+LONG_LINE_S = 60
 
 
 async def lines_page(
     request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
 ) -> web.Response:
     backend = request.app[BACKEND]
-    info = await backend.status()
+    cfg = backend.cfg
+    ready = set((await backend.status())["cache"].get("ready_ids", []))
+    said_by: dict[str, list[str]] = {}
+    for b in cfg.buttons:
+        if b.phrase:
+            said_by.setdefault(b.phrase, []).append(button_name(b))
+    lines = [
+        {"id": pid, "text": text, "ready": pid in ready, "said_by": said_by.get(pid, []), **_length(text)}
+        for pid, text in cfg.phrases.items()
+    ]
     return _render(
         "lines.html",
         request,
         status=status,
-        phrases=backend.cfg.phrases,
-        buttons=backend.cfg.buttons,
-        ready=set(info["cache"].get("ready_ids", [])),
+        lines=lines,
+        phrases=cfg.phrases,
+        buttons=[{"pin": b.pin, "name": button_name(b), "action": b.action, "phrase": b.phrase} for b in cfg.buttons],
+        ready=ready,
         errors=errors or {},
         values=values or {},
+        new_length=_length((values or {}).get("new.text", "")),
+        s_per_char=SPEECH_S_PER_CHAR,
+        long_s=LONG_LINE_S,
     )
+
+
+def button_name(button: Any) -> str:
+    return button.name or f"Button on GPIO {button.pin}"
+
+
+def _length(text: str) -> dict:
+    """A line's length in characters and roughly how long it takes to say (the page updates it as staff type)."""
+    seconds = round(len(text) * SPEECH_S_PER_CHAR)
+    minutes, rest = divmod(seconds, 60)
+    spoken = f"{minutes} min {rest} s" if minutes else f"{max(seconds, 1)} s"
+    return {"chars": len(text), "spoken": f"about {spoken}", "long": seconds > LONG_LINE_S}
 
 
 async def add_line(request: web.Request) -> web.Response:
@@ -324,7 +475,7 @@ async def add_line(request: web.Request) -> web.Response:
         problem = f"there is already a line '{pid}'"
     if problem:
         field = "text" if problem.startswith("text") else "id"
-        return await lines_page(request, {f"new.{field}": problem}, {"id": pid, "text": text}, 400)
+        return await lines_page(request, {f"new.{field}": problem}, {"new.id": pid, "new.text": text}, 400)
     phrases[pid] = text
     return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"new.{pid}")
 
@@ -347,12 +498,11 @@ async def delete_line(request: web.Request) -> web.Response:
     cfg = request.app[BACKEND].cfg
     if pid not in cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
-    users = [str(b.pin) for b in cfg.buttons if b.phrase == pid]
+    users = [button_name(b) for b in cfg.buttons if b.phrase == pid]
     if users:
+        who = ", ".join(users)
         return await lines_page(
-            request,
-            {f"{pid}.text": f"button(s) on GPIO {', '.join(users)} say this line; assign them another first"},
-            status=400,
+            request, {f"{pid}.text": f"{who} still says this line; give it another line first"}, status=400
         )
     phrases = {k: v for k, v in cfg.phrases.items() if k != pid}
     return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"{pid}.text")
@@ -396,7 +546,8 @@ async def assign_buttons(request: web.Request) -> web.Response:
 async def voice_page(
     request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
 ) -> web.Response:
-    cfg = request.app[BACKEND].cfg
+    backend = request.app[BACKEND]
+    cfg = backend.cfg
     key_file = cfg.openai.api_key_file
     return _render(
         "voice.html",
@@ -404,41 +555,105 @@ async def voice_page(
         status=status,
         openai=cfg.openai,
         engine=cfg.speech.engine,
+        local_voice=cfg.piper.voice,
+        now=backend.voice_report(),
+        choices=_voice_choices(backend),
         errors=errors or {},
         values=values or {},
         key_set=bool(key_file and key_file.exists()),
         key_from_env=bool(os.environ.get("OPENAI_API_KEY")),
         key_file=key_file,
         key_mask=KEY_MASK,
-        progress=request.app[BACKEND].warm_progress(),
+        progress=backend.warm_progress(),
     )
 
 
-_VOICE_FIELDS = {"model": str, "voice": str, "instructions": str, "speed": float}
+def _voice_choices(backend: StaffBackend) -> dict[str, list[str]]:
+    """What the Voice page offers: OpenAI's models and voices, the local voices installed, and whatever kiosk.yaml
+    names besides (an OpenAI-compatible server may have other voices)."""
+    cfg = backend.cfg
+    return {
+        "engine": ["auto", "openai", "piper"],
+        "model": list(dict.fromkeys([*openai_engine.MODELS, cfg.openai.model])),
+        "voice": list(dict.fromkeys([*openai_engine.VOICES, cfg.openai.voice])),
+        "local_voice": backend.local_voices(),
+    }
+
+
+_KEY = re.compile(r"[A-Za-z0-9_-]{8,300}")
 
 
 async def save_voice(request: web.Request) -> web.Response:
-    form, cfg = request[FORM], request.app[BACKEND].cfg
-    values = {name: str(form.get(name, "")).strip() for name in (*_VOICE_FIELDS, "engine")}
-    openai, errors = {}, {}
-    for name, kind in _VOICE_FIELDS.items():
-        try:
-            openai[name] = kind(values[name])
-        except ValueError:
-            errors[name] = "must be a number"
+    form, backend = request[FORM], request.app[BACKEND]
+    cfg = backend.cfg
+    current = {"engine": cfg.speech.engine, "model": cfg.openai.model, "voice": cfg.openai.voice}
+    current["local_voice"] = cfg.piper.voice
+    values = {name: str(form.get(name, current[name])).strip() for name in current}  # a field left out: unchanged
+    values |= {"instructions": str(form.get("instructions", "")).strip(), "speed": str(form.get("speed", "")).strip()}
+    choices = _voice_choices(backend)
+    errors = {
+        name: "choose one of the listed options"
+        for name in ("engine", "model", "voice")
+        if values[name] not in choices[name]
+    }
+    if choices["local_voice"] and values["local_voice"] not in choices["local_voice"]:
+        errors["local_voice"] = "choose one of the listed voices"
+    speed = _finite_number(values["speed"])
+    if speed is None:
+        errors["speed"] = "must be a number from 0.25 to 4"
     new_key = str(form.get("api_key", "")).strip()
-    if new_key and new_key != KEY_MASK and cfg.openai.api_key_file is None:
+    if new_key == KEY_MASK:
+        new_key = ""  # the mask sent back changes nothing
+    if new_key and cfg.openai.api_key_file is None:
         errors["api_key"] = "set openai.api_key_file in kiosk.yaml to let the key be changed here"
+    elif new_key and not _KEY.fullmatch(new_key):
+        errors["api_key"] = "an OpenAI key is letters, digits, '-' and '_' (paste it again)"
     if errors:
         return await voice_page(request, errors, values, 400)
+    openai = {
+        "model": values["model"],
+        "voice": values["voice"],
+        "instructions": values["instructions"],
+        "speed": speed,
+    }
     changes = {"openai": openai, "speech": {"engine": values["engine"]}}
+    if choices["local_voice"]:
+        changes["piper"] = {"voice": values["local_voice"]}
     try:
         return await _save(request, changes, "/voice", voice_page, None, values)
-    except web.HTTPSeeOther:  # saved: now the key, if a new one was typed (the mask sent back changes nothing)
-        if new_key and new_key != KEY_MASK:
+    except web.HTTPSeeOther:  # saved: now the key, if a new one was typed
+        if new_key:
             await asyncio.to_thread(_write_key, cfg.openai.api_key_file, new_key)
-            await request.app[BACKEND].reload()
+            await backend.reload()  # used from the next line on
         raise
+
+
+def _finite_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+async def voice_sample(request: web.Request) -> web.StreamResponse:
+    """A short sample of a voice, streamed as it is made (not cached)."""
+    backend = request.app[BACKEND]
+    engine, voice = request.query.get("engine", ""), request.query.get("voice", "")
+    choices = _voice_choices(backend)
+    allowed = choices["voice"] if engine == "openai" else choices["local_voice"] if engine == "piper" else []
+    if voice not in allowed:
+        raise web.HTTPBadRequest(text="choose one of the listed voices")
+    if backend.allow_trigger() is not None:
+        raise web.HTTPTooManyRequests(text="too many samples at once; try again in a moment")
+    try:
+        sample = await backend.sample(engine, voice)
+    except KioskError as exc:
+        raise web.HTTPServiceUnavailable(text=f"cannot play a sample now: {exc}") from None
+    try:
+        return await send_wav(request, sample.fmt, sample)
+    finally:
+        await sample.aclose()
 
 
 def _write_key(path: Path, key: str) -> None:
@@ -513,6 +728,45 @@ def _quiet_rows(form: Any) -> list[dict]:
             {"start": start, "end": end, "volume": volume, "days": days, "overnight": bool(end and end < start)}
         )
     return rows
+
+
+# -- schedule
+
+
+async def schedule_page(
+    request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
+) -> web.Response:
+    backend = request.app[BACKEND]
+    cfg = backend.cfg
+    values = values or {}
+    rows = values.get("rows")
+    if rows is None:
+        rows = [dataclasses.asdict(entry) for entry in cfg.schedule]
+    return _render(
+        "schedule.html",
+        request,
+        status=status,
+        rows=[*rows, {"time": "", "phrase": "", "days": (), "new": True}],
+        phrases=cfg.phrases,
+        weekdays=WEEKDAYS,
+        upcoming=backend.next_announcement(),
+        errors=errors or {},
+        values=values,
+    )
+
+
+async def save_schedule(request: web.Request) -> web.Response:
+    form = request[FORM]
+    rows = []
+    for i in range(_MAX_QUIET_ROWS):
+        time_text, phrase = (str(form.get(f"schedule.{i}.{key}", "")).strip() for key in ("time", "phrase"))
+        if (not time_text and not phrase) or form.get(f"schedule.{i}.remove"):
+            continue
+        days = [day for day in WEEKDAYS if day in form.getall(f"schedule.{i}.days", [])]
+        rows.append({"time": time_text, "phrase": phrase, "days": days})
+    entries = [{k: v for k, v in row.items() if v or k != "days"} for row in rows]
+    values = {"rows": rows}
+    return await _save(request, {"schedule": entries}, "/schedule", schedule_page, None, values)
 
 
 # -- account and settings
@@ -615,6 +869,7 @@ def _field_errors(problems: list[str], fallback: str | None) -> dict[str, str]:
             .removeprefix("speech.")
             .removeprefix("audio.")
             .replace("quiet_hours[", "quiet.")
+            .replace("schedule[", "schedule.")
             .replace("]", "")
         )
         errors.setdefault(field if "." in field or field in _FORM_FIELDS else fallback or "form", message)
@@ -628,15 +883,19 @@ _FORM_FIELDS = {"model", "voice", "instructions", "speed", "engine", "volume", "
 
 
 def _render(template: str, request: web.Request, status: int = 200, **context: Any) -> web.Response:
+    return web.Response(text=_html(template, request, **context), content_type="text/html", status=status)
+
+
+def _html(template: str, request: web.Request, **context: Any) -> str:
     session: Session | None = request.get(SESSION)
-    html = _templates.get_template(template).render(
+    return _templates.get_template(template).render(
         csrf=context.pop("csrf", session.csrf if session else ""),
         logged_in=session is not None,
+        headline=request.get(HEADLINE, ""),
         path=request.path,
         static=lambda name: str(request.app.router["static"].url_for(filename=name)),
         **context,
     )
-    return web.Response(text=html, content_type="text/html", status=status)
 
 
 async def home(request: web.Request) -> web.Response:
