@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from kiosk.staff.pages import _write_settings
+from kiosk.staff.account import write_settings
 
 VERSIONS = [
     {"phrases": {f"line-{i}": " ".join([f"Version A, line {i}."] * 10) for i in range(60)}},
@@ -15,7 +15,7 @@ def main(path: str) -> None:
     print("ready", flush=True)
     n = 0
     while True:
-        _write_settings(Path(path), VERSIONS[n % 2])
+        write_settings(Path(path), VERSIONS[n % 2])
         n += 1
 
 

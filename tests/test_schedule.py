@@ -204,3 +204,19 @@ async def test_staff_edit_the_schedule(staff):  # noqa: F811
     removed = {**good, "schedule.0.remove": "1"}
     assert (await post(http, "/schedule", removed))[0] == 303
     assert service.cfg.schedule == ()
+
+
+async def test_a_line_the_schedule_says_cannot_be_deleted(staff):  # noqa: F811
+    from test_staff import PASSWORD, csrf_of, log_in, post
+
+    from kiosk.staff.auth import PasswordFile
+
+    service, http, _clock, _pins = staff
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    await log_in(http)
+    token = await csrf_of(http, "/schedule")
+    good = {"csrf": token, "schedule.0.time": "16:45", "schedule.0.phrase": "quartz"}
+    assert (await post(http, "/schedule", good))[0] == 303
+    status, html, _ = await post(http, "/lines/quartz/delete", {"csrf": token})
+    assert status == 400 and "the 16:45 announcement still says this line" in html
+    assert "quartz" in service.cfg.phrases

@@ -84,3 +84,19 @@ async def test_other_forms_take_no_files(staff):  # noqa: F811
     token = await csrf_of(http, "/lines")
     status, body, _ = await post(http, "/lines/add", upload(token, b"x", field="text"))
     assert status == 400 and "files cannot be sent" in body
+
+
+async def test_a_password_change_logs_out_every_other_session(staff, tmp_path):  # noqa: F811
+    service, http, _clock, _pins = staff
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    base = str(http._base_url)
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base, cookie_jar=jar, headers={"Origin": base}) as other:
+        await log_in(other)
+        assert (await get(other, "/lines"))[0] == 200
+        await log_in(http)
+        token = await csrf_of(http, "/account")
+        fields = {"csrf": token, "current": PASSWORD, "new": NEW_PASSWORD, "repeat": NEW_PASSWORD}
+        assert (await post(http, "/account/password", fields))[0] == 200
+        assert (await get(other, "/lines"))[0] == 303  # sent to the login page
+        assert (await get(http, "/lines"))[0] == 200  # the one who changed it stays in

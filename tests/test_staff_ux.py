@@ -297,6 +297,30 @@ async def test_forms_on_every_page_answer_in_place(start_service, browser):
     assert not page.test_errors
 
 
+async def test_settings_download_and_restore(start_service, browser, tmp_path):
+    svc = await start_service()
+    page = await new_page(browser, PHONE)
+    await log_in(page, svc, "/account")
+    async with page.expect_download() as download_info:
+        await page.click("text=Download the settings")
+    saved = tmp_path / "saved.yaml"
+    await (await download_info.value).save_as(saved)
+    settings = saved.read_text()
+    assert settings.startswith("# Written by the kiosk staff page")
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("audio:\n  volume: 35\n")
+    await page.set_input_files("#settings", str(changed))
+    done = page.locator(".notice, .form-msg", has_text="Settings restored")
+    restore = "form[action='/account/settings'] button[type=submit]"
+    await timed("restore the settings → 'Settings restored'", lambda: page.click(restore), done)
+    assert svc.cfg.audio.volume == 35
+    changed.write_text("phrases:\n  Not An Id: x\n")
+    await page.set_input_files("#settings", str(changed))
+    await page.click(restore)
+    await page.locator("#settings-error", has_text="id must be").wait_for()
+    assert svc.cfg.audio.volume == 35 and not page.test_errors
+
+
 async def test_session_expiry_during_an_edit_keeps_the_text(start_service, browser):
     clock = Clock()
     svc = await start_service(clock=clock)

@@ -145,6 +145,10 @@ class Sessions:
             session.idle_until = min(now + self.idle_s, session.expires)
         return session
 
+    def end_all_but(self, token: str) -> None:
+        """Every other session ends (after a password change)."""
+        self._sessions = {t: s for t, s in self._sessions.items() if t == token}
+
     def end(self, token: str | None) -> None:
         if token:
             self._sessions.pop(token, None)

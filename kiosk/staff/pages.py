@@ -25,7 +25,6 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import jinja2
-import yaml
 from aiohttp import web
 
 from kiosk.announcer import SPEECH_S_PER_CHAR
@@ -46,7 +45,6 @@ HERE = Path(__file__).parent
 COOKIE = "kiosk_session"
 LOGIN_COOKIE = "kiosk_login"
 KEY_MASK = "••••••••"
-_SETTINGS_HEADER = b"# Written by the kiosk staff page. The operator's settings stay in kiosk.yaml.\n"
 
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -499,6 +497,9 @@ async def delete_line(request: web.Request) -> web.Response:
     if pid not in cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
     users = [button_name(b) for b in cfg.buttons if b.phrase == pid]
+    users += [f"the {a.time} announcement" for a in cfg.schedule if a.phrase == pid]
+    users += ["attract mode" for phrase in cfg.attract.phrases if phrase == pid][:1]
+    users += ["the closed line" for phrase in [cfg.closed_phrase] if phrase == pid]
     if users:
         who = ", ".join(users)
         return await lines_page(
@@ -799,6 +800,7 @@ async def change_password(request: web.Request) -> web.Response:
         await asyncio.to_thread(passwords.set, new)
     except ConfigError as exc:
         return await account_page(request, {"new": exc.problems[0]}, status=503)
+    request.app[SESSIONS].end_all_but(request[SESSION].token)  # whoever knew the old password is logged out
     log.warning("staff password changed from %s", address)
     return await account_page(request, notice="Password changed.")
 
@@ -845,17 +847,11 @@ async def _save(
     except ConfigError as exc:
         return await page(request, _field_errors(exc.problems, error_field), values, 400)
     try:
-        await asyncio.to_thread(_write_settings, settings_path, settings)
-    except OSError as exc:
-        return await page(request, {error_field or "form": f"could not save: {exc.strerror or exc}"}, values, 500)
+        await asyncio.to_thread(account.write_settings, settings_path, settings)
+    except ConfigError as exc:  # a read-only or full disk: the speaker's fault, not the form's
+        return await page(request, {error_field or "form": exc.problems[0]}, values, 503)
     await backend.reload()
     raise web.HTTPSeeOther(done)
-
-
-def _write_settings(path: Path, settings: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = yaml.safe_dump(settings, allow_unicode=True, sort_keys=False).encode()  # lines keep their order
-    write_atomically(path, _SETTINGS_HEADER, body, mode=0o640, backup=True)
 
 
 def _field_errors(problems: list[str], fallback: str | None) -> dict[str, str]:
