@@ -151,7 +151,9 @@ async def test_presses_survive_a_restart_and_export_as_csv(server, tmp_path, als
         async with aiohttp.ClientSession(f"http://127.0.0.1:{service.port}", timeout=TIMEOUT) as http:
             async with http.get("/api/history.csv?days=1") as r:
                 assert r.status == 200 and r.content_type == "text/csv"
-                rows = list(csv.DictReader(io.StringIO(await r.text())))
+                exported = await r.text()
+                print(f"\n{exported}", end="")  # the export as a curator gets it (pytest -s)
+                rows = list(csv.DictReader(io.StringIO(exported)))
             async with http.get("/api/history?days=1") as r:
                 as_json = await r.json()
             async with http.get("/api/history?days=0") as r:
