@@ -9,9 +9,9 @@
 #   ./install.sh --uninstall [--purge]
 #                                 stop and remove the service, its unit and /opt/kiosk. /etc/kiosk, the phrase cache
 #                                 /var/cache/kiosk, /var/lib/kiosk and the user kiosk are kept; --purge removes them.
-#   ./install.sh --dev [--test]   set up a development checkout: system packages (when root), ./.venv with the
-#                                 product installed editable; --test adds the test tools (pytest, PulseAudio,
-#                                 Chromium, systemd-analyze).
+#   ./install.sh --dev [--test]   set up a development checkout: system packages, ./.venv with the product installed
+#                                 editable; --test adds the test tools (pytest, PulseAudio, Chromium,
+#                                 systemd-analyze). Run as a user with sudo, all apt work is one sudo call.
 #
 # Options for install and --uninstall:
 #   --root DIR    work on the tree under DIR (DIR/opt/kiosk, DIR/etc/kiosk, DIR/etc/systemd/system, DIR/var/...)
@@ -97,19 +97,42 @@ fi
 
 say() { printf 'install.sh: %s\n' "$*"; }
 
+# All apt work of a run is one command: as root, apt-get itself; otherwise a single sudo call (one password prompt
+# at most) that runs update and install together.
+# Runs (or, with a first argument "print", prints as "would run:") the apt work for the packages given.
+apt_run() {
+    local mode=$1
+    shift
+    if [ "$(id -u)" -eq 0 ]; then
+        if [ "$mode" = print ]; then
+            would apt-get update -qq
+            would env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+        else
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+        fi
+        return 0
+    fi
+    local script='apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null'
+    if [ "$mode" = print ]; then
+        would sudo sh -c "$script" sh "$@"
+    elif ! command -v sudo >/dev/null; then
+        say "please install these Debian packages first (as root; sudo is not installed): $*"
+        exit 1
+    else
+        say "installing $* (with sudo)"
+        sudo sh -c "$script" sh "$@"
+    fi
+}
+
 apt_install() {
     local missing=()
     for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" -ne 0 ]; then
-        say "please install these Debian packages first (as root): ${missing[*]}"
-        exit 1
-    fi
-    say "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ "$(id -u)" -ne 0 ] || say "installing ${missing[*]}"
+    apt_run run "${missing[@]}"
 }
 
 system_packages() {
@@ -121,8 +144,9 @@ system_packages() {
     if [ "$with_test" -eq 1 ]; then
         # A PulseAudio null sink behind ALSA's pulse plugin is the clocked audio device of the tests and the
         # benchmark (pacat, from pulseaudio-utils, keeps it rendering in small blocks); Chromium
-        # runs the staff page's browser tests (driven by Playwright); systemd-analyze checks the unit file.
-        pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins chromium systemd)
+        # runs the staff page's browser tests (driven by Playwright); systemd-analyze checks the unit file;
+        # mosquitto is the MQTT broker of the fleet tests (mosquitto-clients: mosquitto_sub for debugging them).
+        pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins chromium systemd mosquitto mosquitto-clients)
     fi
     apt_install "${pkgs[@]}"
 }
@@ -264,8 +288,11 @@ service_packages() {
         return 0
     fi
     staged || say "installing ${missing[*]}"
-    host apt-get update -qq
-    host env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if staged; then
+        apt_run print "${missing[@]}"
+    else
+        apt_run run "${missing[@]}"
+    fi
 }
 
 service_user() {

@@ -33,6 +33,8 @@ CACHED = "cached"
 CACHED_FROM = "typical"
 
 LINES = {
+    # 6 words, 1.9 s
+    "brief": "Welcome to the hall of minerals.",
     # 15 words
     "short": "Press the brass lever and watch the gears of the orrery carry the planets around.",
     # 150 words

@@ -21,17 +21,19 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cells(records: list[dict]) -> list[dict]:
-    """One summary per (line, profile, approach), in the order first seen."""
+    """One summary per (CPU budget, line, profile, approach), in the order first seen."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
-        groups.setdefault((record["line"], record["profile"], record["approach"]), []).append(record)
+        key = (record.get("budget"), record["line"], record["profile"], record["approach"])
+        groups.setdefault(key, []).append(record)
     return [_summarize(key, group) for key, group in groups.items()]
 
 
 def _summarize(key: tuple, group: list[dict]) -> dict:
-    line, profile, approach = key
+    budget, line, profile, approach = key
     good = [r for r in group if "error" not in r]
     cell = {
+        "budget": budget,
         "line": line,
         "profile": profile,
         "approach": approach,
@@ -63,36 +65,56 @@ def markdown(summary: list[dict], meta: dict) -> str:
         f"{m['kernel']}, Python {m['python']}; {m['date']}.",
         f"Host CPU steal (time the hypervisor gave to other machines) per round: median {_steal(meta, 50)} %, "
         f"worst {_steal(meta, 100)} %.",
+        *_budget_note(summary, meta),
         "",
         "Absolute times on a shared virtual machine are noisy; the ratios between approaches, measured side by side "
         "in the same rounds, are the claim. Underruns are per line: the device's EPIPE count and, in brackets, the "
         "count reconstructed from the write timeline. Gap is the total time the device ran dry per line. CPU is "
         "process CPU seconds per second of audio; RSS is the peak resident memory of the process that spoke.",
         "",
-        "| line | network | approach | trials | press→audio p50 ms | p95 ms | after 1st byte p50 ms "
+        "| CPU budget | line | network | approach | trials | press→audio p50 ms | p95 ms | after 1st byte p50 ms "
         "| underruns/line | gap ms/line | CPU s/s | peak RSS MB |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for c in summary:
         label = APPROACH_LABELS.get(c["approach"], c["approach"])
+        budget = _budget(c.get("budget"))
         if "first_p50_ms" not in c:
-            out.append(f"| {c['line']} | {c['profile']} | {label} | {c['trials']} | failed | | | | | | |")
+            out.append(f"| {budget} | {c['line']} | {c['profile']} | {label} | {c['trials']} | failed | | | | | | |")
             continue
         failed = f" ({c['errors']} failed)" if c["errors"] else ""
         out.append(
-            f"| {c['line']} | {c['profile']} | {label} | {c['trials']}{failed} | {c['first_p50_ms']:.0f} | "
-            f"{c['first_p95_ms']:.0f} | {_ms(c['after_first_byte_p50_ms'])} | "
+            f"| {budget} | {c['line']} | {c['profile']} | {label} | {c['trials']}{failed} | "
+            f"{_ms(c['first_p50_ms'])} | {_ms(c['first_p95_ms'])} | {_ms(c['after_first_byte_p50_ms'])} | "
             f"{c['underruns']:.1f} ({c['timeline_underruns']:.1f}) | {c['gap_ms']:.0f} | "
             f"{c['cpu_per_audio_s']:.3f} | {c['peak_rss_mb']:.0f} |"
         )
     ratios = _ratios(summary)
     if ratios:
         out += ["", "kiosk's press→audio p50 as a share of download-then-play's:", ""]
-        out += ["| line | network | kiosk p50 ms | download p50 ms | ratio |", "|---|---|--:|--:|--:|"]
+        out += ["| CPU budget | line | network | kiosk p50 ms | download p50 ms | ratio |", "|---|---|---|--:|--:|--:|"]
         out += [
-            f"| {r['line']} | {r['profile']} | {r['ours']:.0f} | {r['theirs']:.0f} | {r['ratio']:.3f} |" for r in ratios
+            f"| {_budget(r['budget'])} | {r['line']} | {r['profile']} | {r['ours']:.0f} | {r['theirs']:.0f} "
+            f"| {r['ratio']:.3f} |"
+            for r in ratios
         ]
     return "\n".join(out) + "\n"
+
+
+def _budget(pct: float | None) -> str:
+    return "none" if pct is None else f"{pct:g} %"
+
+
+def _budget_note(summary: list[dict], meta: dict) -> list[str]:
+    if meta.get("cpu_budget_unavailable"):
+        return ["", f"**No CPU budget was applied**: {meta['cpu_budget_unavailable']}. Every row ran unconfined."]
+    if any(c.get("budget") is not None for c in summary):
+        return [
+            "",
+            "CPU budget: each contender process was confined to that share of one core by a cgroup v1 cpu quota "
+            "(10 ms period), like a slower CPU.",
+        ]
+    return []
 
 
 def _steal(meta: dict, p: float) -> str:
@@ -101,18 +123,21 @@ def _steal(meta: dict, p: float) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
+    if value is None:
+        return "–"
+    return f"{value:.1f}" if value < 20 else f"{value:.0f}"
 
 
 def _ratios(summary: list[dict]) -> list[dict]:
-    by_key = {(c["line"], c["profile"], c["approach"]): c for c in summary if "first_p50_ms" in c}
+    by_key = {(c.get("budget"), c["line"], c["profile"], c["approach"]): c for c in summary if "first_p50_ms" in c}
     ratios = []
-    for (line, profile, approach), ours in by_key.items():
-        theirs = by_key.get((line, profile, "download"))
+    for (budget, line, profile, approach), ours in by_key.items():
+        theirs = by_key.get((budget, line, profile, "download"))
         if approach == "product" and theirs:
             ratio = ours["first_p50_ms"] / theirs["first_p50_ms"]
             ratios.append(
                 {
+                    "budget": budget,
                     "line": line,
                     "profile": profile,
                     "ours": ours["first_p50_ms"],
@@ -124,38 +149,45 @@ def _ratios(summary: list[dict]) -> list[dict]:
 
 
 def chart(summary: list[dict], path: Path) -> None:
-    """Press→audio p50 (p95 whisker, log scale) and underruns per line, by network and approach, one column per
-    line of text."""
+    """Press→audio p50 (p95 whisker, log scale) and underruns per line, by network and approach: one column per
+    line of text, one pair of rows per CPU budget."""
     import matplotlib  # imported here: only the chart needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    budgets = list(dict.fromkeys(c.get("budget") for c in summary))
     lines = list(dict.fromkeys(c["line"] for c in summary))
     approaches = list(dict.fromkeys(c["approach"] for c in summary))
-    fig, axes = plt.subplots(2, len(lines), figsize=(6.5 * len(lines), 7.5), squeeze=False)
+    fig, axes = plt.subplots(
+        2 * len(budgets), len(lines), figsize=(6.5 * len(lines), 3.75 * 2 * len(budgets)), squeeze=False
+    )
     width = 0.8 / len(approaches)
-    for col, line in enumerate(lines):
-        profiles = list(dict.fromkeys(c["profile"] for c in summary if c["line"] == line))
-        for i, approach in enumerate(approaches):
-            found = {c["profile"]: c for c in summary if c["line"] == line and c["approach"] == approach}
-            xs = [p + (i - (len(approaches) - 1) / 2) * width for p in range(len(profiles))]
-            cells_here = [found.get(p, {}) for p in profiles]
-            p50 = [c.get("first_p50_ms", math.nan) for c in cells_here]
-            p95 = [c.get("first_p95_ms", math.nan) for c in cells_here]
-            whisker = [[0] * len(p50), [max(0.0, b - a) if a == a else 0 for a, b in zip(p50, p95, strict=True)]]
-            label = APPROACH_LABELS.get(approach, approach)
-            axes[0][col].bar(xs, p50, width, yerr=whisker, capsize=2, label=label)
-            axes[1][col].bar(xs, [c.get("underruns", math.nan) for c in cells_here], width, label=label)
-        for row, title in enumerate(("press → first audio, ms (p50, whisker p95)", "underruns per line (EPIPE)")):
-            ax = axes[row][col]
-            ax.set_xticks(range(len(profiles)), profiles)
-            ax.set_title(f"{line} line: {title}", fontsize=10)
-            ax.grid(axis="y", alpha=0.3)
-        axes[0][col].set_yscale("log")
+    for b, budget in enumerate(budgets):
+        for col, line in enumerate(lines):
+            here = [c for c in summary if c["line"] == line and c.get("budget") == budget]
+            profiles = list(dict.fromkeys(c["profile"] for c in here))
+            top, bottom = axes[2 * b][col], axes[2 * b + 1][col]
+            for i, approach in enumerate(approaches):
+                found = {c["profile"]: c for c in here if c["approach"] == approach}
+                xs = [p + (i - (len(approaches) - 1) / 2) * width for p in range(len(profiles))]
+                cells_here = [found.get(p, {}) for p in profiles]
+                p50 = [c.get("first_p50_ms", math.nan) for c in cells_here]
+                p95 = [c.get("first_p95_ms", math.nan) for c in cells_here]
+                whisker = [[0] * len(p50), [max(0.0, b - a) if a == a else 0 for a, b in zip(p50, p95, strict=True)]]
+                label = APPROACH_LABELS.get(approach, approach)
+                top.bar(xs, p50, width, yerr=whisker, capsize=2, label=label)
+                bottom.bar(xs, [c.get("underruns", math.nan) for c in cells_here], width, label=label)
+            cpu = "" if budget is None else f", {budget:g} % CPU"
+            for ax, title in ((top, "press → first audio, ms (p50, whisker p95)"), (bottom, "underruns per line")):
+                ax.set_xticks(range(len(profiles)), profiles)
+                ax.set_title(f"{line} line{cpu}: {title}", fontsize=10)
+                ax.grid(axis="y", alpha=0.3)
+            top.set_yscale("log")
+            bottom.set_ylim(bottom=0, top=max(1.0, bottom.get_ylim()[1]))
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.04 / len(budgets)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 
-from kiosk.cache import Entry, PhraseCache, cache_key
+from kiosk.cache import BLOCK_BYTES, CachedAudio, CorruptEntry, PhraseCache, cache_key
+from kiosk.chime import Chime
 from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.player import Playback, Player
 from kiosk.speech import SpeechEngine
@@ -58,6 +59,7 @@ class Trace:
     stopped: bool  # playback was stopped before the end
     error: str | None = None
     failover: list[str] = field(default_factory=list)  # engines that failed before the one that spoke
+    first_sound_ms: float | None = None  # first frame of the chime or of the speech, whichever came first
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -137,12 +139,15 @@ class Announcer:
         cache: PhraseCache,
         player: Player,
         io: Executor | None = None,
+        chime: Chime | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.engines = engines
         self.cache = cache
         self.player = player
         self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
+        self.chime = chime  # played at once for a line that is not ready offline
+        self._chime_playback: Playback | None = None
         self._clock = clock
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
@@ -176,8 +181,9 @@ class Announcer:
 
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""
-        if self._current is not None:
-            self._current.stop()
+        for playback in (self._chime_playback, self._current):
+            if playback is not None:
+                playback.stop()
 
     async def say(self, text: str, *, gain: float = 1.0) -> Trace:
         """Speak `text` and return once it has played; faults are reported in `Trace.error`, never raised."""
@@ -187,7 +193,24 @@ class Announcer:
             entry = await self._lookup(key)
             if entry is not None:
                 return await self._play_cached(entry, started, gain)
-        return await self._play_streamed(text, started, gain)
+        chime = self._ring(gain)
+        try:
+            trace = await self._play_streamed(text, started, gain)
+        finally:
+            self._chime_playback = None
+        if chime is not None and chime.stats.first_audio_at is not None:
+            rang_ms = round((chime.stats.first_audio_at - started) * 1000, 1)
+            trace.first_sound_ms = min(rang_ms, trace.first_audio_ms or rang_ms)
+        return trace
+
+    def _ring(self, gain: float) -> Playback | None:
+        """The chime, at once: the player plays it to its end, then the speech queued behind it."""
+        if self.chime is None:
+            return None
+        playback = self._chime_playback = self.player.play(self.chime.fmt, streamed=False, gain=gain)
+        playback.feed(self.chime.pcm)
+        playback.finish()
+        return playback
 
     async def prepare(self, text: str, engine: SpeechEngine | None = None) -> bool:
         """Synthesize `text` into the cache with `engine` (the primary) without playing it; False when it was
@@ -266,20 +289,51 @@ class Announcer:
         await self._store(engine, self.key_for(text, engine), b"".join(synthesis.chunks), text)
         return None
 
-    async def _lookup(self, key: str) -> Entry | None:
+    async def _lookup(self, key: str) -> CachedAudio | None:
+        """The cached line opened with only its first block read and verified (constant time, whatever its length);
+        None when absent or corrupt. Its `pcm` reads the rest at once, for a listener over HTTP."""
         try:
-            return await self._in_io(self.cache.get, key)
+            return await self._in_io(self.cache.open_entry, key)
         except OSError as exc:
             log.warning("phrase cache unreadable, asking the engine instead: %s", exc)
             return None
 
-    async def _play_cached(self, entry: Entry, started: float, gain: float) -> Trace:
+    async def _play_cached(self, entry: CachedAudio, started: float, gain: float) -> Trace:
+        """Play a cached line block by block, each verified just before it is fed; the first plays at once."""
         playback = self._start(entry.info.fmt, streamed=False, gain=gain)
-        playback.feed(entry.pcm)
-        playback.finish()
+        playback.whole_periods = True
         attempt = _Attempt([playback])
-        attempt.error = await self._finish(playback)
+        try:
+            attempt.error = await self._feed_cached(entry, playback)
+        finally:
+            playback.finish()  # what was verified plays out
+            entry.close()
+        attempt.error = await self._finish(playback) or attempt.error
+        if entry.legacy and attempt.error is None:
+            self._background(self._in_io(self.cache.migrate, entry.key))  # the old format, rewritten once
         return self._trace("cache", entry.info.engine, entry.info.key, len(entry.info.text), started, attempt, [])
+
+    async def _feed_cached(self, entry: CachedAudio, playback: Playback) -> str | None:
+        """Feed the blocks, reading each only once less than half a block waits to be played (so an SD card is read
+        1.4 s ahead at most, and never in the writer thread). A block that fails its hash is never fed: the line
+        ends where it would begin, and the entry is removed."""
+        for index in range(entry.block_count):
+            if index:
+                await playback.wait_queued_below(BLOCK_BYTES // 2)
+                if playback.ended:
+                    return None
+            try:
+                block = entry.first_block if index == 0 else await self._in_io(entry.read_block, index)
+            except (CorruptEntry, OSError) as exc:
+                await self._in_io(self.cache.discard, entry.key, str(exc))
+                return f"cache entry {entry.key[:12]} is corrupt ({exc}); it was removed"
+            playback.feed(block)
+        return None
+
+    def _background(self, work) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _play_streamed(self, text: str, started: float, gain: float) -> Trace:
         engines = self.engines.usable()
@@ -387,6 +441,7 @@ class Announcer:
             text_chars=chars,
             first_byte_ms=ms(attempt.first_byte_at),
             first_audio_ms=ms(min(firsts)) if firsts else None,
+            first_sound_ms=ms(min(firsts)) if firsts else None,
             frames=sum(p.stats.frames for p in playbacks),
             underruns=sum(p.stats.underruns for p in playbacks),
             duration_ms=round(sum(p.stats.frames / p.fmt.rate for p in playbacks) * 1000, 1),

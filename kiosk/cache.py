@@ -1,10 +1,21 @@
-"""The phrase cache: content-addressed PCM entries on disk, written atomically and verified on every read.
+"""The phrase cache: content-addressed PCM entries on disk, written atomically and verified block by block as they play.
 
-An entry is one file `<key>.pcm`: a single JSON header line (format, length, SHA-256, text, engine identity)
-followed by the raw PCM. It is written to a temp file, fsynced, renamed into place and the directory fsynced,
-so after a crash or power cut an entry is either whole or absent. A read checks length and hash; an entry that
-fails is removed, logged and never played. Pinned entries (the configured exhibit lines) are never evicted;
-the rest are evicted least recently used first when the cache is over its size cap.
+An entry is one file `<key>.pcm`: a single JSON header line (format, length, a BLAKE2b hash of every 64 KB block of
+audio, text, engine identity) followed by the raw PCM. It is written to a temp file, fsynced, renamed into place and
+the directory fsynced, so after a crash or power cut an entry is either whole or absent.
+
+Reading is constant-time at the start: `open_entry` checks the header and the file's length and verifies only the
+first block; every later block is verified when it is read, just before it is played. A block that fails is never
+played: the line stops where that block would begin, the entry is removed and the fault logged. BLAKE2b rather than
+SHA-256: a Pi 4 has no SHA instructions, and BLAKE2b is the faster of the two in software on 64-bit ARM.
+
+Entries of the first format (one SHA-256 of all the audio) are read and verified whole once, then rewritten in the
+block format (`migrate`, done in the background after such an entry's first play, and by `kiosk cache verify`).
+
+Pinned entries (the configured exhibit lines) are never evicted; the rest are evicted least recently used first when
+the cache is over its size cap. A cached press writes nothing to disk (an SD card wears with writes): the time each
+entry was last used is kept in memory and saved to a small index file (`usage.json`, written atomically) only when
+entries are evicted, every few hours, and on `close()`. An entry the index does not know is dated by its file time.
 
 All methods block on disk I/O: call them from a worker thread, not the event loop.
 """
@@ -16,8 +27,10 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +41,25 @@ from kiosk.pcm import AudioFormat
 log = logging.getLogger(__name__)
 
 SUFFIX = ".pcm"
+USAGE_FILE = "usage.json"
+#: Audio is verified in blocks of this size: 1.4 s at 24 kHz, the most that is read ahead of the speaker.
+BLOCK_BYTES = 64 * 1024
+#: The last-used times are saved at most this often (besides evictions and close()).
+USAGE_FLUSH_S = 3 * 3600.0
 _MAX_HEADER = 1 << 20
-_VERSION = 1
+_VERSION = 2
+_LEGACY_VERSION = 1
+_DIGEST_BYTES = 16
 
 
 def cache_key(identity: dict, fmt: AudioFormat, text: str) -> str:
     """A hash of everything that shapes the audio: engine identity (engine, model, voice, ...), format, text."""
     material = {"identity": identity, "format": [fmt.rate, fmt.channels, fmt.sample_width], "text": text}
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def block_digest(block: bytes) -> str:
+    return hashlib.blake2b(block, digest_size=_DIGEST_BYTES).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -45,7 +69,6 @@ class EntryInfo:
     engine: str
     fmt: AudioFormat
     length: int
-    sha256: str
     created: float
     last_used: float
 
@@ -64,11 +87,85 @@ class CorruptEntry(Exception):
     pass
 
 
+class CachedAudio:
+    """An open entry whose header and first block are verified; later blocks are verified as they are read.
+
+    `read_block(i)` returns block i (BLOCK_BYTES of audio, the last one shorter) or raises CorruptEntry. `pcm` reads
+    and verifies the rest at once, for callers that want the whole line. Close it when done (`with` works).
+    """
+
+    def __init__(self, path: Path, key: str):
+        self.key = key
+        self._file = open(path, "rb")  # noqa: SIM115 - kept open while the line plays; see close()
+        try:
+            self.info, header, self._offset = _parse_header(self._file, key)
+            self.legacy = header["v"] == _LEGACY_VERSION
+            size = os.fstat(self._file.fileno()).st_size
+            if size != self._offset + self.info.length:
+                raise CorruptEntry(f"holds {size - self._offset} audio bytes, header says {self.info.length}")
+            if self.legacy:
+                self._whole: bytes | None = self._read_legacy(header)
+                self._digests: list[str] = []
+            else:
+                self._whole = None
+                self._digests = _digests(header, self.info.length)
+            self.first_block = self.read_block(0) if self.block_count else b""
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.info.length // BLOCK_BYTES)
+
+    def read_block(self, index: int) -> bytes:
+        if self._whole is not None:
+            return self._whole[index * BLOCK_BYTES : (index + 1) * BLOCK_BYTES]
+        self._file.seek(self._offset + index * BLOCK_BYTES)
+        block = self._file.read(min(BLOCK_BYTES, self.info.length - index * BLOCK_BYTES))
+        if block_digest(block) != self._digests[index]:
+            raise CorruptEntry(f"audio block {index} of {self.block_count} does not match its hash")
+        return block
+
+    def blocks(self) -> Iterator[bytes]:
+        for index in range(self.block_count):
+            yield self.first_block if index == 0 else self.read_block(index)
+
+    @property
+    def pcm(self) -> bytes:
+        try:
+            return b"".join(self.blocks())
+        finally:
+            self.close()
+
+    def _read_legacy(self, header: dict) -> bytes:
+        self._file.seek(self._offset)
+        pcm = self._file.read(self.info.length)
+        if hashlib.sha256(pcm).hexdigest() != header.get("sha256"):
+            raise CorruptEntry("audio does not match its SHA-256")
+        return pcm
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> CachedAudio:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class PhraseCache:
-    def __init__(self, root: Path, max_bytes: int):
+    def __init__(self, root: Path, max_bytes: int, *, clock: Callable[[], float] = time.time):
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self._clock = clock
         self._pinned: frozenset[str] = frozenset()
+        self._used: dict[str, float] = {}  # last use of entries since the index was last saved
+        self._saved: dict[str, float] | None = None  # the index file's content, read once
+        self._lock = threading.Lock()
+        #: Entries rewritten from the first format by the last `verify`.
+        self.migrated = 0
 
     def open(self) -> PhraseCache:
         """Create the directory if needed and check that it is usable."""
@@ -78,7 +175,12 @@ class PhraseCache:
             raise CacheError(f"cannot create cache directory {self.root}: {exc.strerror or exc}") from exc
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise CacheError(f"cache directory {self.root} is not readable")
+        _FLUSHER.watch(self)
         return self
+
+    def close(self) -> None:
+        """Save the last-used times (at shutdown)."""
+        self.flush_usage()
 
     def pin(self, keys: Iterable[str]) -> None:
         """Entries with these keys (the configured exhibit lines) are never evicted."""
@@ -92,20 +194,35 @@ class PhraseCache:
             raise ValueError(f"not a cache key: {key!r}")
         return self.root / f"{key}{SUFFIX}"
 
-    def get(self, key: str) -> Entry | None:
-        """The verified entry, or None when absent or corrupt (a corrupt one is removed)."""
+    def open_entry(self, key: str) -> CachedAudio | None:
+        """The entry opened for playing, its first block verified; None when absent or corrupt (a corrupt one is
+        removed). Writes nothing: the use is noted in memory."""
         path = self.path_for(key)
         try:
-            entry = _read_entry(path, key)
+            audio = CachedAudio(path, key)
         except FileNotFoundError:
             return None
         except (CorruptEntry, OSError) as exc:
-            log.warning("cache entry %s is corrupt and was removed: %s", key[:12], exc)
-            _unlink(path)
+            self.discard(key, str(exc))
             return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mtime doubles as "last used" for LRU eviction
-        return entry
+        self._touch(key)
+        return audio
+
+    def get(self, key: str) -> Entry | None:
+        """The whole entry, verified; None when absent or corrupt (a corrupt one is removed)."""
+        audio = self.open_entry(key)
+        if audio is None:
+            return None
+        try:
+            return Entry(audio.info, audio.pcm)
+        except (CorruptEntry, OSError) as exc:
+            self.discard(key, str(exc))
+            return None
+
+    def discard(self, key: str, reason: str) -> None:
+        """Remove an entry found corrupt, and say so."""
+        log.warning("cache entry %s is corrupt and was removed: %s", key[:12], reason)
+        _unlink(self.path_for(key))
 
     def remove(self, key: str) -> None:
         _unlink(self.path_for(key))
@@ -115,23 +232,36 @@ class PhraseCache:
 
     def put(self, key: str, pcm: bytes, *, fmt: AudioFormat, text: str, identity: dict) -> EntryInfo:
         """Commit an entry atomically (temp, fsync, rename, directory fsync), then evict down to the cap."""
-        header = {
-            "v": _VERSION,
-            "key": key,
-            "length": len(pcm),
-            "sha256": hashlib.sha256(pcm).hexdigest(),
-            "format": [fmt.rate, fmt.channels, fmt.sample_width],
-            "engine": identity.get("engine", "?"),
-            "identity": identity,
-            "text": text,
-            "created": time.time(),
-        }
+        header = _header(key, pcm, fmt, text, identity, created=self._clock())
+        self._write(key, header, pcm)
+        self._touch(key)
+        self.evict()
+        return _info(header, self._clock())
+
+    def migrate(self, key: str) -> bool:
+        """Rewrite an entry of the first format in the block format (verified whole first); False if there was
+        nothing to do. A corrupt entry is removed."""
+        try:
+            with CachedAudio(self.path_for(key), key) as audio:
+                if not audio.legacy:
+                    return False
+                header = json.loads(_header_line(self.path_for(key)))
+                pcm = audio.pcm
+        except FileNotFoundError:
+            return False
+        except (CorruptEntry, OSError, ValueError) as exc:
+            self.discard(key, str(exc))
+            return False
+        new = _header(key, pcm, audio.info.fmt, audio.info.text, header["identity"], created=audio.info.created)
+        self._write(key, new, pcm)
+        log.info("cache entry %s rewritten in the block format", key[:12])
+        return True
+
+    def _write(self, key: str, header: dict, pcm: bytes) -> None:
         try:
             write_atomically(self.path_for(key), json.dumps(header, ensure_ascii=False).encode() + b"\n", pcm)
         except OSError as exc:
             raise CacheError(f"cannot write cache entry in {self.root}: {exc.strerror or exc}") from exc
-        self.evict()
-        return _info(header, time.time())
 
     def entries(self) -> Iterator[Path]:
         try:
@@ -144,22 +274,31 @@ class PhraseCache:
         infos = []
         for path in self.entries():
             try:
-                infos.append(_read_header(path, path.stem)[0])
+                with open(path, "rb") as f:
+                    info, _, _ = _parse_header(f, path.stem)
             except (CorruptEntry, OSError):
                 continue
+            infos.append(_with_last_used(info, self.last_used(path.stem, info.created)))
         return infos
 
     def verify(self) -> tuple[int, list[tuple[str, str]]]:
-        """Check every entry; remove the corrupt ones. Returns (entries ok, [(file name, reason) removed])."""
-        ok, removed = 0, []
+        """Check every block of every entry; remove the corrupt ones; rewrite entries of the first format in the
+        block format (counted in `migrated`). Returns (entries ok, [(file name, reason) removed])."""
+        ok, removed, self.migrated = 0, [], 0
         for path in self.entries():
             try:
-                _read_entry(path, path.stem)
-                ok += 1
+                with CachedAudio(path, path.stem) as audio:
+                    for _ in audio.blocks():
+                        pass
+                    legacy = audio.legacy
             except (CorruptEntry, OSError) as exc:
                 log.warning("cache entry %s is corrupt and was removed: %s", path.name, exc)
                 _unlink(path)
                 removed.append((path.name, str(exc)))
+                continue
+            ok += 1
+            if legacy and self.migrate(path.stem):
+                self.migrated += 1
         return ok, removed
 
     def remove_stale_temps(self) -> int:
@@ -180,45 +319,138 @@ class PhraseCache:
         files = [(p, st) for p in self.entries() if (st := _stat(p))]
         total = sum(st.st_size for _, st in files)
         removed = []
-        for path, st in sorted(files, key=lambda f: f[1].st_mtime):
-            if total <= limit:
-                break
-            if path.stem in self._pinned:
-                continue
-            _unlink(path)
-            total -= st.st_size
-            removed.append(path.stem)
+        if total > limit:
+            for path, st in sorted(files, key=lambda f: self.last_used(f[0].stem, f[1].st_mtime)):
+                if total <= limit:
+                    break
+                if path.stem in self._pinned:
+                    continue
+                _unlink(path)
+                total -= st.st_size
+                removed.append(path.stem)
+        try:
+            self.flush_usage()  # the disk is being written anyway (a new entry, an eviction): save the order too
+        except CacheError as exc:
+            log.warning("%s", exc)
         if total > limit:
             log.warning("cache holds %d bytes of pinned lines, over its %d byte cap", total, limit)
         return removed
 
+    # -- last use, kept in memory
 
-def _read_header(path: Path, key: str) -> tuple[EntryInfo, dict, int]:
+    def last_used(self, key: str, default: float) -> float:
+        """When the entry was last played or written; `default` (its file's time) if that was never noted."""
+        with self._lock:
+            used = self._used.get(key)
+            return used if used is not None else self._saved_usage().get(key, default)
+
+    def _touch(self, key: str) -> None:
+        with self._lock:
+            self._used[key] = self._clock()
+
+    def flush_usage(self) -> None:
+        """Save the last-used times to the index file (atomically), merged with what another process saved."""
+        with self._lock:
+            if not self._used:
+                return
+            used, self._used = self._used, {}
+            self._saved = None  # re-read: `kiosk cache` commands may have written it meanwhile
+            merged = dict(self._saved_usage())
+            for key, at in used.items():
+                merged[key] = max(at, merged.get(key, at))
+            live = {p.stem for p in self.entries()}
+            merged = {k: v for k, v in merged.items() if k in live}
+            try:
+                write_atomically(self.root / USAGE_FILE, json.dumps({"v": 1, "used": merged}).encode())
+            except OSError as exc:
+                self._used = {**used, **self._used}
+                raise CacheError(f"cannot save the cache's last-used times: {exc.strerror or exc}") from exc
+            self._saved = merged
+
+    def _saved_usage(self) -> dict[str, float]:
+        if self._saved is None:
+            try:
+                saved = json.loads((self.root / USAGE_FILE).read_bytes())["used"]
+                self._saved = {str(k): float(v) for k, v in saved.items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                self._saved = {}
+        return self._saved
+
+
+class _Flusher:
+    """One daemon thread per process that saves every open cache's last-used times every USAGE_FLUSH_S; started
+    by the first `open()`, so that no press ever pays for starting it."""
+
+    def __init__(self) -> None:
+        self._caches: weakref.WeakSet[PhraseCache] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, cache: PhraseCache) -> None:
+        with self._lock:
+            self._caches.add(cache)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cache-usage", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(USAGE_FLUSH_S)
+            with self._lock:
+                caches = list(self._caches)
+            for cache in caches:
+                try:
+                    cache.flush_usage()
+                except CacheError as exc:
+                    log.warning("%s", exc)
+
+
+_FLUSHER = _Flusher()
+
+
+def _header(key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *, created: float) -> dict:
+    return {
+        "v": _VERSION,
+        "key": key,
+        "length": len(pcm),
+        "block": BLOCK_BYTES,
+        "hash": f"blake2b-{8 * _DIGEST_BYTES}",
+        "blocks": [block_digest(pcm[i : i + BLOCK_BYTES]) for i in range(0, len(pcm), BLOCK_BYTES)],
+        "format": [fmt.rate, fmt.channels, fmt.sample_width],
+        "engine": identity.get("engine", "?"),
+        "identity": identity,
+        "text": text,
+        "created": created,
+    }
+
+
+def _header_line(path: Path) -> bytes:
     with open(path, "rb") as f:
-        line = f.readline(_MAX_HEADER)
-        st = os.fstat(f.fileno())
+        return f.readline(_MAX_HEADER)
+
+
+def _parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
+    """(info, header, offset of the audio) of the entry open as `f` (positioned at its start)."""
+    line = f.readline(_MAX_HEADER)
     if not line.endswith(b"\n"):
         raise CorruptEntry("header is truncated")
     try:
         header = json.loads(line)
-        info = _info(header, st.st_mtime)
+        info = _info(header, float(header["created"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptEntry(f"header is unreadable ({exc})") from exc
-    if header.get("v") != _VERSION or header.get("key") != key:
+    if header.get("v") not in (_VERSION, _LEGACY_VERSION) or header.get("key") != key:
         raise CorruptEntry("header does not belong to this entry")
     return info, header, len(line)
 
 
-def _read_entry(path: Path, key: str) -> Entry:
-    info, _, header_len = _read_header(path, key)
-    with open(path, "rb") as f:
-        f.seek(header_len)
-        pcm = f.read(info.length + 1)
-    if len(pcm) != info.length:
-        raise CorruptEntry(f"holds {len(pcm)} audio bytes, header says {info.length}")
-    if hashlib.sha256(pcm).hexdigest() != info.sha256:
-        raise CorruptEntry("audio does not match its SHA-256")
-    return Entry(info, pcm)
+def _digests(header: dict, length: int) -> list[str]:
+    digests = header.get("blocks")
+    if header.get("block") != BLOCK_BYTES or not isinstance(digests, list):
+        raise CorruptEntry("header lacks the block hashes")
+    if len(digests) != -(-length // BLOCK_BYTES) or not all(isinstance(d, str) for d in digests):
+        raise CorruptEntry(f"header has {len(digests)} block hashes for {length} audio bytes")
+    return digests
 
 
 def _info(header: dict, last_used: float) -> EntryInfo:
@@ -229,10 +461,13 @@ def _info(header: dict, last_used: float) -> EntryInfo:
         engine=header["engine"],
         fmt=AudioFormat(int(rate), int(channels), int(width)),
         length=int(header["length"]),
-        sha256=str(header["sha256"]),
         created=float(header["created"]),
         last_used=last_used,
     )
+
+
+def _with_last_used(info: EntryInfo, last_used: float) -> EntryInfo:
+    return EntryInfo(info.key, info.text, info.engine, info.fmt, info.length, info.created, last_used)
 
 
 def _writer_alive(tmp: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Command line: `kiosk say`, `kiosk cache list|verify|prune`.
+"""Command line: `kiosk say`, `kiosk cache list|verify|prune`, `kiosk fleet status|say`.
 
 Expected faults (bad config, no key, server down, bad device) are one line on stderr and a non-zero exit:
 1 for a fault at run time, 2 for a bad config or bad arguments.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import os
@@ -19,7 +20,7 @@ from kiosk import __version__, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
-from kiosk.config import DEFAULT_CONFIG_PATH, Config, load_config, text_problem
+from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
 from kiosk.service import build_cache, build_chain, build_player, open_announcer, run_service
 from kiosk.warm import warm
@@ -98,13 +99,28 @@ def _parser() -> argparse.ArgumentParser:
         "warm", parents=[common], help="synthesize every configured line the cache lacks; report coverage"
     ).set_defaults(func=cmd_cache_warm)
     cache_commands.add_parser(
-        "verify", parents=[common], help="check every entry, remove corrupt ones and leftover temp files"
+        "verify",
+        parents=[common],
+        help="check every block of every entry, remove corrupt ones and leftover temp files, rewrite old entries",
     ).set_defaults(func=cmd_cache_verify)
     prune = cache_commands.add_parser(
         "prune", parents=[common], help="evict least recently used ad-hoc lines down to the size cap"
     )
     prune.add_argument("--max-mb", type=float, help="size cap for this run (default: cache.max_mb)")
     prune.set_defaults(func=cmd_cache_prune)
+
+    fleet = commands.add_parser("fleet", help="every speaker on the museum's MQTT broker (mqtt: in the config)")
+    fleet_commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    fleet_commands.add_parser(
+        "status", parents=[common], help="a table of every speaker seen on the broker"
+    ).set_defaults(func=cmd_fleet_status)
+    fleet_say = fleet_commands.add_parser("say", parents=[common], help="speak a configured line on speakers")
+    target = fleet_say.add_mutually_exclusive_group(required=True)
+    target.add_argument("--all", action="store_true", help="every speaker")
+    target.add_argument("--group", metavar="G", help="the speakers in group G (mqtt.groups)")
+    target.add_argument("--device", metavar="ID", help="one speaker (its mqtt.device_id)")
+    fleet_say.add_argument("phrase", metavar="PHRASE", help="the id of a configured line")
+    fleet_say.set_defaults(func=cmd_fleet_say)
     return parser
 
 
@@ -249,7 +265,8 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     ok, removed = cache.verify()
     for name, reason in removed:
         print(f"removed {name}: {reason}")
-    print(f"{ok} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed")
+    migrated = f", {cache.migrated} rewritten in the block format" if cache.migrated else ""
+    print(f"{ok} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed{migrated}")
     return EXIT_FAULT if removed else 0
 
 
@@ -263,3 +280,63 @@ def cmd_cache_prune(args: argparse.Namespace) -> int:
         f"cache now {cache.total_bytes() / 1e6:.1f} MB"
     )
     return 0
+
+
+def _mqtt(args: argparse.Namespace) -> MqttConfig:
+    cfg = _config(args)
+    if not cfg.mqtt.enabled:
+        raise ConfigError([f"mqtt.host: not set in {args.config}; the fleet commands talk to the museum's broker"])
+    return cfg.mqtt
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from kiosk.fleet.mqtt import fleet_status
+
+    mqtt = _mqtt(args)
+    speakers = asyncio.run(fleet_status(mqtt))
+    if not speakers:
+        print(f"no speakers under {mqtt.prefix}/ on {mqtt.host}:{mqtt.port}")
+        return 0
+    print(f"{'SPEAKER':20} {'ONLINE':7} {'LINES':>7}  {'LAST PRESS':16}  PROBLEMS")
+    for device, seen in speakers.items():
+        online = {"online": "yes", "offline": "no"}.get(seen["availability"], "?")
+        lines, last, problem = _fleet_row(seen["status"])
+        print(f"{_printable(device)[:20]:20} {online:7} {lines:>7}  {last:16}  {_printable(problem)}")
+    return 0
+
+
+def _fleet_row(status: dict) -> tuple[str, str, str]:
+    """Lines ready, last press and problems from a speaker's retained status (untrusted: any field may be odd)."""
+    ready, configured = status.get("lines_ready"), status.get("lines_configured")
+    lines = f"{ready}/{configured}" if isinstance(ready, int) and isinstance(configured, int) else "?"
+    pressed, last = status.get("last_press"), "-"
+    if isinstance(pressed, int | float) and not isinstance(pressed, bool):  # localtime(None) would be now
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            last = time.strftime("%Y-%m-%d %H:%M", time.localtime(pressed))
+    problems = status.get("problems")
+    problems = [str(p) for p in problems if p] if isinstance(problems, list) else []
+    if not problems:
+        return lines, last, "none"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return lines, last, problems[0][:70] + more
+
+
+def cmd_fleet_say(args: argparse.Namespace) -> int:
+    from kiosk.fleet.mqtt import send_command
+    from kiosk.fleet.topics import target_base
+
+    mqtt = _mqtt(args)
+    for what, name in (("--group", args.group), ("--device", args.device), ("PHRASE", args.phrase)):
+        if name is not None and not PHRASE_ID.fullmatch(name):
+            raise ConfigError([f"fleet say: {what} {name!r} is not a name (lowercase letters, digits, '-' and '_')"])
+    base = target_base(mqtt.prefix, device=args.device, group=args.group)
+    errors = asyncio.run(send_command(mqtt, base, "play", {"phrase": args.phrase}))
+    print(f"sent '{args.phrase}' to {base}/play")
+    for error in errors:
+        print(f"{_printable(error['device'])}: {_printable(str(error.get('error')))}", file=sys.stderr)
+    return EXIT_FAULT if errors else 0
+
+
+def _printable(text: str) -> str:
+    """Text from the broker, safe for a terminal: no control characters."""
+    return "".join(c if c.isprintable() else "?" for c in text)

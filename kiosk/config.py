@@ -15,6 +15,8 @@ import ipaddress
 import math
 import os
 import re
+import socket
+import stat
 import sys
 import types
 import typing
@@ -181,6 +183,7 @@ class AudioConfig:
     preroll_max_ms: int = _bounded(3000, 0, 30000)  # the longest a line is held after its first byte
     period_ms: int = _bounded(40, 5, 200)
     buffer_periods: int = _bounded(4, 2, 32)
+    chime: str = field(default="none", metadata=_NONEMPTY)  # none, soft, or a WAV file played at once for a new line
 
 
 @dataclass(frozen=True)
@@ -224,6 +227,58 @@ class HistoryConfig:
     keep_days: int = _bounded(400, 1, 3650)
 
 
+#: One MQTT topic level naming a speaker or a group: lowercase, so that a topic is spelled one way.
+_TOPIC_LEVEL = {
+    "pattern": re.compile(r"[a-z0-9][a-z0-9_-]{0,63}"),
+    "pattern_help": "1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit",
+}
+_TOPIC_PREFIX = {
+    "pattern": re.compile(r"(?=.{1,100}$)[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*"),
+    "pattern_help": "MQTT topic levels of letters, digits, '-' and '_', separated by '/' (no wildcards)",
+}
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """Fleet control through the museum's MQTT broker (off while `host` is empty); see kiosk.fleet."""
+
+    host: str | None = None  # empty: off
+    port: int = _bounded(1883, 1, 65535)
+    prefix: str = field(default="kiosk", metadata=_TOPIC_PREFIX)
+    device_id: str | None = None  # empty: this machine's host name, lowercased
+    username: str | None = None
+    password_file: Path | None = None  # mode 0600: a file others can read is refused
+    tls_ca_file: Path | None = None  # set: TLS, the broker's certificate checked against this CA
+    groups: tuple[str, ...] = field(default=(), metadata=_TOPIC_LEVEL)
+    discovery: bool = True  # Home Assistant MQTT discovery
+    discovery_prefix: str = field(default="homeassistant", metadata=_TOPIC_PREFIX)
+    keepalive_s: int = _bounded(30, 5, 3600)  # a speaker gone silent is reported offline after about 1.5 times this
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host and self.host.strip())
+
+    def device(self) -> str:
+        """This speaker's name in topics: `device_id`, else the host name lowercased (made a valid topic level)."""
+        return self.device_id or default_device_id()
+
+
+def default_device_id(hostname: str | None = None) -> str:
+    """The host name as one topic level: lowercase, any other character than a-z 0-9 - _ made '-'."""
+    name = re.sub(r"[^a-z0-9_-]", "-", (hostname or socket.gethostname()).lower()).strip("-_")[:64]
+    return name or "kiosk"
+
+
+@dataclass(frozen=True)
+class OscConfig:
+    """OSC show control over UDP: /kiosk/play <phrase>, /kiosk/stop, /kiosk/volume <0-100>. Off by default."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = _bounded(9000, 0, 65535)  # 0: any free port
+    allow_from: tuple[str, ...] = ()  # addresses of show controllers; empty: any sender that can reach `bind`
+
+
 @dataclass(frozen=True)
 class Config:
     audio: AudioConfig = AudioConfig()
@@ -234,6 +289,8 @@ class Config:
     api: ApiConfig = ApiConfig()
     staff: StaffConfig = StaffConfig()
     history: HistoryConfig = HistoryConfig()
+    mqtt: MqttConfig = MqttConfig()
+    osc: OscConfig = OscConfig()
     buttons: tuple[ButtonConfig, ...] = ()
     quiet_hours: tuple[QuietHours, ...] = ()
     opening_hours: tuple[OpeningHours, ...] = ()  # empty: always open
@@ -685,7 +742,55 @@ def _cross_check(cfg: Config) -> list[str]:
             if pin in used:
                 problems.append(f"{where}.{role}: GPIO {pin} is already used by {used[pin]}")
             used[pin] = f"{where}.{role}"
+    return problems + _fleet_problems(cfg)
+
+
+def _fleet_problems(cfg: Config) -> list[str]:
+    """MQTT and OSC: a device id that is a topic level, credentials no one else can read, addresses."""
+    problems = []
+    mqtt = cfg.mqtt
+    if mqtt.device_id and not _TOPIC_LEVEL["pattern"].fullmatch(mqtt.device_id):
+        problems.append(f"mqtt.device_id: {_show(repr(mqtt.device_id))} is not {_TOPIC_LEVEL['pattern_help']}")
+    elif mqtt.device() in ("all", "group"):
+        problems.append(f"mqtt.device_id: '{mqtt.device()}' is a reserved topic level; choose another name")
+    if mqtt.host and any(c.isspace() or c in "/#+" for c in mqtt.host.strip()):
+        problems.append(f"mqtt.host: {_show(repr(mqtt.host))} is not a host name or address")
+    if mqtt.password_file is not None and not mqtt.username:
+        problems.append("mqtt.username: must be set when mqtt.password_file is")
+    if mqtt.enabled and mqtt.password_file is not None:
+        problem = _private_file_problem(mqtt.password_file)
+        if problem:
+            problems.append(f"mqtt.password_file: {problem}")
+    if mqtt.enabled and mqtt.tls_ca_file is not None and not os.access(mqtt.tls_ca_file, os.R_OK):
+        problems.append(f"mqtt.tls_ca_file: cannot read {_show(mqtt.tls_ca_file, 200)}")
+    if not _is_ip(cfg.osc.bind) and cfg.osc.bind != "localhost":
+        problems.append(f"osc.bind: {_show(repr(cfg.osc.bind))} is not an IP address")
+    for i, address in enumerate(cfg.osc.allow_from):
+        if not _is_ip(address):
+            problems.append(f"osc.allow_from[{i}]: {_show(repr(address))} is not an IP address")
     return problems
+
+
+def _private_file_problem(path: Path) -> str | None:
+    """Why a secret file is unusable: missing, unreadable, or readable by the group or others."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot read {_show(path, 200)} ({exc.strerror or exc})"
+    if mode & 0o077:
+        return (
+            f"{_show(path, 200)} can be read by others (mode {stat.S_IMODE(mode):04o}); "
+            f"make it private: chmod 600 {_show(path, 200)}"
+        )
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

@@ -24,6 +24,7 @@ from kiosk.alsa_output import AlsaOutput, set_volume
 from kiosk.announcer import Announcer, SampleStream
 from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
+from kiosk.chime import Chime, load_chime
 from kiosk.config import (
     AudioConfig,
     ButtonConfig,
@@ -35,6 +36,7 @@ from kiosk.config import (
 )
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError, SpeechError
+from kiosk.fleet import Fleet
 from kiosk.history import History, Outcome
 from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
@@ -124,7 +126,7 @@ async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) ->
     player = build_player(cfg.audio, open_sink)
     player.start()
     try:
-        announcer = Announcer(engines=engines, cache=cache, player=player)
+        announcer = Announcer(engines=engines, cache=cache, player=player)  # no press to answer: no chime
         announcer.pin_lines(list(cfg.phrases.values()))
         await player.open_device(engines.primary.fmt)
         yield announcer
@@ -166,6 +168,7 @@ class Service:
         self._now = now  # local time of day: opening hours, quiet hours, the schedule
         self.history = History(cfg.history.file, keep_days=cfg.history.keep_days)
         self.events_log = EventLog(self.history)
+        self.fleet = Fleet(self)  # MQTT and OSC (kiosk.fleet): off unless configured
         self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
         self.supervisor = Supervisor(on_event=self.event)
         self.device = DeviceKeeper(
@@ -223,6 +226,7 @@ class Service:
         run("device", self.device.run)
         run("history", self.history.run)
         run("schedule", self.scheduler.run)
+        self._start_fleet(cfg)
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
         device = cfg.audio.device
         problem = self.device.problem
@@ -299,8 +303,17 @@ class Service:
         if self.buttons:
             self.buttons.close()
         self._start_buttons(new.buttons)
+        self._start_fleet(new)
         if (old.api.bind, old.api.port, old.history.file) != (new.api.bind, new.api.port, new.history.file):
             log.warning("api.bind, api.port and history.file changes take effect after a restart")
+
+    def _start_fleet(self, cfg: Config) -> None:
+        """The MQTT link and the OSC listener, each a supervised child while configured."""
+        for name, job in self.fleet.jobs(cfg).items():
+            if job is None:
+                self.supervisor.cancel(name)
+            else:
+                self.supervisor.start(name, job)
 
     async def _open_cache(self, cfg: Config) -> PhraseCache:
         """The phrase cache; a read-only, full or missing cache directory is reported, never fatal."""
@@ -317,7 +330,16 @@ class Service:
         return cache
 
     def _new_announcer(self) -> Announcer:
-        return Announcer(engines=self.engines, cache=self.cache, player=self.player, io=self._audio_io)
+        chime = self._load_chime()
+        return Announcer(engines=self.engines, cache=self.cache, player=self.player, io=self._audio_io, chime=chime)
+
+    def _load_chime(self) -> Chime | None:
+        """The chime; one that cannot be read is reported and left out, never a reason not to start."""
+        try:
+            return load_chime(self.cfg.audio.chime, self.engine.fmt)
+        except ConfigError as exc:
+            self.event(f"no chime: {exc.problems[0]}")
+            return None
 
     def _new_player(self, cfg: Config) -> Player:
         player = build_player(cfg.audio, self._open_sink)
@@ -356,6 +378,7 @@ class Service:
     def _press(self, button: ButtonConfig) -> None:
         self.last_pressed[button.pin] = time.time()
         self.metrics.presses.labels(str(button.pin)).inc()
+        self.fleet.pressed(button)
         if button.action == "stop":
             self.stop_speaking()
             return
@@ -516,9 +539,11 @@ class Service:
         if req.state in ("done", "stopped", "failed") and req.trace is not None:
             self.board.finished(req)
             self.device.playback_failed()
+        self.fleet.request_changed(req)
 
     def event(self, text: str) -> None:
         self.events_log.add(text)
+        self.fleet.status_changed()
 
     # -- what the API and staff page read
 

@@ -133,6 +133,7 @@ class StatusBoard:
             "warm": dict(s.warm),
             "open": s.cfg.is_open(s.local_time()),
             "next_announcement": s.scheduler.next_announcement(),
+            **s.fleet.status(),  # "mqtt" and "osc": each link's state
             "problems": problems,
             "headline": "All good" if not problems else f"Needs attention: {problems[0]}",
             "events": s.events_log.recent(),
@@ -173,7 +174,7 @@ class StatusBoard:
         ok, why = self.health()
         if not ok:
             problems.append(f"The speaker is not working: {why}. The service will be restarted.")
-        return problems + s.supervisor.problems()
+        return problems + s.fleet.problems() + s.supervisor.problems()
 
     def ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""

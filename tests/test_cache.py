@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cache_writer import LINES, expected_pcm, key_for
 
-from kiosk.cache import PhraseCache, cache_key
+from kiosk.cache import BLOCK_BYTES, PhraseCache, cache_key
 from kiosk.pcm import OPENAI_PCM, AudioFormat
 
 IDENTITY = {"engine": "openai", "model": "m", "voice": "v", "instructions": "", "speed": 1.0}
@@ -55,7 +55,8 @@ def test_round_trip_and_listing(tmp_path):
         lambda raw: raw[:-100] + bytes(100),  # flipped audio
         lambda raw: raw[:20],  # truncated header
         lambda raw: b"",  # empty file
-        lambda raw: raw.replace(b'"v": 1', b'"v": 9', 1),  # unknown version
+        lambda raw: raw.replace(b'"v": 2', b'"v": 9', 1),  # unknown version
+        lambda raw: raw.replace(b'"blocks": ["', b'"blocks": ["0', 1),  # a block hash changed
     ],
 )
 def test_corrupt_entry_is_removed_logged_and_never_served(tmp_path, caplog, damage):
@@ -77,17 +78,26 @@ def test_entry_under_another_key_is_refused(tmp_path):
     assert cache.get(key_b) is None
 
 
+class Clock:
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_lru_eviction_keeps_pinned_lines(tmp_path):
-    cache = PhraseCache(tmp_path, 35_000).open()
-    pinned = put(cache, "pinned exhibit line", bytes(10_000))
+    clock = Clock()
+    cache = PhraseCache(tmp_path, 35_000, clock=clock).open()
+    pinned = put(cache, "pinned exhibit line", bytes(10_000))  # least recently used of all, but pinned
     cache.pin([pinned])
+    clock.now += 100
     old = put(cache, "old ad-hoc", bytes(10_000))
+    clock.now += 10
     recent = put(cache, "recent ad-hoc", bytes(10_000))
-    past = time.time() - 3600
-    os.utime(cache.path_for(pinned), (past - 100, past - 100))  # least recently used of all, but pinned
-    os.utime(cache.path_for(old), (past, past))
-    os.utime(cache.path_for(recent), (past + 10, past + 10))
+    clock.now += 10
     cache.get(old)  # a hit makes it recently used
+    clock.now += 10
     put(cache, "newest ad-hoc", bytes(10_000))
     assert cache.contains(pinned) and cache.contains(old)
     assert not cache.contains(recent)
@@ -157,4 +167,4 @@ def test_sigkill_mid_write_never_leaves_a_torn_entry(tmp_path):
     assert removed == [] and ok == len(list(cache.entries()))
     assert list(tmp_path.glob(".*.tmp")) == []
     header = json.loads(next(cache.entries()).read_bytes().split(b"\n", 1)[0])
-    assert header["length"] > 0 and len(header["sha256"]) == 64
+    assert header["length"] > 0 and len(header["blocks"]) == -(-header["length"] // BLOCK_BYTES)

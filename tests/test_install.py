@@ -7,6 +7,7 @@ coming from pip's cache or package index as on a Pi, so the first install takes 
 
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -308,3 +309,35 @@ def test_bad_arguments_exit_2_with_usage(args):
     assert result.stdout == ""
     assert "install.sh: " in result.stderr
     assert "--uninstall" in result.stderr and "--root DIR" in result.stderr  # the usage text
+
+
+def test_as_a_user_with_sudo_all_apt_work_is_one_sudo_call(tmp_path):
+    """Run as `nobody` (not root), the plan asks sudo once, for apt update and install together; nothing else the
+    plan runs goes through sudo."""
+    if os.getuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root to run the installer as another user (runuser)")
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-r", str(INSTALL)], timeout=30, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"user nobody cannot read {INSTALL}")
+    root = tmp_path / "machine"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHON": PYTHON, "HOME": "/nonexistent"}
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", str(INSTALL), "--dry-run", "--root", str(root)],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    ok(result)
+    lines = would_run(result)
+    with_sudo = [line for line in lines if line.split()[0] == "sudo"]
+    assert len(with_sudo) == 1, lines
+    words = with_sudo[0].split()
+    assert words[:3] == ["sudo", "sh", "-c"]
+    assert "apt-get update -qq &&" in with_sudo[0] and "apt-get install -y" in with_sudo[0]
+    for pkg in ("python3-venv", "python3-dev", "gcc", "libasound2-dev", "alsa-utils"):
+        assert pkg in words
+    assert not any("apt-get" in line for line in lines if line not in with_sudo)
+    assert not root.exists()

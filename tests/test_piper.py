@@ -1,6 +1,9 @@
 """The local Piper voice: speaks with no key and no network, at its own rate, and is cached like any engine."""
 
 import asyncio
+import subprocess
+import sys
+import threading
 import wave
 
 import pytest
@@ -41,3 +44,100 @@ async def test_uncached_line_spoken_by_piper_then_from_cache(tmp_path, no_key):
         assert w.getframerate() == 22_050
         audio = w.readframes(w.getnframes())
     assert max(abs(int.from_bytes(audio[i : i + 2], "little", signed=True)) for i in range(0, 20_000, 2)) > 1000
+
+
+LION = (
+    "Carved from a single block of white marble in 1821, this sleeping lion once guarded the gate of a banker's "
+    "house in Lucerne, and it was slowly carried over the mountains by boat, by cart and at last by hand."
+)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from kiosk.config import PiperConfig
+    from kiosk.speech.piper_engine import PiperEngine
+
+    piper = PiperEngine(PiperConfig())
+    asyncio.run(piper.load())
+    return piper
+
+
+class HeldModel:
+    """Wraps the model run: from the second run on, each waits (bounded) until audio has been handed on, and notes
+    whether it had been by then."""
+
+    def __init__(self, monkeypatch):
+        from piper import PiperVoice
+
+        self.runs: list[int] = []  # phoneme ids per run
+        self.delivered = threading.Event()
+        self.audio_before_second_run: bool | None = None
+        real = PiperVoice.phoneme_ids_to_audio
+
+        def run(voice, phoneme_ids, *args, **kwargs):
+            if self.runs and self.audio_before_second_run is None:
+                self.audio_before_second_run = self.delivered.wait(timeout=10)
+            self.runs.append(len(phoneme_ids))
+            return real(voice, phoneme_ids, *args, **kwargs)
+
+        monkeypatch.setattr(PiperVoice, "phoneme_ids_to_audio", run)
+
+    def on_audio(self, chunk: bytes) -> None:
+        self.delivered.set()
+
+
+async def test_a_long_sentence_is_spoken_clause_by_clause_as_each_is_made(engine, monkeypatch):
+    """The 40-word sentence goes to the model as four clauses, and the first clause's audio is handed on before
+    the second is made (the second run waits for it: were the audio held back, it would wait in vain)."""
+    model = HeldModel(monkeypatch)
+    chunks: list[bytes] = []
+
+    def on_audio(chunk: bytes) -> None:
+        chunks.append(chunk)
+        model.on_audio(chunk)
+
+    await asyncio.wait_for(engine.synthesize(LION, on_audio), timeout=60)
+    assert len(model.runs) == 4 and model.audio_before_second_run is True
+    assert model.runs[0] < sum(model.runs) / 2  # the first run is one clause, not the sentence
+    assert sum(map(len, chunks)) > 2 * 22_050 * 8  # more than 8 s of speech in all
+
+
+async def test_each_sentence_of_a_piece_is_handed_on_as_soon_as_it_is_made(engine, monkeypatch):
+    """Piper yields a piece's sentences one by one: the first is handed on before the second is made."""
+    import kiosk.speech.piper_engine as piper_engine
+
+    monkeypatch.setattr(piper_engine, "speech_pieces", lambda text, limit: [text])  # two sentences, one piece
+    model = HeldModel(monkeypatch)
+    await asyncio.wait_for(engine.synthesize("Look closely at the crystal. You may touch it.", model.on_audio), 60)
+    assert len(model.runs) == 2 and model.audio_before_second_run is True
+
+
+async def test_a_cancelled_line_stops_the_worker(engine):
+    got: list[bytes] = []
+    task = asyncio.ensure_future(engine.synthesize(LION, got.append))
+    while not got:
+        await asyncio.wait_for(asyncio.sleep(0.01), 1)
+        assert not task.done() or got
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    heard = len(got)
+    await asyncio.sleep(1.0)  # the worker may finish the clause it was making, and hands nothing more on
+    assert len(got) == heard
+
+
+def test_the_model_session_suits_a_small_device(engine):
+    options = engine._loaded_voice().session.get_session_options()
+    assert options.enable_cpu_mem_arena is False
+
+
+def test_a_voice_that_is_not_loaded_costs_no_onnxruntime():
+    code = (
+        "import sys\n"
+        "from kiosk.config import PiperConfig\n"
+        "from kiosk.speech.piper_engine import PiperEngine\n"
+        "engine = PiperEngine(PiperConfig())\n"
+        "print(engine.fmt.rate, 'onnxruntime' in sys.modules, 'piper' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["22050", "False", "False"], done.stderr

@@ -1,18 +1,22 @@
 """The player on real ALSA: the `file` plugin for exact bytes, a PulseAudio null sink for timing and underruns."""
 
+import array
 import asyncio
 import math
 import random
 import struct
+import sys
 import time
 
 import pytest
 from conftest import file_sink_opener
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiosk.alsa_output import AlsaOutput
 from kiosk.errors import AudioError
 from kiosk.pcm import OPENAI_PCM
-from kiosk.player import Player
+from kiosk.player import Player, scale
 
 PERIOD_BYTES = OPENAI_PCM.bytes_for_ms(40)
 
@@ -216,3 +220,46 @@ async def test_adaptive_preroll_rides_out_a_bursty_network(pulse_device, streame
             assert stats.underruns >= 1
     finally:
         await asyncio.to_thread(player.close)
+
+
+# Software volume: no Python loop over the samples.
+
+
+def scale_before(pcm: bytes, gain: float) -> bytes:
+    """The implementation this replaced: a Python loop over every sample, truncating toward zero."""
+    samples = array.array("h", pcm)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    scaled = array.array("h", [int(s * gain) for s in samples])
+    if sys.byteorder == "big":
+        scaled.byteswap()
+    return scaled.tobytes()
+
+
+def samples_of(pcm: bytes) -> list[int]:
+    return [int.from_bytes(pcm[i : i + 2], "little", signed=True) for i in range(0, len(pcm) - 1, 2)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pcm=st.binary(max_size=4000).map(lambda b: b[: len(b) // 2 * 2]),
+    gain=st.one_of(st.floats(0.0, 1.0), st.integers(0, 100).map(lambda pct: pct / 100)),
+)
+def test_scale_matches_the_loop_it_replaced(pcm, gain):
+    """Within 1 LSB of the old loop (which truncated; this rounds to nearest), exactly round(s * k / 65536) with
+    k = round(gain * 65536), the right length, and exact at gain 0 and 1."""
+    new = scale(pcm, gain, 2)
+    assert len(new) == len(pcm)
+    k = round(gain * 65536)
+    got = samples_of(new)
+    assert got == [(s * k + 32768) >> 16 for s in samples_of(pcm)]
+    assert all(abs(a - b) <= 1 for a, b in zip(got, samples_of(scale_before(pcm, gain)), strict=True))
+
+
+def test_scale_extremes():
+    edge = struct.pack("<4h", -32768, 32767, -1, 1)
+    assert scale(edge, 1.0, 2) == edge
+    assert scale(edge, 0.0, 2) == bytes(8)
+    assert samples_of(scale(edge, 0.5, 2)) == [-16384, 16384, 0, 1]  # rounded to nearest, halves up
+    with pytest.raises(AudioError):
+        scale(b"\0\0\0", 0.5, 3)

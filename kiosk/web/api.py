@@ -9,7 +9,6 @@ Triggers are rate-limited; the speaker's queue is bounded.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
 import json
 import logging
@@ -19,6 +18,20 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from kiosk.commands import (
+    MAX_BODY_BYTES,
+    CommandError,
+    IdempotencyKeys,
+    bad_idempotency_key,
+    check_choice,
+    parse_body,
+    refused,
+    string_field,
+    too_many,
+)
+from kiosk.commands import MAX_JSON_DEPTH as MAX_JSON_DEPTH
+from kiosk.commands import MAX_TEXT_CHARS as MAX_TEXT_CHARS
+from kiosk.commands import json_depth as json_depth
 from kiosk.errors import KioskError
 from kiosk.pcm import AudioFormat, wav_stream_header
 from kiosk.speaker import Rejected, Request
@@ -27,18 +40,10 @@ from kiosk.web.server import ConnectionLimits
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 16 * 1024
-MAX_TEXT_CHARS = 4096
-MAX_JSON_DEPTH = 8
 BODY_TIMEOUT_S = ConnectionLimits().body_timeout_s
-_REJECTED_STATUS = {"unknown_phrase": 404, "text_disabled": 403, "busy": 409, "queue_full": 409, "bad_text": 400}
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
+#: The rules and wording are shared with MQTT and OSC (kiosk.commands); over HTTP the status is the status code.
+ApiError = CommandError
 
 
 class Backend(Protocol):
@@ -133,61 +138,14 @@ async def _body(request: web.Request, allowed: set[str]) -> dict:
             raw = await request.read()
     except TimeoutError:
         raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
-    if not raw.strip():
-        return {}
-    if json_depth(raw) > MAX_JSON_DEPTH:
-        raise ApiError(400, f"body is nested more than {MAX_JSON_DEPTH} levels deep")
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "body must be JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return body
-
-
-def json_depth(raw: bytes) -> int:
-    """The deepest nesting of arrays and objects in JSON text, counted without parsing it (so a body of
-    thousands of brackets costs a scan, not a recursion)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return deepest
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
-
-
-def _string(body: dict, name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise ApiError(400, f"'{name}' must be a string")
-    return value
+    return parse_body(raw, allowed)
 
 
 async def play(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     body = await _body(request, {"phrase", "text"})
-    phrase, text = _string(body, "phrase"), _string(body, "text")
-    _check_choice(phrase, text)
+    phrase, text = string_field(body, "phrase"), string_field(body, "text")
+    check_choice(phrase, text)
     idempotency = request.app[IDEMPOTENCY]
     key = _idempotency_key(request)
     if key is not None:
@@ -196,62 +154,24 @@ async def play(request: web.Request) -> web.Response:
             return _json(202, earlier, {"Idempotent-Replayed": "true"})
     retry_after = backend.allow_trigger()
     if retry_after is not None:
-        raise ApiError(429, "too many requests", {"Retry-After": str(max(1, round(retry_after)))})
+        raise too_many(retry_after)
     try:
         req = backend.play(phrase=phrase, text=text, origin="api")
     except Rejected as exc:
-        raise ApiError(_REJECTED_STATUS.get(exc.reason, 409), str(exc)) from None
+        raise refused(exc) from None
     answer = {"id": req.id, "state": req.state}
     if key is not None:
         idempotency.put(key, (phrase, text), answer)
     return _json(202, answer)
 
 
-def _check_choice(phrase: str | None, text: str | None) -> None:
-    if (phrase is None) == (text is None):
-        raise ApiError(400, "give exactly one of 'phrase' or 'text'")
-    if text is not None and not text.strip():
-        raise ApiError(400, "'text' is empty")
-    if text is not None and len(text) > MAX_TEXT_CHARS:
-        raise ApiError(400, f"'text' is {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-
-
 def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
+    if bad_idempotency_key(key):
         raise ApiError(400, "Idempotency-Key must be 1 to 255 printable characters")
     return key
-
-
-class IdempotencyKeys:
-    """Accepted triggers by Idempotency-Key, for `window_s`: a show controller's retry gets the first answer
-    (the same playback id) and the line is not spoken twice. Only accepted triggers are remembered, so a retry of
-    a refused one (busy, rate-limited) is tried afresh. Bounded: the oldest keys go first."""
-
-    def __init__(self, window_s: float = 600, limit: int = 1000, clock: Callable[[], float] = time.monotonic):
-        self._window_s, self._limit, self._clock = window_s, limit, clock
-        self._answers: collections.OrderedDict[str, tuple[float, Any, dict]] = collections.OrderedDict()
-
-    def get(self, key: str, request: Any) -> dict | None:
-        self._expire()
-        found = self._answers.get(key)
-        if found is None:
-            return None
-        if found[1] != request:
-            raise ApiError(422, "this Idempotency-Key was already used for a different request")
-        return found[2]
-
-    def put(self, key: str, request: Any, answer: dict) -> None:
-        self._answers[key] = (self._clock() + self._window_s, request, answer)
-        while len(self._answers) > self._limit:
-            self._answers.popitem(last=False)
-
-    def _expire(self) -> None:
-        now = self._clock()
-        while self._answers and next(iter(self._answers.values()))[0] <= now:
-            self._answers.popitem(last=False)
 
 
 async def speech(request: web.Request) -> web.StreamResponse:
@@ -261,14 +181,14 @@ async def speech(request: web.Request) -> web.StreamResponse:
     if unknown:
         raise ApiError(400, f"unknown parameter(s): {', '.join(unknown)}; allowed: phrase, text")
     phrase, text = request.query.get("phrase"), request.query.get("text")
-    _check_choice(phrase, text)
+    check_choice(phrase, text)
     try:
         line = backend.line_text(phrase=phrase, text=text)
     except Rejected as exc:
-        raise ApiError(_REJECTED_STATUS.get(exc.reason, 409), str(exc)) from None
+        raise refused(exc) from None
     retry_after = backend.allow_trigger()
     if retry_after is not None:
-        raise ApiError(429, "too many requests", {"Retry-After": str(max(1, round(retry_after)))})
+        raise too_many(retry_after)
     return await stream_wav(request, backend, line)
 
 

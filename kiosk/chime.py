@@ -1,0 +1,68 @@
+"""The chime: a short sound played the moment a press is accepted for a line that is not ready offline, so the
+visitor hears at once that the button worked while the voice is being made.
+
+`audio.chime` is `none`, `soft` (built in: two soft bell tones, 0.35 s) or the path of a WAV file (mono, 16-bit).
+The chime is made or read once and kept in memory.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import sys
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiosk.errors import ConfigError
+from kiosk.pcm import AudioFormat
+
+SOFT_S = 0.35
+_SOFT_TONES = ((880.0, 0.16), (1318.5, 0.08))  # A5 and E6, a fifth apart: a doorbell, not an alarm
+_MAX_WAV_S = 3.0
+
+
+@dataclass(frozen=True)
+class Chime:
+    fmt: AudioFormat
+    pcm: bytes
+
+
+def load_chime(setting: str, fmt: AudioFormat) -> Chime | None:
+    """The chime for `audio.chime`; the built-in one at `fmt` (the voice's format, so the device need not be
+    reopened between chime and speech). Raises ConfigError for a WAV file that cannot be used."""
+    if setting == "none":
+        return None
+    if setting == "soft":
+        return Chime(fmt, soft_chime(fmt.rate))
+    return _read_wav(Path(setting))
+
+
+def soft_chime(rate: int) -> bytes:
+    """Two decaying sine tones with a 5 ms fade-in (no click), as 16-bit little-endian mono."""
+    frames = int(rate * SOFT_S)
+    fade_in = int(rate * 0.005)
+    samples = array.array("h", bytes(2 * frames))
+    for n in range(frames):
+        t = n / rate
+        envelope = math.exp(-t * 9) * min(1.0, n / fade_in)
+        value = sum(level * math.sin(2 * math.pi * freq * t) for freq, level in _SOFT_TONES)
+        samples[n] = int(32767 * envelope * value)
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()
+
+
+def _read_wav(path: Path) -> Chime:
+    try:
+        with wave.open(str(path), "rb") as wav:
+            channels, width, rate, frames = wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
+            if channels != 1 or width != 2:
+                found = f"{channels} channel(s), {8 * width}-bit"
+                raise ConfigError([f"audio.chime: {path} must be mono 16-bit WAV, not {found}"])
+            if frames > rate * _MAX_WAV_S:
+                seconds = f"{frames / rate:.1f} s"
+                raise ConfigError([f"audio.chime: {path} is {seconds}; a chime must be at most {_MAX_WAV_S:g} s"])
+            return Chime(AudioFormat(rate=rate, channels=1, sample_width=2), wav.readframes(frames))
+    except (OSError, EOFError, wave.Error) as exc:
+        raise ConfigError([f"audio.chime: cannot read {path} as a WAV file ({exc})"]) from exc

@@ -1,0 +1,170 @@
+"""Many speakers, one museum: fleet control through the museum's own MQTT broker (with Home Assistant discovery)
+and OSC show control. No fleet server: each speaker talks to the broker and listens for OSC itself.
+
+`Fleet` is what the service wires in: `jobs(cfg)` gives the supervised children (the MQTT link, the OSC
+listener) for a config, and the service hands it presses, request changes and status changes. The client
+libraries are imported only when their link is configured (kiosk.fleet.mqtt, kiosk.fleet.osc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from kiosk import __version__
+from kiosk.config import ButtonConfig, Config
+from kiosk.fleet.control import Control
+from kiosk.fleet.discovery import DeviceInfo
+from kiosk.status import press_to_audio
+
+if TYPE_CHECKING:
+    from kiosk.fleet.mqtt import MqttLink
+    from kiosk.fleet.osc import OscLink
+    from kiosk.service import Service
+    from kiosk.speaker import Request
+
+Job = Callable[[], Coroutine[Any, Any, None]]
+_FINISHED = ("done", "stopped", "failed")
+
+
+class Fleet:
+    def __init__(self, service: Service):
+        self._service = service
+        self.control = Control(service)
+        self.mqtt: MqttLink | None = None
+        self.osc: OscLink | None = None
+        self._cfg: Config | None = None
+        self._presses_on: date | None = None
+        self.presses_today = 0
+        self.last_press: float | None = None
+        self.last_response_ms: float | None = None
+
+    def jobs(self, cfg: Config) -> dict[str, Job | None]:
+        """The children to (re)start for `cfg` by name, None for one to stop; a link whose settings did not change
+        is left running (and told when what Home Assistant shows of this speaker changed)."""
+        old, self._cfg = self._cfg, cfg
+        jobs: dict[str, Job | None] = {}
+        if old is None or old.mqtt != cfg.mqtt:
+            self.mqtt = self._new_mqtt(cfg) if cfg.mqtt.enabled else None
+            jobs["mqtt"] = self.mqtt.run if self.mqtt else None
+        elif self.mqtt and (old.buttons, old.api.allow_text, old.staff) != (cfg.buttons, cfg.api.allow_text, cfg.staff):
+            self.mqtt.rediscover()
+        if old is None or old.osc != cfg.osc:
+            self.osc = self._new_osc(cfg) if cfg.osc.enabled else None
+            jobs["osc"] = self.osc.run if self.osc else None
+        return jobs
+
+    def _new_mqtt(self, cfg: Config) -> MqttLink:
+        from kiosk.fleet.mqtt import MqttLink  # imported only when configured
+
+        return MqttLink(
+            cfg.mqtt,
+            control=self.control,
+            snapshot=self.snapshot,
+            device_info=self.device_info,
+            on_event=self._service.event,
+        )
+
+    def _new_osc(self, cfg: Config) -> OscLink:
+        from kiosk.fleet.osc import OscLink  # imported only when configured
+
+        return OscLink(cfg.osc, control=self.control)
+
+    # -- what the service hands in
+
+    def pressed(self, button: ButtonConfig) -> None:
+        """A physical button was pressed (outside its cooldown)."""
+        self._count_press()
+        if self.mqtt:
+            self.mqtt.publish_action(f"button_{button.pin}")
+            what = {"line": button.phrase} if button.action == "speak" else {"action": button.action}
+            self.mqtt.publish_event(
+                {"type": "press", "origin": f"button:{button.pin}", "button": button.name, **what, "time": time.time()}
+            )
+        self.status_changed()
+
+    def request_changed(self, req: Request) -> None:
+        if req.state in _FINISHED and req.trace is not None:
+            response_ms = press_to_audio(req)
+            if response_ms is not None:
+                self.last_response_ms = response_ms
+            if self.mqtt:
+                self.mqtt.publish_event(
+                    {
+                        "type": "played",
+                        "origin": req.origin,
+                        "line": req.phrase,
+                        "source": req.trace.source,
+                        "response_ms": response_ms,
+                        "outcome": req.state,
+                        "time": time.time(),
+                    }
+                )
+        self.status_changed()
+
+    def status_changed(self) -> None:
+        if self.mqtt:
+            self.mqtt.status_changed()
+
+    # -- what staff and the broker see
+
+    def status(self) -> dict:
+        """For the status JSON: each link's state (None where it is off)."""
+        return {
+            "mqtt": self.mqtt.state() if self.mqtt else {"state": "off", "broker": None, "error": None},
+            "osc": self.osc.state() if self.osc else {"state": "off", "port": None, "error": None},
+        }
+
+    def problems(self) -> list[str]:
+        """What staff should know, in plain words: a broker out of reach, an OSC port that cannot be opened."""
+        found = [self.mqtt.problem() if self.mqtt else None, self.osc.problem() if self.osc else None]
+        return [p for p in found if p]
+
+    async def snapshot(self) -> dict:
+        """The retained status on the broker: small, and only what changes when something worth knowing does."""
+        s = self._service
+        ready = await asyncio.to_thread(s.board.ready_lines)
+        self._count_press(0)
+        return {
+            "state": "speaking" if s.speaker.speaking else "idle",
+            "lines_ready": len(ready),
+            "lines_configured": len(s.cfg.phrases),
+            "volume": s.cfg.audio.volume,
+            "muted": s.cfg.audio.volume == 0,
+            "open": s.cfg.is_open(s.local_time()),
+            "problems": s.board.problems(),
+            "version": __version__,
+            "last_press": self.last_press,
+            "presses_today": self.presses_today,
+            "last_response_ms": self.last_response_ms,
+            "stutters": s.board.underruns_total,
+        }
+
+    def device_info(self) -> DeviceInfo:
+        cfg = self._service.cfg
+        return DeviceInfo(
+            version=__version__,
+            buttons=cfg.buttons,
+            allow_text=cfg.api.allow_text,
+            staff_url=staff_url(cfg, self._service.staff_port),
+        )
+
+    def _count_press(self, count: int = 1) -> None:
+        today = self._service.local_time().date()
+        if self._presses_on != today:
+            self._presses_on, self.presses_today = today, 0
+        self.presses_today += count
+        if count:
+            self.last_press = time.time()
+
+
+def staff_url(cfg: Config, port: int | None = None) -> str | None:
+    """Where staff reach this speaker's page: its first configured host name, else <hostname>.local."""
+    if not cfg.staff.enabled:
+        return None
+    host = cfg.hostnames[0] if cfg.hostnames else f"{socket.gethostname().lower()}.local"
+    return f"http://{host}:{port or cfg.staff.port}/"

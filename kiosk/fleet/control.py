@@ -1,0 +1,174 @@
+"""The commands that MQTT and OSC carry, by the HTTP API's rules and in its words (kiosk.commands): play a line,
+stop, set the volume (saved as the staff page saves it), mute, reload.
+
+Transport-neutral: MQTT hands in a topic's payload, OSC its typed arguments; both get a dict back or a
+CommandError saying, in one sentence, why not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+from kiosk.commands import (
+    CommandError,
+    IdempotencyKeys,
+    bad_idempotency_key,
+    check_choice,
+    parse_body,
+    parse_json,
+    refused,
+    string_field,
+    too_many,
+)
+from kiosk.config import Config, load_config, read_staff_settings
+from kiosk.errors import ConfigError
+from kiosk.speaker import Rejected, Request
+from kiosk.staff.account import write_settings
+
+log = logging.getLogger(__name__)
+
+VOLUME_PROBLEM = "'volume' must be a whole number from 0 to 100"
+
+
+class Backend(Protocol):
+    """What the commands need from the service."""
+
+    cfg: Config
+    config_path: Path | None
+
+    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
+    def stop_speaking(self) -> bool: ...
+    def allow_trigger(self) -> float | None: ...
+    async def reload(self) -> bool: ...
+    def event(self, text: str) -> None: ...
+
+
+class Control:
+    def __init__(self, backend: Backend):
+        self._backend = backend
+        self._keys = IdempotencyKeys()
+        self._saving = asyncio.Lock()  # one settings write at a time, whichever way the commands came
+        self._unmuted: int | None = None  # the volume before muting, restored by unmuting
+
+    # -- from an MQTT payload
+
+    async def payload(self, command: str, raw: bytes, origin: str) -> dict:
+        """Carry out `command` with an MQTT payload (JSON as the HTTP API takes it; the volume as a bare number,
+        as Home Assistant sends it, or {"volume": N}; mute as ON or OFF)."""
+        if command == "play":
+            body = parse_body(raw, {"phrase", "text", "id"})
+            key = string_field(body, "id")
+            if key is not None and bad_idempotency_key(key):
+                raise CommandError(400, "'id' must be 1 to 255 printable characters")
+            phrase, text = string_field(body, "phrase"), string_field(body, "text")
+            return self.play(phrase=phrase, text=text, origin=origin, key=key)
+        if command == "stop":
+            parse_body(raw, set())
+            return self.stop()
+        if command == "volume":
+            value = parse_json(raw)
+            if isinstance(value, dict):
+                value = parse_body(raw, {"volume"}).get("volume")
+            return await self.volume(value, origin)
+        if command == "mute":
+            return await self.mute(switch_of(raw), origin)
+        if command == "reload":
+            parse_body(raw, set())
+            return await self.reload()
+        raise CommandError(404, f"unknown command '{command[:64]}'; known: play, stop, volume, mute, reload")
+
+    # -- the commands themselves
+
+    def play(self, *, phrase: str | None, text: str | None, origin: str, key: str | None = None) -> dict:
+        check_choice(phrase, text)
+        if key is not None:
+            earlier = self._keys.get(key, (phrase, text))
+            if earlier is not None:
+                return {**earlier, "replayed": True}
+        retry_after = self._backend.allow_trigger()
+        if retry_after is not None:
+            raise too_many(retry_after)
+        try:
+            req = self._backend.play(phrase=phrase, text=text, origin=origin)
+        except Rejected as exc:
+            raise refused(exc) from None
+        answer = {"id": req.id, "state": req.state}
+        if key is not None:
+            self._keys.put(key, (phrase, text), answer)
+        return answer
+
+    def stop(self) -> dict:
+        return {"stopped": self._backend.stop_speaking()}
+
+    async def volume(self, value: Any, origin: str) -> dict:
+        """Save audio.volume in the staff settings (checked with the config file, as the staff page does), reload."""
+        volume = volume_of(value)
+        self._take_token()
+        await self._save_volume(volume)
+        self._backend.event(f"volume set to {volume} % ({origin})")
+        return {"volume": volume}
+
+    async def mute(self, on: bool, origin: str) -> dict:
+        """Mute: volume 0, the volume before it remembered; unmute: that volume again (100 if none is known)."""
+        current = self._backend.cfg.audio.volume
+        if on == (current == 0):
+            return {"muted": on, "volume": current}
+        self._take_token()
+        if on:
+            self._unmuted = current
+        volume = 0 if on else (self._unmuted or 100)
+        await self._save_volume(volume)
+        self._backend.event(f"{'muted' if on else 'unmuted'} ({origin})")
+        return {"muted": on, "volume": volume}
+
+    async def reload(self) -> dict:
+        self._take_token()
+        if not await self._backend.reload():
+            raise CommandError(422, "the config was not reloaded (see the events); the running one is kept")
+        return {"reloaded": True}
+
+    def _take_token(self) -> None:
+        retry_after = self._backend.allow_trigger()
+        if retry_after is not None:
+            raise too_many(retry_after)
+
+    async def _save_volume(self, volume: int) -> None:
+        backend = self._backend
+        if backend.config_path is None:
+            raise CommandError(409, "the volume cannot be saved: this speaker was started without a config file")
+        async with self._saving:
+            path = backend.cfg.staff.settings_file
+            try:
+                settings = await asyncio.to_thread(read_staff_settings, path)
+                audio = settings.get("audio") if isinstance(settings.get("audio"), dict) else {}
+                settings = {**settings, "audio": {**audio, "volume": volume}}
+                await asyncio.to_thread(load_config, backend.config_path, settings)  # the staff page's rules
+                await asyncio.to_thread(write_settings, path, settings)
+            except ConfigError as exc:
+                raise CommandError(422, "; ".join(exc.problems[:3])) from None
+            if not await backend.reload():
+                raise CommandError(422, "the volume was saved but the config could not be reloaded (see the events)")
+
+
+def volume_of(value: Any) -> int:
+    """A volume of 0 to 100 from JSON or OSC: a whole number (55 or 55.0); anything else is refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CommandError(400, VOLUME_PROBLEM)
+    if isinstance(value, float) and not value.is_integer():  # also NaN and infinity
+        raise CommandError(400, VOLUME_PROBLEM)
+    if not 0 <= value <= 100:
+        raise CommandError(400, VOLUME_PROBLEM)
+    return int(value)
+
+
+def switch_of(raw: bytes) -> bool:
+    """ON or OFF (any case; Home Assistant's switch sends these), or JSON true / false."""
+    word = raw.strip().lower()
+    if word in (b"on", b"true"):
+        return True
+    if word in (b"off", b"false"):
+        return False
+    raise CommandError(400, "send ON or OFF")
