@@ -226,7 +226,7 @@ def measure(args: argparse.Namespace) -> dict:
             run.close()
         run = ServiceRun(scratch, "piper", config(server.url, engine="piper", fallback="none"))
         try:
-            run.steady_rss_mb()  # the voice loads at start
+            results["idle_rss_mb_voice_only"] = run.steady_rss_mb()  # the voice loads at start
             firsts = local_voice_starts(run, args.voice_trials)
             results["local_voice_first_audio_ms"] = firsts
             results["idle_rss_mb_voice_after_speaking"] = run.steady_rss_mb()
@@ -265,7 +265,9 @@ def summary(r: dict) -> str:
             f"| idle RSS, same, after {press['presses']} cached presses | "
             f"{r['idle_rss_mb_without_voice_after_presses']:.0f} MB |",
             f"| idle RSS, with the local voice loaded (fallback) | {r['idle_rss_mb_with_voice']:.0f} MB |",
-            f"| idle RSS, local voice only, after speaking | {r['idle_rss_mb_voice_after_speaking']:.0f} MB |",
+            f"| idle RSS, local voice only, loaded | {r['idle_rss_mb_voice_only']:.0f} MB |",
+            f"| idle RSS, local voice only, after speaking {len(firsts)} lines | "
+            f"{r['idle_rss_mb_voice_after_speaking']:.0f} MB |",
             f"| bytes written per cached press (history on tmpfs) | {press['bytes_per_press']:.0f} |",
             f"| cache files changed by {press['presses']} cached presses | {len(press['cache_files_changed'])} |",
             f"| bytes written per cached press, history database on disk | {history['bytes_per_press']:.0f} |",

@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kiosk.config import PiperConfig
@@ -61,6 +62,7 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
     from piper import PiperVoice
     from piper.config import PiperConfig as VoiceConfig
 
+    _limit_malloc_arenas()
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = mem_arena
     options.intra_op_num_threads = intra_op_threads
@@ -69,6 +71,7 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
     voice_config = VoiceConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
     voice = PiperVoice(config=voice_config, session=session)
     voice.phonemize("a")  # espeak-ng is set up on first use: here, not at a visitor's first line
+    release_freed_memory()  # the parsed model file, freed once its weights are in the session
     return voice
 
 
@@ -81,6 +84,14 @@ def release_freed_memory() -> None:
 
 
 _TRIM: list = []
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def _limit_malloc_arenas() -> None:
+    """At most two malloc arenas from now on: the model's threads then share memory they free instead of each
+    keeping its own (glibc's default allows 8 per core). A no-op where the C library has no mallopt."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, 2)
 
 
 def _malloc_trim():
@@ -102,6 +113,7 @@ class PiperEngine:
         self.fmt = AudioFormat(rate=self._sample_rate(), channels=1, sample_width=2)
         self._voice = None
         self._load_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     def _sample_rate(self) -> int:
         try:
@@ -147,7 +159,7 @@ class PiperEngine:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is listening any more
                 loop.call_soon_threadsafe(end, error)
 
-        threading.Thread(target=work, name="piper-synthesis", daemon=True).start()
+        self._worker().submit(work)
         try:
             await done
         finally:
@@ -173,6 +185,16 @@ class PiperEngine:
 
     async def aclose(self) -> None:
         self._voice = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _worker(self) -> ThreadPoolExecutor:
+        """One thread makes every line, one after another: the model's scratch memory then stays in one malloc
+        arena and is reused, where a thread per line left it spread over several (about 25 MB more, measured)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper-synthesis")
+        return self._pool
 
     def _loaded_voice(self):
         with self._load_lock:
