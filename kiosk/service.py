@@ -249,6 +249,8 @@ class Service:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.3):  # what was recorded in the last second
                 await self.history.close()
+        with contextlib.suppress(OSError, KioskError):
+            await asyncio.to_thread(self.cache.close)  # last-use order, kept in memory between presses
         self._audio_io.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> bool:
