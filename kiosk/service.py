@@ -92,9 +92,7 @@ def build_engine(cfg: Config) -> SpeechEngine:
     if choice == "piper":
         if not piper_installed():
             raise SpeechError("speech.engine is piper but Piper is not installed (pip install 'kiosk[piper]')")
-        from kiosk.speech.piper_engine import PiperEngine  # imported only when chosen: it loads onnxruntime
-
-        return PiperEngine(cfg.piper)
+        return build_local_voice(cfg.piper)
     return OpenAIEngine(cfg.openai, key)
 
 
@@ -112,9 +110,7 @@ def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
     if wanted == "piper" and not piper_installed():
         raise SpeechError("speech.fallback is piper but Piper is not installed (pip install 'kiosk[piper]')")
     if wanted != "none" and primary.name != "piper" and piper_installed():
-        from kiosk.speech.piper_engine import PiperEngine
-
-        engines.append(PiperEngine(cfg.piper))
+        engines.append(build_local_voice(cfg.piper))
     return EngineChain(engines, failover_s=cfg.speech.failover_ms / 1000, clock=clock)
 
 

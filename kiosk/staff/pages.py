@@ -409,7 +409,7 @@ async def history_csv(request: web.Request) -> web.Response:
 async def identify_button(request: web.Request) -> web.Response:
     """Blink a button's LED so staff can tell which one it is."""
     backend, pin_text = request.app[BACKEND], request.match_info["pin"]
-    pin = int(pin_text) if pin_text.isascii() and pin_text.isdigit() and len(pin_text) <= 2 else None
+    pin = _whole_number(pin_text, digits=2)
     if pin is None or not any(b.pin == pin for b in backend.cfg.buttons):
         raise web.HTTPNotFound(text="there is no such button")
     problem = backend.identify_button(pin)
@@ -694,7 +694,7 @@ async def save_volume(request: web.Request) -> web.Response:
     volume_text = str(form.get("volume", "")).strip()
     rows = _quiet_rows(form)
     values = {"volume": volume_text, "quiet_rows": rows}
-    if not (volume_text.isascii() and volume_text.isdigit() and len(volume_text) <= 3):
+    if _whole_number(volume_text, digits=3) is None:
         return await volume_page(request, {"volume": "must be a whole number from 0 to 100"}, values, 400)
     errors = {
         f"quiet.{i}.volume": "must be a whole number from 0 to 100"
@@ -710,6 +710,11 @@ async def save_volume(request: web.Request) -> web.Response:
     return await _save(request, changes, "/volume", volume_page, None, values)
 
 
+def _whole_number(text: str, *, digits: int) -> int | None:
+    """`text` as a whole number of at most `digits` ASCII digits (no sign, no '٣'), else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= digits else None
+
+
 def _quiet_rows(form: Any) -> list[dict]:
     """The quiet periods posted, in order, without blank or removed rows (numbered afresh, so that a problem
     the config finds in quiet_hours[i] is shown beside row i)."""
@@ -719,11 +724,8 @@ def _quiet_rows(form: Any) -> list[dict]:
         if (not start and not end) or form.get(f"quiet.{i}.remove"):
             continue
         volume_text = str(form.get(f"quiet.{i}.volume", "0")).strip() or "0"
-        volume = (
-            int(volume_text)
-            if volume_text.isascii() and volume_text.isdigit() and len(volume_text) <= 3
-            else volume_text
-        )
+        volume = _whole_number(volume_text, digits=3)
+        volume = volume_text if volume is None else volume
         days = [day for day in WEEKDAYS if day in form.getall(f"quiet.{i}.days", [])]
         rows.append(
             {"start": start, "end": end, "volume": volume, "days": days, "overnight": bool(end and end < start)}
