@@ -346,6 +346,8 @@ class Fuzz:
                 "/api/speech",
                 "/api/speech",
                 "/api/status",
+                "/api/history",
+                "/api/history.csv",
                 "/healthz",
                 "/metrics",
                 "/api",
@@ -410,12 +412,32 @@ class Fuzz:
             "/voice",
             "/voice/progress.json",
             "/volume",
+            "/schedule",
+            "/account",
+            "/account/password",
+            "/account/settings",
+            "/account/settings.yaml",
+            "/status/history.json",
+            "/status/history.csv",
+            "/buttons/{id}/identify",
+            "/voice/sample.wav",
             "/static/app.js",
             "/static/style.css",
             "/static/{id}",
         )
         route = self.pick(routes)
-        posts = ("/login", "/logout", "/lines/add", "/lines/{id}/edit", "/lines/{id}/delete", "/lines/{id}/play")
+        posts = (
+            "/login",
+            "/logout",
+            "/lines/add",
+            "/lines/{id}/edit",
+            "/lines/{id}/delete",
+            "/lines/{id}/play",
+            "/schedule",
+            "/account/password",
+            "/account/settings",
+            "/buttons/{id}/identify",
+        )
         natural = (
             "POST" if route in (*posts, "/buttons") or (route in ("/voice", "/volume") and self.chance(0.6)) else "GET"
         )
@@ -482,6 +504,13 @@ class Fuzz:
             return [(k, v) for k, v in (("id", self.line_id()), ("text", self.line_text())) if self.chance(0.95)]
         if route == "/lines/{id}/edit":
             return [("text", self.line_text())] if self.chance(0.95) else []
+        if route == "/schedule":
+            phrase = self.pick([*self.t.service.cfg.phrases, "", "nope", self.text()])
+            time_text = self.pick(("16:45", "", "25:00", "9:5", self.text()))
+            fields = [("schedule.0.time", time_text), ("schedule.0.phrase", phrase)]
+            return [*fields, ("schedule.0.days", self.pick(("mon", "sun", "funday", self.text())))]
+        if route == "/account/password":  # random guesses: never the current password
+            return [(name, self.pick(("", "short", self.text(), "p" * 5000))) for name in ("current", "new", "repeat")]
         if route == "/buttons":
             phrases = list(self.t.service.cfg.phrases)
             fields = [("button.17", self.pick([*phrases, "nope", "", self.text()]))]
