@@ -43,6 +43,7 @@ VOICE_LINE = (
     "house in Lucerne, and it was slowly carried over the mountains by boat, by cart and at last by hand."
 )
 READY_TIMEOUT_S = 120
+HISTORY_WRITE_EVERY_S = 60  # history.write_every_s's default
 
 
 class ServiceRun:
@@ -50,10 +51,12 @@ class ServiceRun:
 
     def __init__(self, scratch: Path, name: str, config: str, env: dict | None = None):
         self.dir = scratch / name
-        self.dir.mkdir()
+        self.dir.mkdir(exist_ok=True)  # an existing one: a restart, with the cache it left
         self.cache = self.dir / "cache"
         (self.dir / "kiosk.yaml").write_text(config.format(dir=self.dir))
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):  # left by the run before a restart
+            (self.dir / "notify").unlink()
         self._notify.bind(str(self.dir / "notify"))
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "KIOSK_"))}
         environ.update(env or {}, NOTIFY_SOCKET=str(self.dir / "notify"))
@@ -148,12 +151,12 @@ class ServiceRun:
         self._log.close()
 
 
-def config(server_url: str, *, engine: str, fallback: str, history_dir: str = "{dir}") -> str:
+def config(server_url: str, *, engine: str, fallback: str, history_dir: str = "{dir}", allow_text=False) -> str:
     return (
         f"audio:\n  device: 'null'\nspeech:\n  engine: {engine}\n  fallback: {fallback}\n"
         f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {{dir}}/cache\n"
         f"history:\n  file: {history_dir}/history.sqlite3\n"
-        "api:\n  port: 0\n  allow_text: true\n  rate_limit_per_min: 100000\n"
+        f"api:\n  port: 0\n  allow_text: {str(allow_text).lower()}\n  rate_limit_per_min: 100000\n"
         "staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {dir}/pw\n  settings_file: {dir}/staff.yaml\n"
         f"phrases:\n  brief: {json.dumps(LINES['brief'])}\n  long: {json.dumps(LINES['long'])}\n"
     )
@@ -186,6 +189,18 @@ def cached_presses(run: ServiceRun, presses: int) -> dict:
     }
 
 
+def history_writes(run: ServiceRun, presses: int, write_every_s: float) -> dict:
+    """Bytes written during `presses` cached presses, then by the history's next commit of them."""
+    during = cached_presses(run, presses)
+    written_before = run.write_bytes() - during["write_bytes"]
+    deadline = time.monotonic() + write_every_s + 15
+    while run.write_bytes() == written_before + during["write_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(2)  # the rest of the commit (WAL frames, then the checkpoint)
+    total = run.write_bytes() - written_before
+    return {**during, "with_next_commit_bytes": total, "amortized_bytes_per_press": total / during["presses"]}
+
+
 def local_voice_starts(run: ServiceRun, trials: int) -> list[float]:
     """Press → first audio of the 40-word sentence through the local voice, uncached each time."""
     firsts = []
@@ -208,7 +223,13 @@ def measure(args: argparse.Namespace) -> dict:
         with tempfile.TemporaryDirectory(prefix="kiosk-footprint-", dir="/dev/shm") as shm:
             settings = config(server.url, engine="openai", fallback="none", history_dir=shm)
             run = ServiceRun(scratch, "openai", settings, key)
-            try:
+            try:  # the first start: the lines are synthesized, so the SDK is loaded
+                run.wait_warm()
+                results["idle_rss_mb_without_voice_first_start"] = run.steady_rss_mb()
+            finally:
+                run.close()
+            run = ServiceRun(scratch, "openai", settings, key)
+            try:  # every later start: the lines are in the cache
                 results["idle_rss_mb_without_voice"] = run.steady_rss_mb()
                 results["cached_press"] = cached_presses(run, args.presses)
                 results["idle_rss_mb_without_voice_after_presses"] = run.steady_rss_mb()
@@ -216,7 +237,13 @@ def measure(args: argparse.Namespace) -> dict:
                 run.close()
         run = ServiceRun(scratch, "openai-history", config(server.url, engine="openai", fallback="none"), key)
         try:
-            results["cached_press_history_on_disk"] = cached_presses(run, args.presses)
+            results["cached_press_history_on_disk"] = history_writes(run, args.presses, HISTORY_WRITE_EVERY_S)
+        finally:
+            run.close()
+        text = config(server.url, engine="openai", fallback="none", allow_text=True)
+        run = ServiceRun(scratch, "openai-text", text, key)
+        try:
+            results["idle_rss_mb_without_voice_free_text"] = run.steady_rss_mb()  # the SDK is loaded ahead
         finally:
             run.close()
         run = ServiceRun(scratch, "fallback", config(server.url, engine="openai", fallback="piper"), key)
@@ -224,7 +251,7 @@ def measure(args: argparse.Namespace) -> dict:
             results["idle_rss_mb_with_voice"] = run.steady_rss_mb()
         finally:
             run.close()
-        run = ServiceRun(scratch, "piper", config(server.url, engine="piper", fallback="none"))
+        run = ServiceRun(scratch, "piper", config(server.url, engine="piper", fallback="none", allow_text=True))
         try:
             results["idle_rss_mb_voice_only"] = run.steady_rss_mb()  # the voice loads at start
             firsts = local_voice_starts(run, args.voice_trials)
@@ -261,7 +288,9 @@ def summary(r: dict) -> str:
             "",
             "| figure | value |",
             "|---|--:|",
-            f"| idle RSS, `kiosk run` without the local voice | {r['idle_rss_mb_without_voice']:.0f} MB |",
+            f"| idle RSS, `kiosk run` without the local voice, first start (lines synthesized) | "
+            f"{r['idle_rss_mb_without_voice_first_start']:.0f} MB |",
+            f"| same, restarted with its lines in the cache | {r['idle_rss_mb_without_voice']:.0f} MB |",
             f"| idle RSS, same, after {press['presses']} cached presses | "
             f"{r['idle_rss_mb_without_voice_after_presses']:.0f} MB |",
             f"| idle RSS, with the local voice loaded (fallback) | {r['idle_rss_mb_with_voice']:.0f} MB |",
@@ -270,7 +299,12 @@ def summary(r: dict) -> str:
             f"{r['idle_rss_mb_voice_after_speaking']:.0f} MB |",
             f"| bytes written per cached press (history on tmpfs) | {press['bytes_per_press']:.0f} |",
             f"| cache files changed by {press['presses']} cached presses | {len(press['cache_files_changed'])} |",
-            f"| bytes written per cached press, history database on disk | {history['bytes_per_press']:.0f} |",
+            f"| idle RSS, without the local voice, free text allowed (SDK loaded ahead) | "
+            f"{r['idle_rss_mb_without_voice_free_text']:.0f} MB |",
+            f"| bytes written during {history['presses']} cached presses, history database on disk | "
+            f"{history['write_bytes']} |",
+            f"| same, with the history's next commit | {history['with_next_commit_bytes']} "
+            f"({history['amortized_bytes_per_press']:.0f} per press) |",
             f"| local voice press → first audio, 40-word sentence, min / median / max of {len(firsts)} | "
             f"{firsts[0]:.0f} / {statistics.median(firsts):.0f} / {firsts[-1]:.0f} ms |",
         ]

@@ -225,6 +225,7 @@ class HistoryConfig:
 
     file: Path = Path("/var/lib/kiosk/history.sqlite3")
     keep_days: int = _bounded(400, 1, 3650)
+    write_every_s: float = _bounded(60.0, 1, 3600)  # presses are written together: fewer writes to the SD card
 
 
 #: One MQTT topic level naming a speaker or a group: lowercase, so that a topic is spelled one way.

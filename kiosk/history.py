@@ -1,8 +1,11 @@
 """The history: every press and trigger with its outcome, and the events staff see, kept in SQLite for years.
 
-Modelled on Home Assistant's recorder: WAL mode, rows buffered in memory and committed together about once a
-second (an SD card wears with every write; a burst of presses is one transaction), rows older than `keep_days`
-purged once a day. All database work runs on one thread of its own, so SQLite's connection never crosses threads
+Modelled on Home Assistant's recorder: WAL mode, rows buffered in memory and committed together every
+`write_every_s` (60 s by default; an SD card wears with every write, so a press writes nothing at once and a busy
+minute is one transaction), or sooner when MAX_PENDING rows are waiting, and always before a read and at shutdown.
+A power cut loses at most the rows of the last interval. Rows older than `keep_days` are purged once a day.
+
+All database work runs on one thread of its own, so SQLite's connection never crosses threads
 and a slow card never stalls the event loop. A database that cannot be opened (read-only or full disk) leaves the
 speaker speaking: `problem` says why and nothing is recorded until it can be.
 """
@@ -10,6 +13,7 @@ speaker speaking: `problem` says why and nothing is recorded until it can be.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import logging
@@ -23,7 +27,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY_S = 1.0
+#: Rows kept in memory before they are written even though the interval has not passed.
+MAX_PENDING = 1000
 PURGE_EVERY_S = 24 * 3600
 CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars")
 _MAX_PLOT_POINTS = 2000
@@ -55,9 +60,13 @@ class Outcome:
 
 
 class History:
-    def __init__(self, path: Path, *, keep_days: int, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, path: Path, *, keep_days: int, write_every_s: float = 60.0, clock: Callable[[], float] = time.time
+    ):
         self.path = path
         self.keep_days = keep_days
+        self.write_every_s = write_every_s
+        self._many_pending = asyncio.Event()
         self._clock = clock
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
@@ -78,10 +87,11 @@ class History:
         self._db_thread.shutdown(wait=False)
 
     async def run(self) -> None:
-        """Commit what was recorded about once a second; purge old rows once a day (a supervised task)."""
+        """Commit what was recorded every `write_every_s`; purge old rows once a day (a supervised task)."""
         next_purge = 0.0
         while True:
-            await asyncio.sleep(FLUSH_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._many_pending.wait(), self.write_every_s)
             await self.flush()
             if self._clock() >= next_purge:
                 await self._in_db_thread(self._purge)
@@ -91,11 +101,18 @@ class History:
 
     def record(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
+        self._note_pending()
 
     def event(self, text: str, at: float | None = None) -> None:
         self._pending_events.append((self._clock() if at is None else at, text))
+        self._note_pending()
+
+    def _note_pending(self) -> None:
+        if len(self._pending) + len(self._pending_events) >= MAX_PENDING:
+            self._many_pending.set()
 
     async def flush(self) -> None:
+        self._many_pending.clear()
         rows, self._pending = self._pending, []
         events, self._pending_events = self._pending_events, []
         if rows or events:

@@ -162,7 +162,9 @@ class Service:
         self.hosts = HostNames(cfg.hostnames)
         self._clock = clock  # for session and lockout expiry on the staff page
         self._now = now  # local time of day: opening hours, quiet hours, the schedule
-        self.history = History(cfg.history.file, keep_days=cfg.history.keep_days)
+        self.history = History(
+            cfg.history.file, keep_days=cfg.history.keep_days, write_every_s=cfg.history.write_every_s
+        )
         self.events_log = EventLog(self.history)
         self.fleet = Fleet(self)  # MQTT and OSC (kiosk.fleet): off unless configured
         self.board = StatusBoard(self, writer_stuck_s=writer_stuck_s)
@@ -642,6 +644,10 @@ class Service:
             await asyncio.sleep(BACKOFF_CHECK_EVERY_S)
 
     async def probe_engine(self) -> None:
+        if self.cfg.api.allow_text and isinstance(self.engine, OpenAIEngine):
+            # Free text is rarely in the cache: load the SDK now rather than at such a line's first press.
+            with contextlib.suppress(KioskError):
+                await self.engine.preload()
         try:
             await self.engine.probe()
             self.engine_state.update(reachable=True, error=None)

@@ -118,6 +118,7 @@ class Behaviour:
     retry_after: str | None = None  # Retry-After header on error answers
     fail_times: int = 0  # >0: only the first `fail_times` requests get `status`, later ones succeed
     api_key: str | None = None  # if set, other bearer tokens get 401 invalid_api_key
+    models_status: int | None = None  # the models listing answers with this error status (and error_code)
     ms_per_char: float = 60.0
     min_audio_s: float = 0.2
     max_audio_s: float | None = None
@@ -252,9 +253,13 @@ class FakeOpenAI:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         record = await _record(request, self.model_requests)
-        refusal = self._auth_refusal(record, self.behaviour)
+        behaviour = self.behaviour
+        refusal = self._auth_refusal(record, behaviour)
         if refusal is not None:
             return refusal
+        if behaviour.models_status is not None:
+            record.outcome = "error"
+            return self._error(behaviour.models_status, behaviour.error_code, behaviour.error_message)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake-openai"} for name in MODELS]
         record.outcome = "complete"
         return web.json_response({"object": "list", "data": data}, headers=self._id_header())

@@ -1,15 +1,17 @@
 """The history in SQLite: batched writes, retention, events kept and de-duplicated, CSV and JSON export."""
 
+import asyncio
 import csv
 import io
 import sqlite3
+import time
 from datetime import datetime
 
 import aiohttp
 import pytest
 from test_service import BUTTONS, config, press, started, wait_idle
 
-from kiosk.history import CSV_COLUMNS, History, Outcome
+from kiosk.history import CSV_COLUMNS, MAX_PENDING, History, Outcome
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 DAY = 86400.0
@@ -48,6 +50,52 @@ async def test_rows_are_written_in_one_batch_and_read_back(tmp_path):
         assert mode == "wal"
     finally:
         await history.close()
+
+
+def stored_rows(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+async def test_rows_wait_for_the_interval_then_are_written_together(tmp_path):
+    history = History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=0.5)
+    await history.open()
+    writer = asyncio.create_task(history.run())
+    try:
+        for i in range(3):
+            history.record(outcome(time.time() + i))
+        assert stored_rows(tmp_path / "h.sqlite3") == 0  # a press writes nothing at once
+        async with asyncio.timeout(10):
+            while stored_rows(tmp_path / "h.sqlite3") < 3:
+                await asyncio.sleep(0.05)
+    finally:
+        writer.cancel()
+        await history.close()
+
+
+async def test_a_flood_of_rows_is_written_before_the_interval(tmp_path):
+    history = History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=3600)
+    await history.open()
+    writer = asyncio.create_task(history.run())
+    try:
+        await asyncio.sleep(0)  # the writer is waiting
+        for i in range(MAX_PENDING):
+            history.record(outcome(time.time() + i))
+        async with asyncio.timeout(10):
+            while stored_rows(tmp_path / "h.sqlite3") < MAX_PENDING:
+                await asyncio.sleep(0.05)
+    finally:
+        writer.cancel()
+        await history.close()
+
+
+async def test_rows_still_in_memory_are_written_at_shutdown(tmp_path):
+    history = History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=3600)
+    await history.open()
+    history.record(outcome(time.time()))
+    history.event("speaker stopped")
+    await history.close()
+    assert stored_rows(tmp_path / "h.sqlite3") == 1
 
 
 async def test_old_rows_are_purged_after_keep_days(tmp_path):

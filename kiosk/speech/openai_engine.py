@@ -1,5 +1,10 @@
 """OpenAI text-to-speech, streamed as raw PCM. The only module that imports `openai` (and its `httpx2`).
 
+The SDK is imported at its first use, in a worker thread: it costs about 23 MB and 0.4 s (several seconds on a
+Pi), and a speaker whose lines are all in the phrase cache never needs it. The reachability check is a plain
+GET /models through aiohttp, which the service has loaded anyway. `preload()` imports it ahead of need, for
+speakers that take free text.
+
 The SDK's defaults (600 s timeout, 2 blind retries) suit a batch job, not a visitor waiting at a button, so
 every deadline is explicit: connect, first audio byte (which also bounds all retries), gap between chunks and
 the whole request. A request is retried only before its first audio byte: after that, a retry would repeat
@@ -10,17 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import httpx2
-import openai
+import aiohttp
 
 from kiosk.config import OpenAIConfig
 from kiosk.errors import SpeechError
 from kiosk.pcm import OPENAI_PCM
 from kiosk.speech import AudioCallback
 from kiosk.speech.text import split_text
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,16 @@ API_TEXT_LIMIT = 4096
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
 MODELS = ("gpt-4o-mini-tts", "tts-1", "tts-1-hd")
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
+PUBLIC_API = "https://api.openai.com/v1"
+#: How much of an error answer to the reachability check is read.
+_PROBE_BODY_LIMIT = 65536
+
+
+def _sdk() -> ModuleType:
+    """The openai SDK (imported once; afterwards a dictionary lookup)."""
+    import openai  # here, not at the top: see the module docstring
+
+    return openai
 
 
 class _Retryable(Exception):
@@ -46,8 +67,7 @@ class OpenAIEngine:
     def __init__(self, cfg: OpenAIConfig, api_key: str | None):
         self._cfg = cfg
         self._api_key = api_key
-        # Made up front: building the client takes tens of milliseconds a visitor should not wait for.
-        self._client: openai.AsyncOpenAI | None = self._new_client() if api_key else None
+        self._client: openai.AsyncOpenAI | None = None
 
     def identity(self) -> dict:
         c = self._cfg
@@ -59,48 +79,67 @@ class OpenAIEngine:
             "speed": c.speed,
         }
 
+    async def preload(self) -> None:
+        """Import the SDK and build the client now, so that the first line not in the cache does not wait."""
+        if self._api_key:
+            await self._ready_client()
+
     async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
-        client = self._client_or_fail()
+        client = await self._ready_client()
         for piece in split_text(text, API_TEXT_LIMIT):
             await self._synthesize_piece(client, piece, on_audio)
 
     async def probe(self) -> None:
         """Check the server is reachable and accepts the key (a models listing); raises SpeechError if not."""
-        client = self._client_or_fail()
+        self._require_key()
+        c = self._cfg
+        url = f"{base_url(c).rstrip('/')}/models"
+        timeout = aiohttp.ClientTimeout(total=c.connect_timeout_s + c.first_byte_timeout_s, connect=c.connect_timeout_s)
         try:
-            async with asyncio.timeout(self._cfg.connect_timeout_s + self._cfg.first_byte_timeout_s):
-                await client.models.list()
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(url, headers={"Authorization": f"Bearer {self._api_key}"}) as response,
+            ):
+                if response.status < 400:
+                    return
+                body = await response.content.read(_PROBE_BODY_LIMIT)
+                problem = _status_problem(response.status, response.reason or "", _json_or_none(body), None)
         except TimeoutError:
             raise SpeechError("OpenAI: no answer to a reachability check", "transient") from None
-        except (openai.APIStatusError, openai.APIConnectionError) as exc:
-            problem = _classify(exc)
-            if isinstance(problem, SpeechError):
-                raise problem from None
-            raise SpeechError(f"OpenAI: {problem}", "transient") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise SpeechError(f"OpenAI: cannot connect ({exc or type(exc).__name__})", "transient") from None
+        if isinstance(problem, SpeechError):
+            raise problem
+        raise SpeechError(f"OpenAI: {problem}", "transient")
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
 
-    def _client_or_fail(self) -> openai.AsyncOpenAI:
+    def _require_key(self) -> None:
         if not self._api_key:
             raise SpeechError(
                 "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
                 "(or install the local voice: pip install 'kiosk[piper]')",
                 "auth",
             )
+
+    async def _ready_client(self) -> openai.AsyncOpenAI:
+        self._require_key()
         if self._client is None:
-            self._client = self._new_client()
+            sdk = await asyncio.to_thread(_sdk)  # the first import takes long; the event loop keeps serving
+            if self._client is None:  # another caller may have built it meanwhile
+                self._client = self._new_client(sdk)
         return self._client
 
-    def _new_client(self) -> openai.AsyncOpenAI:
+    def _new_client(self, sdk: ModuleType) -> openai.AsyncOpenAI:
         c = self._cfg
-        return openai.AsyncOpenAI(
+        return sdk.AsyncOpenAI(
             api_key=self._api_key,
             base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
             max_retries=0,  # retries are ours, and only before the first audio byte
-            timeout=openai.Timeout(
+            timeout=sdk.Timeout(
                 connect=c.connect_timeout_s,
                 read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
                 write=c.connect_timeout_s,
@@ -139,6 +178,7 @@ class OpenAIEngine:
         self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback, first_byte_deadline: float
     ) -> None:
         c = self._cfg
+        openai = _sdk()
         received = 0
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -169,7 +209,7 @@ class OpenAIEngine:
                         return
                     received += len(chunk)
                     on_audio(chunk)
-        except (openai.APIStatusError, openai.APIConnectionError, httpx2.HTTPError) as exc:
+        except (openai.APIStatusError, openai.APIConnectionError, _sdk_http_error()) as exc:
             if received:
                 raise SpeechError(
                     f"OpenAI: the stream was cut after {received} bytes ({_describe(exc)})", "cut"
@@ -179,24 +219,39 @@ class OpenAIEngine:
 
 def _classify(exc: Exception) -> Exception:
     """Before the first byte: rate limits, server errors and network faults are worth a retry; the rest is not."""
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 429 and _error_code(exc) == "insufficient_quota":
-            return SpeechError("OpenAI: the account has run out of credit (429 insufficient_quota)", "quota")
-        if status == 429 or status >= 500:
-            return _Retryable(_describe(exc), _retry_after(exc))
-        if status in (401, 403):
-            return SpeechError(f"OpenAI: the API key was refused ({status})", "auth")
-        return SpeechError(f"OpenAI: {_describe(exc)}")
+    if isinstance(exc, _sdk().APIStatusError):
+        return _status_problem(exc.status_code, exc.response.reason_phrase, exc.body, _retry_after(exc))
     return _Retryable(_describe(exc))
 
 
+def _status_problem(status: int, reason: str, body: object, retry_after: float | None) -> Exception:
+    """What an error answer means: a SpeechError to give up with, or a _Retryable."""
+    if status == 429 and _error_code(body) == "insufficient_quota":
+        return SpeechError("OpenAI: the account has run out of credit (429 insufficient_quota)", "quota")
+    if status == 429 or status >= 500:
+        return _Retryable(_answer(status, reason, body), retry_after)
+    if status in (401, 403):
+        return SpeechError(f"OpenAI: the API key was refused ({status})", "auth")
+    return SpeechError(f"OpenAI: {_answer(status, reason, body)}")
+
+
+def _answer(status: int, reason: str, body: object) -> str:
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return f"server answered {status} {reason}" + (f": {message}" if message else "")
+
+
+def _json_or_none(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
 def _describe(exc: Exception) -> str:
+    openai = _sdk()
     if isinstance(exc, openai.APIStatusError):
-        error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
-        message = error.get("message") if isinstance(error, dict) else None
-        reason = exc.response.reason_phrase
-        return f"server answered {exc.status_code} {reason}" + (f": {message}" if message else "")
+        return _answer(exc.status_code, exc.response.reason_phrase, exc.body)
     if isinstance(exc, openai.APITimeoutError):
         return "timed out connecting"
     if isinstance(exc, openai.APIConnectionError):
@@ -205,13 +260,23 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _error_code(exc: openai.APIStatusError) -> str | None:
-    body = exc.body
+def _error_code(body: object) -> str | None:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict):
             return inner.get("code") or inner.get("type")
     return None
+
+
+def _sdk_http_error() -> type[Exception]:
+    import httpx2  # the SDK's HTTP client, loaded with it
+
+    return httpx2.HTTPError
+
+
+def base_url(cfg: OpenAIConfig) -> str:
+    """The API's address, found as the SDK finds it: the config, else OPENAI_BASE_URL, else the public API."""
+    return cfg.base_url or os.environ.get("OPENAI_BASE_URL") or PUBLIC_API
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
