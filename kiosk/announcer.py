@@ -28,9 +28,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 
-from kiosk.cache import BLOCK_BYTES, CachedAudio, CorruptEntry, PhraseCache, cache_key
+from kiosk.cache import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, PhraseCache, cache_key
 from kiosk.chime import Chime
 from kiosk.errors import CacheError, KioskError, SpeechError
+from kiosk.loudness import Levelled, Leveller, linear
 from kiosk.player import Playback, Player
 from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
@@ -60,6 +61,7 @@ class Trace:
     error: str | None = None
     failover: list[str] = field(default_factory=list)  # engines that failed before the one that spoke
     first_sound_ms: float | None = None  # first frame of the chime or of the speech, whichever came first
+    loudness_lufs: float | None = None  # the line's loudness as played (before the staff volume); None: unmeasured
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -78,6 +80,7 @@ class _Attempt:
     first_byte_at: float | None = None
     cached: bool = False
     error: str | None = None
+    loudness_lufs: float | None = None
 
 
 class Synthesis:
@@ -140,6 +143,7 @@ class Announcer:
         player: Player,
         io: Executor | None = None,
         chime: Chime | None = None,
+        leveller: Leveller | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.engines = engines
@@ -148,6 +152,7 @@ class Announcer:
         self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
         self.chime = chime  # played at once for a line that is not ready offline
         self._chime_playback: Playback | None = None
+        self.leveller = leveller  # matched loudness; None plays every line as its engine made it
         self._clock = clock
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
@@ -227,7 +232,7 @@ class Announcer:
             self.engines.failed(engine, exc)
             raise
         self.engines.succeeded(engine)
-        if not await self._store(engine, key, bytes(audio), text):
+        if await self._store(engine, key, bytes(audio), text) is None:
             raise CacheError("the cache is not writable")
         return True
 
@@ -300,7 +305,8 @@ class Announcer:
 
     async def _play_cached(self, entry: CachedAudio, started: float, gain: float) -> Trace:
         """Play a cached line block by block, each verified just before it is fed; the first plays at once."""
-        playback = self._start(entry.info.fmt, streamed=False, gain=gain)
+        level_db = self._level_db(entry.info.levelled, entry.info.engine)
+        playback = self._start(entry.info.fmt, streamed=False, gain=gain * linear(level_db))
         playback.whole_periods = True
         attempt = _Attempt([playback])
         try:
@@ -309,9 +315,12 @@ class Announcer:
             playback.finish()  # what was verified plays out
             entry.close()
         attempt.error = await self._finish(playback) or attempt.error
-        if entry.legacy and attempt.error is None:
-            self._background(self._in_io(self.cache.migrate, entry.key))  # the old format, rewritten once
-        return self._trace("cache", entry.info.engine, entry.info.key, len(entry.info.text), started, attempt, [])
+        if entry.outdated and attempt.error is None:
+            self._background(self._in_io(self.cache.migrate, entry.key))  # rewritten once, with its loudness
+        trace = self._trace("cache", entry.info.engine, entry.info.key, len(entry.info.text), started, attempt, [])
+        levelled = entry.info.levelled
+        trace.loudness_lufs = _as_played(levelled and levelled.loudness.lufs, level_db)
+        return trace
 
     async def _feed_cached(self, entry: CachedAudio, playback: Playback) -> str | None:
         """Feed the blocks, reading each only once less than half a block waits to be played (so an SD card is read
@@ -355,17 +364,21 @@ class Announcer:
             heard = attempt
         failover = errors if attempt.error is None else errors[:-1]
         key = self.key_for(text, engine)
-        return self._trace(engine.name, engine.name, key, len(text), started, attempt, failover)
+        trace = self._trace(engine.name, engine.name, key, len(text), started, attempt, failover)
+        trace.loudness_lufs = attempt.loudness_lufs
+        return trace
 
     async def _attempt(self, engine: SpeechEngine, text: str, gain: float, deadline: float | None) -> _Attempt:
         """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
         attempt = _Attempt()
         audio = bytearray()
+        level_db = self._level_db(None, engine.name)  # learned from the engine's recent lines
 
         def on_audio(chunk: bytes) -> None:
             if not attempt.playbacks:
                 attempt.first_byte_at = self._clock()
-                attempt.playbacks.append(self._start(engine.fmt, streamed=True, gain=gain, text=text))
+                playback = self._start(engine.fmt, streamed=True, gain=gain * linear(level_db), text=text)
+                attempt.playbacks.append(playback)
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
 
@@ -385,17 +398,20 @@ class Announcer:
                 playback.finish()  # what was heard stays; the device plays it out and stops cleanly
         if attempt.error is None:
             self.engines.succeeded(engine)
-            attempt.cached = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
+            stored = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
+            attempt.cached = stored is not None
+            attempt.loudness_lufs = _as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)
         for playback in attempt.playbacks:
             audio_error = await self._finish(playback)
             attempt.error = attempt.error or audio_error
         return attempt
 
-    async def _store(self, engine: SpeechEngine, key: str, pcm: bytes, text: str) -> bool:
-        """Commit the finished stream to the cache (off the event loop); a full or read-only disk is not fatal."""
+    async def _store(self, engine: SpeechEngine, key: str, pcm: bytes, text: str) -> EntryInfo | None:
+        """Commit the finished stream to the cache (off the event loop; its loudness is measured there and learned
+        for the engine); None when it could not be: a full or read-only disk is not fatal."""
         whole = len(pcm) - len(pcm) % engine.fmt.frame_bytes
         try:
-            await self._in_io(
+            info = await self._in_io(
                 functools.partial(self.cache.put, fmt=engine.fmt, text=text, identity=engine.identity()),
                 key,
                 pcm[:whole],
@@ -403,9 +419,15 @@ class Announcer:
         except CacheError as exc:
             log.warning("line played but not cached: %s", exc)
             self.cache_problem = str(exc)
-            return False
+            return None
         self.cache_problem = None
-        return True
+        if self.leveller is not None:
+            self.leveller.learn(engine.name, info.levelled)
+        return info
+
+    def _level_db(self, levelled: Levelled | None, engine: str) -> float:
+        """The gain a line still needs to play at the target: for a streamed one (`levelled` None), its engine's."""
+        return 0.0 if self.leveller is None else self.leveller.gain_db(levelled, engine)
 
     async def _in_io(self, function: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
@@ -451,6 +473,11 @@ class Announcer:
             error=attempt.error,
             failover=failover,
         )
+
+
+def _as_played(lufs: float | None, gain_db: float) -> float | None:
+    """The loudness of a line as it was played: measured, plus the gain it was given on the way."""
+    return None if lufs is None else round(lufs + gain_db, 1)
 
 
 class SampleStream:

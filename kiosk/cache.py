@@ -9,8 +9,10 @@ first block; every later block is verified when it is read, just before it is pl
 played: the line stops where that block would begin, the entry is removed and the fault logged. BLAKE2b rather than
 SHA-256: a Pi 4 has no SHA instructions, and BLAKE2b is the faster of the two in software on 64-bit ARM.
 
-Entries of the first format (one SHA-256 of all the audio) are read and verified whole once, then rewritten in the
-block format (`migrate`, done in the background after such an entry's first play, and by `kiosk cache verify`).
+With a loudness target, each line is levelled to it when its entry is committed (kiosk.loudness) and the header
+records its loudness, the engine's and the target. Entries of the first format (one SHA-256 of all the audio),
+without a loudness, or levelled to another target are read and verified whole once, then rewritten (`migrate`, done
+in the background after such an entry's first play, and by `kiosk cache verify`).
 
 Pinned entries (the configured exhibit lines) are never evicted; the rest are evicted least recently used first when
 the cache is over its size cap. A cached press writes nothing to disk (an SD card wears with writes): the time each
@@ -31,11 +33,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kiosk.errors import CacheError
 from kiosk.fileio import TEMP_SUFFIX, write_atomically
+from kiosk.loudness import Levelled, level, measure
 from kiosk.pcm import AudioFormat
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class EntryInfo:
     length: int
     created: float
     last_used: float
+    levelled: Levelled | None = None  # None: measured at the entry's next rewrite
 
     @property
     def duration_s(self) -> float:
@@ -100,6 +104,8 @@ class CachedAudio:
         try:
             self.info, header, self._offset = _parse_header(self._file, key)
             self.legacy = header["v"] == _LEGACY_VERSION
+            #: The entry is worth rewriting (see PhraseCache.migrate); set by the cache that opened it.
+            self.outdated = self.legacy or self.info.levelled is None
             size = os.fstat(self._file.fileno()).st_size
             if size != self._offset + self.info.length:
                 raise CorruptEntry(f"holds {size - self._offset} audio bytes, header says {self.info.length}")
@@ -156,9 +162,12 @@ class CachedAudio:
 
 
 class PhraseCache:
-    def __init__(self, root: Path, max_bytes: int, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, root: Path, max_bytes: int, *, loudness_lufs: float | None = None, clock: Callable[[], float] = time.time
+    ):
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self.loudness_lufs = loudness_lufs  # new lines are levelled to it; None: stored as the engine made them
         self._clock = clock
         self._pinned: frozenset[str] = frozenset()
         self._used: dict[str, float] = {}  # last use of entries since the index was last saved
@@ -205,8 +214,15 @@ class PhraseCache:
         except (CorruptEntry, OSError) as exc:
             self.discard(key, str(exc))
             return None
+        audio.outdated = self._outdated(audio)
         self._touch(key)
         return audio
+
+    def _outdated(self, audio: CachedAudio) -> bool:
+        levelled = audio.info.levelled
+        if audio.legacy or levelled is None:
+            return True
+        return self.loudness_lufs is not None and levelled.target_lufs != self.loudness_lufs
 
     def get(self, key: str) -> Entry | None:
         """The whole entry, verified; None when absent or corrupt (a corrupt one is removed)."""
@@ -232,18 +248,30 @@ class PhraseCache:
 
     def put(self, key: str, pcm: bytes, *, fmt: AudioFormat, text: str, identity: dict) -> EntryInfo:
         """Commit an entry atomically (temp, fsync, rename, directory fsync), then evict down to the cap."""
-        header = _header(key, pcm, fmt, text, identity, created=self._clock())
+        pcm, levelled = self._levelled(pcm, fmt, engine_lufs=None)
+        header = _header(key, pcm, fmt, text, identity, created=self._clock(), levelled=levelled)
         self._write(key, header, pcm)
         self._touch(key)
         self.evict()
         return _info(header, self._clock())
 
+    def _levelled(self, pcm: bytes, fmt: AudioFormat, *, engine_lufs: float | None) -> tuple[bytes, Levelled]:
+        """The audio to store and its record: levelled to the target, or as it is without one. `engine_lufs`: the
+        engine's own loudness, when `pcm` is no longer as the engine made it."""
+        if self.loudness_lufs is None:
+            made = measure(pcm, fmt)
+            return pcm, Levelled(made, engine_lufs if engine_lufs is not None else made.lufs, None)
+        pcm, levelled = level(pcm, fmt, self.loudness_lufs)
+        if engine_lufs is not None:
+            levelled = replace(levelled, engine_lufs=engine_lufs)
+        return pcm, levelled
+
     def migrate(self, key: str) -> bool:
-        """Rewrite an entry of the first format in the block format (verified whole first); False if there was
-        nothing to do. A corrupt entry is removed."""
+        """Rewrite an entry of the first format in the block format, or one without a loudness with it (verified
+        whole first); False if there was nothing to do. A corrupt entry is removed."""
         try:
             with CachedAudio(self.path_for(key), key) as audio:
-                if not audio.legacy:
+                if not self._outdated(audio):
                     return False
                 header = json.loads(_header_line(self.path_for(key)))
                 pcm = audio.pcm
@@ -252,9 +280,12 @@ class PhraseCache:
         except (CorruptEntry, OSError, ValueError) as exc:
             self.discard(key, str(exc))
             return False
-        new = _header(key, pcm, audio.info.fmt, audio.info.text, header["identity"], created=audio.info.created)
+        info = audio.info
+        before = info.levelled
+        pcm, levelled = self._levelled(pcm, info.fmt, engine_lufs=before.engine_lufs if before else None)
+        new = _header(key, pcm, info.fmt, info.text, header["identity"], created=info.created, levelled=levelled)
         self._write(key, new, pcm)
-        log.info("cache entry %s rewritten in the block format", key[:12])
+        log.info("cache entry %s rewritten with block hashes and its loudness", key[:12])
         return True
 
     def _write(self, key: str, header: dict, pcm: bytes) -> None:
@@ -274,31 +305,31 @@ class PhraseCache:
         infos = []
         for path in self.entries():
             try:
-                with open(path, "rb") as f:
-                    info, _, _ = _parse_header(f, path.stem)
+                info = _read_info(path)
             except (CorruptEntry, OSError):
                 continue
-            infos.append(_with_last_used(info, self.last_used(path.stem, info.created)))
+            infos.append(replace(info, last_used=self.last_used(path.stem, info.created)))
         return infos
 
-    def verify(self) -> tuple[int, list[tuple[str, str]]]:
-        """Check every block of every entry; remove the corrupt ones; rewrite entries of the first format in the
-        block format (counted in `migrated`). Returns (entries ok, [(file name, reason) removed])."""
-        ok, removed, self.migrated = 0, [], 0
+    def verify(self) -> tuple[list[EntryInfo], list[tuple[str, str]]]:
+        """Check every block of every entry; remove the corrupt ones; rewrite outdated entries (counted in
+        `migrated`). Returns ([info of each entry that is ok, with its loudness], [(file name, reason) removed])."""
+        ok, removed, self.migrated = [], [], 0
         for path in self.entries():
             try:
                 with CachedAudio(path, path.stem) as audio:
                     for _ in audio.blocks():
                         pass
-                    legacy = audio.legacy
+                    outdated, info = self._outdated(audio), audio.info
             except (CorruptEntry, OSError) as exc:
                 log.warning("cache entry %s is corrupt and was removed: %s", path.name, exc)
                 _unlink(path)
                 removed.append((path.name, str(exc)))
                 continue
-            ok += 1
-            if legacy and self.migrate(path.stem):
+            if outdated and self.migrate(path.stem):
                 self.migrated += 1
+                info = _read_info(path)
+            ok.append(info)
         return ok, removed
 
     def remove_stale_temps(self) -> int:
@@ -408,7 +439,9 @@ class _Flusher:
 _FLUSHER = _Flusher()
 
 
-def _header(key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *, created: float) -> dict:
+def _header(
+    key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *, created: float, levelled: Levelled
+) -> dict:
     return {
         "v": _VERSION,
         "key": key,
@@ -421,12 +454,18 @@ def _header(key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *
         "identity": identity,
         "text": text,
         "created": created,
+        "loudness": levelled.as_json(),
     }
 
 
 def _header_line(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.readline(_MAX_HEADER)
+
+
+def _read_info(path: Path) -> EntryInfo:
+    with open(path, "rb") as f:
+        return _parse_header(f, path.stem)[0]
 
 
 def _parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
@@ -463,11 +502,8 @@ def _info(header: dict, last_used: float) -> EntryInfo:
         length=int(header["length"]),
         created=float(header["created"]),
         last_used=last_used,
+        levelled=Levelled.from_json(header.get("loudness")),
     )
-
-
-def _with_last_used(info: EntryInfo, last_used: float) -> EntryInfo:
-    return EntryInfo(info.key, info.text, info.engine, info.fmt, info.length, info.created, last_used)
 
 
 def _writer_alive(tmp: Path) -> bool:

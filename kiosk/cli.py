@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import math
 import os
 import sys
 import time
@@ -19,9 +20,10 @@ from pathlib import Path
 from kiosk import __version__, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
-from kiosk.cache import PhraseCache
+from kiosk.cache import EntryInfo, PhraseCache
 from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
+from kiosk.loudness import Leveller
 from kiosk.service import build_cache, build_chain, build_player, open_announcer, run_service
 from kiosk.warm import warm
 from kiosk.web.server import raise_open_file_limit
@@ -263,11 +265,31 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     _, cache = _pinned_cache(args)
     temps = cache.remove_stale_temps()
     ok, removed = cache.verify()
+    target = _config(args).audio.loudness_lufs
+    leveller = None if target is None else Leveller(target)
+    # The engine's loudness, the entry's as stored (and played), its true peak, and any gain still applied.
+    print(f"{'KEY':12}  {'ENGINE':8} {'MADE':>6} {'LUFS':>6} {'dBTP':>6} {'GAIN dB':>7}  TEXT")
+    for info in ok:
+        print(_loudness_row(info, leveller))
     for name, reason in removed:
         print(f"removed {name}: {reason}")
-    migrated = f", {cache.migrated} rewritten in the block format" if cache.migrated else ""
-    print(f"{ok} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed{migrated}")
+    migrated = f", {cache.migrated} rewritten with block hashes and loudness" if cache.migrated else ""
+    print(
+        f"{len(ok)} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed{migrated}; "
+        + (f"lines are played at {target:g} LUFS" if target is not None else "loudness matching is off")
+    )
     return EXIT_FAULT if removed else 0
+
+
+def _loudness_row(info: EntryInfo, leveller: Leveller | None) -> str:
+    levelled = info.levelled
+    level = levelled.loudness if levelled else None
+    lufs = "-" if level is None or level.lufs is None else f"{level.lufs:6.1f}"
+    peak = "-" if level is None or not math.isfinite(level.true_peak_db) else f"{level.true_peak_db:6.1f}"
+    made = "-" if levelled is None or levelled.engine_lufs is None else f"{levelled.engine_lufs:6.1f}"
+    gain = "-" if lufs == "-" or leveller is None else f"{leveller.gain_db(levelled, info.engine):+7.1f}"
+    text = info.text if len(info.text) <= 50 else info.text[:47] + "..."
+    return f"{info.key[:12]}  {info.engine:8} {made:>6} {lufs:>6} {peak:>6} {gain:>7}  {text}"
 
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:

@@ -184,6 +184,7 @@ class AudioConfig:
     period_ms: int = _bounded(40, 5, 200)
     buffer_periods: int = _bounded(4, 2, 32)
     chime: str = field(default="none", metadata=_NONEMPTY)  # none, soft, or a WAV file played at once for a new line
+    loudness_lufs: float | None = _bounded(-18.0, -40.0, -10.0)  # every line brought to it; null: off
 
 
 @dataclass(frozen=True)

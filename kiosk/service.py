@@ -38,6 +38,7 @@ from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError, SpeechError
 from kiosk.fleet import Fleet
 from kiosk.history import History, Outcome
+from kiosk.loudness import Leveller
 from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player, SinkOpener
@@ -76,7 +77,12 @@ def build_player(audio: AudioConfig, open_sink: SinkOpener | None = None) -> Pla
 
 
 def build_cache(cfg: Config) -> PhraseCache:
-    return PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000)).open()
+    return new_cache(cfg).open()
+
+
+def new_cache(cfg: Config) -> PhraseCache:
+    """The phrase cache as configured (not opened yet): where, how large, and the loudness lines are levelled to."""
+    return PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000), loudness_lufs=cfg.audio.loudness_lufs)
 
 
 def piper_installed() -> bool:
@@ -102,6 +108,18 @@ def build_local_voice(piper_cfg) -> SpeechEngine:
     return PiperEngine(piper_cfg)
 
 
+def build_leveller(cfg: Config, cache: PhraseCache) -> Leveller | None:
+    """Matched loudness at the configured target, each engine's gain learned from the lines it has in the cache
+    (so the first line heard after a restart is already at the right level). Reads every entry's header. None
+    when matching is off (`audio.loudness_lufs: null`)."""
+    if cfg.audio.loudness_lufs is None:
+        return None
+    leveller = Leveller(cfg.audio.loudness_lufs)
+    entries = sorted(cache.list(), key=lambda info: info.created)  # the most recent last: they are remembered
+    leveller.learn_all((info.engine, info.levelled) for info in entries)
+    return leveller
+
+
 def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
     """The primary engine, then the local voice as fallback ("auto": when installed and not already primary)."""
     primary = build_engine(cfg)
@@ -122,7 +140,8 @@ async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) ->
     player = build_player(cfg.audio, open_sink)
     player.start()
     try:
-        announcer = Announcer(engines=engines, cache=cache, player=player)  # no press to answer: no chime
+        leveller = build_leveller(cfg, cache)
+        announcer = Announcer(engines=engines, cache=cache, player=player, leveller=leveller)  # no press: no chime
         announcer.pin_lines(list(cfg.phrases.values()))
         await player.open_device(engines.primary.fmt)
         yield announcer
@@ -203,7 +222,7 @@ class Service:
         self.cache = await self._open_cache(cfg)
         self.engines = build_chain(cfg)
         self.player = self._new_player(cfg)
-        self.announcer = self._new_announcer()
+        self.announcer = await self._new_announcer(cfg)
         self.announcer.pin_lines(list(cfg.phrases.values()))
         self.speaker = Speaker(self.announcer, queue_limit=cfg.speech.queue_limit)
         self.speaker.on_change(self._on_request_change)
@@ -290,7 +309,7 @@ class Service:
             if old.audio != new.audio:
                 self.player = self._new_player(new)
                 await asyncio.to_thread(old_player.close, 1.0)
-            self.announcer = self._new_announcer()
+            self.announcer = await self._new_announcer(new)
             self.speaker.announcer = self.announcer
             await self.device.open()
             await old_engines.aclose()
@@ -317,7 +336,7 @@ class Service:
 
     async def _open_cache(self, cfg: Config) -> PhraseCache:
         """The phrase cache; a read-only, full or missing cache directory is reported, never fatal."""
-        cache = PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000))
+        cache = new_cache(cfg)
         try:
             await asyncio.to_thread(cache.open)
             stale = await asyncio.to_thread(cache.remove_stale_temps)
@@ -329,14 +348,20 @@ class Service:
             self.event(f"removed {stale} unfinished cache file(s) left by a crash or power cut")
         return cache
 
-    def _new_announcer(self) -> Announcer:
-        chime = self._load_chime()
-        return Announcer(engines=self.engines, cache=self.cache, player=self.player, io=self._audio_io, chime=chime)
+    async def _new_announcer(self, cfg: Config) -> Announcer:
+        return Announcer(
+            engines=self.engines,
+            cache=self.cache,
+            player=self.player,
+            io=self._audio_io,
+            chime=self._load_chime(cfg),
+            leveller=await asyncio.to_thread(build_leveller, cfg, self.cache),
+        )
 
-    def _load_chime(self) -> Chime | None:
+    def _load_chime(self, cfg: Config) -> Chime | None:
         """The chime; one that cannot be read is reported and left out, never a reason not to start."""
         try:
-            return load_chime(self.cfg.audio.chime, self.engine.fmt)
+            return load_chime(cfg.audio.chime, self.engine.fmt)
         except ConfigError as exc:
             self.event(f"no chime: {exc.problems[0]}")
             return None

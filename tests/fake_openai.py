@@ -48,7 +48,9 @@ MAX_INPUT_CHARS = 4096
 MODELS = ("gpt-4o-mini-tts", "tts-1", "tts-1-hd")
 
 _FADE_S = 0.005
-_AMPLITUDE = 0.3 * 32767
+#: A line's peak, as a share of full scale: 0.19 puts every line's loudness within 0.5 LU of kiosk's default
+#: target (-18 LUFS), so that kiosk stores and plays it byte for byte as sent (tests compare the bytes).
+AMPLITUDE = 0.19
 _FLUSH_LIMIT_S = 1.0
 _STOP_GRACE_S = 2.0
 
@@ -57,7 +59,12 @@ _STOP_GRACE_S = 2.0
 
 
 def pcm_for(
-    text: str, *, ms_per_char: float = 60.0, min_audio_s: float = 0.2, max_audio_s: float | None = None
+    text: str,
+    *,
+    ms_per_char: float = 60.0,
+    min_audio_s: float = 0.2,
+    max_audio_s: float | None = None,
+    amplitude: float = AMPLITUDE,
 ) -> bytes:
     """The exact PCM (s16le, mono, 24 kHz) the server sends for `text` with these knobs.
 
@@ -68,25 +75,25 @@ def pcm_for(
     seconds = max(min_audio_s, len(text) * ms_per_char / 1000)
     if max_audio_s is not None:
         seconds = min(seconds, max_audio_s)
-    return _tone(text, max(0, round(seconds * SAMPLE_RATE)))
+    return _tone(text, max(0, round(seconds * SAMPLE_RATE)), amplitude)
 
 
 @lru_cache(maxsize=256)
-def _tone(text: str, frames: int) -> bytes:
+def _tone(text: str, frames: int, amplitude: float) -> bytes:
     """A sine tone with short fades (no clicks in demos), cached because tests ask for the same text twice."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     frequency = 220 + int.from_bytes(digest[:2], "little") % 660
     step = 2 * math.pi * frequency / SAMPLE_RATE
     fade = max(1, round(_FADE_S * SAMPLE_RATE))
-    samples = array.array("h", (_sample(n, frames, step, fade) for n in range(frames)))
+    samples = array.array("h", (_sample(n, frames, step, fade, amplitude * 32767) for n in range(frames)))
     if sys.byteorder == "big":
         samples.byteswap()
     return samples.tobytes()
 
 
-def _sample(n: int, frames: int, step: float, fade: int) -> int:
+def _sample(n: int, frames: int, step: float, fade: int, peak: float) -> int:
     envelope = min(1.0, n / fade, (frames - 1 - n) / fade)
-    return round(_AMPLITUDE * envelope * math.sin(step * n))
+    return round(peak * envelope * math.sin(step * n))
 
 
 # --- behaviour and records ------------------------------------------------------------------------------
@@ -122,11 +129,18 @@ class Behaviour:
     ms_per_char: float = 60.0
     min_audio_s: float = 0.2
     max_audio_s: float | None = None
+    amplitude: float = AMPLITUDE  # each line's peak, as a share of full scale
     errors_served: int = 0  # how many forced errors went out; counts against `fail_times`
 
     def audio_for(self, text: str) -> bytes:
         """The audio this behaviour produces for `text`."""
-        return pcm_for(text, ms_per_char=self.ms_per_char, min_audio_s=self.min_audio_s, max_audio_s=self.max_audio_s)
+        return pcm_for(
+            text,
+            ms_per_char=self.ms_per_char,
+            min_audio_s=self.min_audio_s,
+            max_audio_s=self.max_audio_s,
+            amplitude=self.amplitude,
+        )
 
     def take_forced_error(self) -> bool:
         """Whether this request gets the configured error; counts it, so `fail_times` can run out."""

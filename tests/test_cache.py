@@ -112,7 +112,7 @@ def test_verify_reports_and_removes_only_corrupt_entries(tmp_path):
     path = cache.path_for(bad)
     path.write_bytes(path.read_bytes()[:-10])
     ok, removed = cache.verify()
-    assert ok == 1 and [name for name, _ in removed] == [path.name]
+    assert [info.key for info in ok] == [good] and [name for name, _ in removed] == [path.name]
     assert cache.contains(good) and not cache.contains(bad)
 
 
@@ -164,7 +164,7 @@ def test_sigkill_mid_write_never_leaves_a_torn_entry(tmp_path):
     assert len(list(cache.entries())) > 0
     cache.remove_stale_temps()
     ok, removed = cache.verify()
-    assert removed == [] and ok == len(list(cache.entries()))
+    assert removed == [] and len(ok) == len(list(cache.entries()))
     assert list(tmp_path.glob(".*.tmp")) == []
     header = json.loads(next(cache.entries()).read_bytes().split(b"\n", 1)[0])
     assert header["length"] > 0 and len(header["blocks"]) == -(-header["length"] // BLOCK_BYTES)

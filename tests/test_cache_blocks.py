@@ -204,7 +204,7 @@ def test_verify_migrates_old_entries_and_removes_corrupt_old_ones(tmp_path):
     path = write_legacy_entry(cache, bad, audio(1.5), "bad")
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     ok, removed = cache.verify()
-    assert ok == 1 and cache.migrated == 1 and [name for name, _ in removed] == [path.name]
+    assert [info.key for info in ok] == [good] and cache.migrated == 1 and [name for name, _ in removed] == [path.name]
     assert header_of(cache.path_for(good))["v"] == 2 and cache.get(good).pcm == audio(1.5)
     assert cache.get(bad) is None
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kiosk.alsa_output import AlsaOutput
 from kiosk.errors import AudioError
 from kiosk.pcm import OPENAI_PCM
-from kiosk.player import Player, scale
+from kiosk.player import MAX_GAIN, Player, scale
 
 PERIOD_BYTES = OPENAI_PCM.bytes_for_ms(40)
 
@@ -256,10 +256,33 @@ def test_scale_matches_the_loop_it_replaced(pcm, gain):
     assert all(abs(a - b) <= 1 for a, b in zip(got, samples_of(scale_before(pcm, gain)), strict=True))
 
 
+@settings(max_examples=300, deadline=None)
+@given(pcm=st.binary(max_size=4000).map(lambda b: b[: len(b) // 2 * 2]), gain=st.floats(1.0, MAX_GAIN))
+def test_a_gain_above_one_raises_the_period_as_far_as_it_fits_and_never_wraps(pcm, gain):
+    """Exactly round(s * k / 65536) when the loudest sample stays under -1 dBFS (29204); otherwise the whole period
+    gets the largest gain that keeps it there, never less than 1: every sample keeps its sign, none is clipped or
+    wrapped around."""
+    before, after = samples_of(pcm), samples_of(scale(pcm, gain, 2))
+    k = round(gain * 65536)
+    exact = [(s * k + 32768) >> 16 for s in before]
+    peak = max((abs(s) for s in before), default=0)
+    if all(abs(y) <= 29204 for y in exact):
+        assert after == exact
+    elif peak < 29204:
+        assert 29200 <= max(abs(y) for y in after) <= 29204  # raised as far as -1 dBFS
+    else:
+        assert after == before  # already over -1 dBFS: not raised at all
+        assert all((y >= 0) == (s >= 0) or y == 0 for s, y in zip(before, after, strict=True))
+        assert all(abs(y) <= abs(s) * gain + 1 for s, y in zip(before, after, strict=True))
+
+
 def test_scale_extremes():
     edge = struct.pack("<4h", -32768, 32767, -1, 1)
     assert scale(edge, 1.0, 2) == edge
     assert scale(edge, 0.0, 2) == bytes(8)
     assert samples_of(scale(edge, 0.5, 2)) == [-16384, 16384, 0, 1]  # rounded to nearest, halves up
+    assert samples_of(scale(struct.pack("<3h", 1000, -1000, 3), 4.0, 2)) == [4000, -4000, 12]
+    assert samples_of(scale(struct.pack("<2h", 16000, -20000), 4.0, 2)) == [23363, -29203]  # up to -1 dBFS only
+    assert scale(edge, 100.0, 2) == edge  # over -1 dBFS already: not raised
     with pytest.raises(AudioError):
         scale(b"\0\0\0", 0.5, 3)

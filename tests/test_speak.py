@@ -21,6 +21,7 @@ def make_config(server_url: str, cache_dir, **openai):
     lines = "".join(f"  {k}: {v}\n" for k, v in deadlines.items())
     return parse_config(
         f"speech:\n  fallback: none\n"  # these tests are about the OpenAI engine itself
+        "audio:\n  loudness_lufs: null\n"  # and the bytes it sent, exactly (tests/test_loudness.py: matching)
         f"openai:\n  base_url: {server_url}/v1\n  voice: sage\n  instructions: Calm.\n  speed: 1.1\n{lines}"
         f"cache:\n  dir: {cache_dir}\nphrases:\n  welcome: {TEXT}\n"
     )
