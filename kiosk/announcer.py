@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 
@@ -62,6 +62,7 @@ class Trace:
     failover: list[str] = field(default_factory=list)  # engines that failed before the one that spoke
     first_sound_ms: float | None = None  # first frame of the chime or of the speech, whichever came first
     loudness_lufs: float | None = None  # the line's loudness as played (before the staff volume); None: unmeasured
+    language: str | None = None  # the language heard (None: the exhibit offers no languages)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -144,9 +145,11 @@ class Announcer:
         io: Executor | None = None,
         chime: Chime | None = None,
         leveller: Leveller | None = None,
+        voices: Mapping[str, EngineChain] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.engines = engines
+        self.engines = engines  # the default language's voice
+        self.voices = dict(voices or {})  # language → its own engines, for the other languages
         self.cache = cache
         self.player = player
         self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
@@ -164,17 +167,23 @@ class Announcer:
     def engine(self) -> SpeechEngine:
         return self.engines.primary
 
+    def chain_for(self, language: str | None) -> EngineChain:
+        """The engines that speak `language` (the default language's for None or one without voices of its own)."""
+        return self.voices.get(language or "", self.engines)
+
     def key_for(self, text: str, engine: SpeechEngine | None = None) -> str:
         engine = engine or self.engines.primary
         return cache_key(engine.identity(), engine.fmt, text.strip())
 
-    def keys_for(self, text: str) -> list[str]:
-        """Cache keys of `text` in every engine's voice, primary first."""
-        return [self.key_for(text, e) for e in self.engines.engines]
+    def keys_for(self, text: str, language: str | None = None) -> list[str]:
+        """Cache keys of `text` in every voice of its language, primary first."""
+        return [self.key_for(text, e) for e in self.chain_for(language).engines]
 
-    def pin_lines(self, texts: list[str]) -> None:
-        """The configured exhibit lines, in every engine's voice, are never evicted from the cache."""
-        self.cache.pin(key for text in texts for key in self.keys_for(text))
+    def pin_lines(self, lines: list[str | tuple[str, str | None]]) -> None:
+        """The configured exhibit lines (texts, or (text, language)), in every voice of their language, are never
+        evicted from the cache."""
+        pairs = [(line, None) if isinstance(line, str) else line for line in lines]
+        self.cache.pin(key for text, language in pairs for key in self.keys_for(text, language))
 
     async def aclose(self, timeout: float = 1.0) -> None:
         """End the syntheses still running for listeners (before their engines are closed under them)."""
@@ -190,17 +199,21 @@ class Announcer:
             if playback is not None:
                 playback.stop()
 
-    async def say(self, text: str, *, gain: float = 1.0) -> Trace:
-        """Speak `text` and return once it has played; faults are reported in `Trace.error`, never raised."""
+    async def say(self, text: str, *, gain: float = 1.0, language: str | None = None) -> Trace:
+        """Speak `text` (in `language`'s voice) and return once it has played; faults are reported in
+        `Trace.error`, never raised."""
         started = self._clock()
         text = text.strip()
-        for key in self.keys_for(text):
+        for key in self.keys_for(text, language):
             entry = await self._lookup(key)
             if entry is not None:
-                return await self._play_cached(entry, started, gain)
+                trace = await self._play_cached(entry, started, gain)
+                trace.language = language
+                return trace
         chime = self._ring(gain)
         try:
-            trace = await self._play_streamed(text, started, gain)
+            trace = await self._play_streamed(text, started, gain, self.chain_for(language))
+            trace.language = language
         finally:
             self._chime_playback = None
         if chime is not None and chime.stats.first_audio_at is not None:
@@ -217,10 +230,11 @@ class Announcer:
         playback.finish()
         return playback
 
-    async def prepare(self, text: str, engine: SpeechEngine | None = None) -> bool:
-        """Synthesize `text` into the cache with `engine` (the primary) without playing it; False when it was
-        cached already. Raises KioskError when the engine or the cache fails."""
-        engine = engine or self.engines.primary
+    async def prepare(self, text: str, engine: SpeechEngine | None = None, language: str | None = None) -> bool:
+        """Synthesize `text` into the cache with `engine` (its language's primary) without playing it; False when
+        it was cached already. Raises KioskError when the engine or the cache fails."""
+        chain = self.chain_for(language)
+        engine = engine or chain.primary
         text = text.strip()
         key = self.key_for(text, engine)
         if await self._in_io(self.cache.contains, key):
@@ -229,26 +243,27 @@ class Announcer:
         try:
             await engine.synthesize(text, audio.extend)
         except SpeechError as exc:
-            self.engines.failed(engine, exc)
+            chain.failed(engine, exc)
             raise
-        self.engines.succeeded(engine)
+        chain.succeeded(engine)
         if await self._store(engine, key, bytes(audio), text) is None:
             raise CacheError("the cache is not writable")
         return True
 
-    async def listen(self, text: str):
+    async def listen(self, text: str, language: str | None = None):
         """(format, chunks) of `text` for a listener: from the cache, else synthesized as it is heard (and cached
         at a clean end, even if the listener has gone). Raises SpeechError when no engine could start it."""
         text = text.strip()
-        for key in self.keys_for(text):
+        for key in self.keys_for(text, language):
             entry = await self._lookup(key)
             if entry is not None:
                 return entry.info.fmt, _once(entry.pcm)
-        key = self.key_for(text)
+        chain = self.chain_for(language)
+        key = self.key_for(text, chain.primary)
         synthesis = self._listening.get(key)
         if synthesis is None:
             synthesis = self._listening[key] = Synthesis()
-            task = asyncio.create_task(self._synthesize_for_listeners(text, key, synthesis))
+            task = asyncio.create_task(self._synthesize_for_listeners(text, key, synthesis, chain))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         await synthesis.started()
@@ -256,13 +271,13 @@ class Announcer:
             raise SpeechError(synthesis.error or "no audio")
         return synthesis.fmt, synthesis.read()
 
-    async def _synthesize_for_listeners(self, text: str, key: str, synthesis: Synthesis) -> None:
+    async def _synthesize_for_listeners(self, text: str, key: str, synthesis: Synthesis, chain: EngineChain) -> None:
         errors: list[str] = []
         try:
-            engines = self.engines.usable()
+            engines = chain.usable()
             for i, engine in enumerate(engines):
-                deadline = self.engines.failover_s if i + 1 < len(engines) else None
-                error = await self._synthesize_into(engine, text, synthesis, deadline)
+                deadline = chain.failover_s if i + 1 < len(engines) else None
+                error = await self._synthesize_into(chain, engine, text, synthesis, deadline)
                 if error is None or synthesis.chunks:  # done, or cut after listeners heard it: nothing to switch to
                     synthesis.end(error)
                     return
@@ -277,7 +292,7 @@ class Announcer:
             self._listening.pop(key, None)
 
     async def _synthesize_into(
-        self, engine: SpeechEngine, text: str, synthesis: Synthesis, deadline: float | None
+        self, chain: EngineChain, engine: SpeechEngine, text: str, synthesis: Synthesis, deadline: float | None
     ) -> str | None:
         """One engine's try; None on success (and the line cached), else why not."""
 
@@ -286,11 +301,11 @@ class Announcer:
             synthesis.add(chunk)
 
         try:
-            await _synthesize_within(engine, text, on_audio, deadline, self.engines.failover_s, self._clock)
+            await _synthesize_within(engine, text, on_audio, deadline, chain.failover_s, self._clock)
         except SpeechError as exc:
-            self.engines.failed(engine, exc)
+            chain.failed(engine, exc)
             return str(exc)
-        self.engines.succeeded(engine)
+        chain.succeeded(engine)
         await self._store(engine, self.key_for(text, engine), b"".join(synthesis.chunks), text)
         return None
 
@@ -344,18 +359,18 @@ class Announcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _play_streamed(self, text: str, started: float, gain: float) -> Trace:
-        engines = self.engines.usable()
+    async def _play_streamed(self, text: str, started: float, gain: float, chain: EngineChain) -> Trace:
+        engines = chain.usable()
         if not engines:
-            reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in self.engines.state())
+            reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in chain.state())
             attempt = _Attempt(error=f"no speech engine available now ({reasons})")
-            primary = self.engines.primary.name
+            primary = chain.primary.name
             return self._trace(primary, primary, self.key_for(text), len(text), started, attempt, [])
         errors: list[str] = []
         heard = _Attempt()
         for i, engine in enumerate(engines):
-            deadline = self.engines.failover_s if i + 1 < len(engines) else None
-            attempt = await self._attempt(engine, text, gain, deadline)
+            deadline = chain.failover_s if i + 1 < len(engines) else None
+            attempt = await self._attempt(chain, engine, text, gain, deadline)
             attempt.playbacks[:0] = heard.playbacks  # what an earlier engine got heard counts in the trace
             attempt.first_byte_at = heard.first_byte_at or attempt.first_byte_at
             if attempt.error is None:
@@ -368,7 +383,9 @@ class Announcer:
         trace.loudness_lufs = attempt.loudness_lufs
         return trace
 
-    async def _attempt(self, engine: SpeechEngine, text: str, gain: float, deadline: float | None) -> _Attempt:
+    async def _attempt(
+        self, chain: EngineChain, engine: SpeechEngine, text: str, gain: float, deadline: float | None
+    ) -> _Attempt:
         """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
         attempt = _Attempt()
         audio = bytearray()
@@ -383,9 +400,9 @@ class Announcer:
             attempt.playbacks[-1].feed(chunk)
 
         try:
-            await _synthesize_within(engine, text, on_audio, deadline, self.engines.failover_s, self._clock)
+            await _synthesize_within(engine, text, on_audio, deadline, chain.failover_s, self._clock)
         except SpeechError as exc:
-            self.engines.failed(engine, exc)
+            chain.failed(engine, exc)
             attempt.error = str(exc)
         except KioskError as exc:
             attempt.error = str(exc)
@@ -397,7 +414,7 @@ class Announcer:
             for playback in attempt.playbacks:
                 playback.finish()  # what was heard stays; the device plays it out and stops cleanly
         if attempt.error is None:
-            self.engines.succeeded(engine)
+            chain.succeeded(engine)
             stored = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
             attempt.cached = stored is not None
             attempt.loudness_lufs = _as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)

@@ -90,6 +90,14 @@ class Buttons:
         led.blink(on_time=0.25, off_time=0.25, n=max(1, round(seconds * 2)), background=True)
         return True
 
+    def flash(self, pin: int, times: int) -> bool:
+        """Flash the LED of the button on `pin` `times` times (a language button: the n-th language, n flashes)."""
+        led = self._leds.get(pin)
+        if led is None:
+            return False
+        led.blink(on_time=0.2, off_time=0.3, n=max(1, times), background=True)
+        return True
+
     def close(self) -> None:
         for device in self._devices:
             try:

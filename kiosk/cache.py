@@ -39,6 +39,7 @@ from pathlib import Path
 from kiosk.errors import CacheError
 from kiosk.fileio import TEMP_SUFFIX, write_atomically
 from kiosk.loudness import Levelled, level, measure
+from kiosk.memory import release_freed_memory
 from kiosk.pcm import AudioFormat
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ class PhraseCache:
             made = measure(pcm, fmt)
             return pcm, Levelled(made, engine_lufs if engine_lufs is not None else made.lufs, None)
         pcm, levelled = level(pcm, fmt, self.loudness_lufs)
+        release_freed_memory()  # the limiter's arrays: seconds of audio as floats
         if engine_lufs is not None:
             levelled = replace(levelled, engine_lufs=engine_lufs)
         return pcm, levelled

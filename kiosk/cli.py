@@ -24,7 +24,7 @@ from kiosk.cache import EntryInfo, PhraseCache
 from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
 from kiosk.loudness import Leveller
-from kiosk.service import build_cache, build_chain, build_player, open_announcer, run_service
+from kiosk.service import build_cache, build_chain, build_player, build_voices, open_announcer, run_service
 from kiosk.warm import warm
 from kiosk.web.server import raise_open_file_limit
 
@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     say = commands.add_parser("say", parents=[common], help="speak a line and exit")
     say.add_argument("text", nargs="?", help="text to speak")
     say.add_argument("--phrase", metavar="ID", help="speak the configured exhibit line with this id")
+    say.add_argument("--language", metavar="CODE", help="in this offered language (default: the first offered)")
     say.add_argument("--device", metavar="ALSA_PCM", help="ALSA playback device (overrides audio.device)")
     say.add_argument("--wav", metavar="FILE", help="write the audio to a WAV file instead of a device")
     say.add_argument("--trace", action="store_true", help="print one JSON line with timings on stdout")
@@ -184,7 +185,7 @@ def cmd_say(args: argparse.Namespace) -> int:
     elif not args.device and cfg.audio.device == "default" and not has_sound_card():
         log.warning("no sound card found: writing the audio to %s instead", NO_CARD_WAV)
         cfg = cfg.with_overrides(device=wav_file_device(os.path.abspath(NO_CARD_WAV)))
-    trace = asyncio.run(_say(cfg, text))
+    trace = asyncio.run(_say(cfg, *text))
     if args.trace:
         print(trace.to_json(), flush=True)
     if trace.error:
@@ -192,23 +193,27 @@ def cmd_say(args: argparse.Namespace) -> int:
     return 0
 
 
-def _text_to_say(args: argparse.Namespace, cfg: Config) -> str:
+def _text_to_say(args: argparse.Namespace, cfg: Config) -> tuple[str, str | None]:
+    """The text and the language it is spoken in."""
     if bool(args.text) == bool(args.phrase):
         raise ConfigError(["say: give either TEXT or --phrase ID"])
+    if args.language is not None and cfg.language(args.language) is None:
+        offered = ", ".join(lang.code for lang in cfg.languages) or "none (add languages: to the config)"
+        raise ConfigError([f"say: --language {args.language} is not offered (offered: {offered})"])
     if args.phrase:
         if args.phrase not in cfg.phrases:
             known = ", ".join(sorted(cfg.phrases)) or "none"
             raise ConfigError([f"say: no phrase '{args.phrase}' in {args.config} (known: {known})"])
-        return cfg.phrases[args.phrase]
+        return cfg.text_for(args.phrase, args.language)
     problem = text_problem(args.text)
     if problem:
         raise ConfigError([f"say: {problem}"])
-    return args.text
+    return args.text, args.language or cfg.default_language
 
 
-async def _say(cfg: Config, text: str):
+async def _say(cfg: Config, text: str, language: str | None):
     async with open_announcer(cfg) as announcer:
-        return await announcer.say(text)
+        return await announcer.say(text, language=language)
 
 
 def _announcer(args: argparse.Namespace) -> tuple[Config, Announcer]:
@@ -216,8 +221,8 @@ def _announcer(args: argparse.Namespace) -> tuple[Config, Announcer]:
     is never started: these commands do not play."""
     cfg = _config(args)
     player = build_player(cfg.audio)
-    announcer = Announcer(engines=build_chain(cfg), cache=build_cache(cfg), player=player)
-    announcer.pin_lines(list(cfg.phrases.values()))
+    announcer = Announcer(engines=build_chain(cfg), cache=build_cache(cfg), player=player, voices=build_voices(cfg))
+    announcer.pin_lines(cfg.all_lines())
     return cfg, announcer
 
 
@@ -232,9 +237,10 @@ def cmd_cache_warm(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         try:
-            await warm(announcer, list(cfg.phrases.values()), progress)
+            await warm(announcer, cfg.all_lines(), progress)
         finally:
-            await announcer.engines.aclose()
+            for chain in (announcer.engines, *announcer.voices.values()):
+                await chain.aclose()
 
     started = time.monotonic()
     asyncio.run(run())
@@ -244,7 +250,20 @@ def cmd_cache_warm(args: argparse.Namespace) -> int:
         1 for text in cfg.phrases.values() if any(announcer.cache.contains(k) for k in announcer.keys_for(text))
     )
     print(f"{ready}/{len(cfg.phrases)} lines ready offline ({progress['text']}; {time.monotonic() - started:.1f} s)")
+    if cfg.languages:
+        print("per language: " + ", ".join(_coverage(cfg, announcer, lang.code) for lang in cfg.languages))
     return EXIT_FAULT if progress["failed"] else 0
+
+
+def _coverage(cfg: Config, announcer: Announcer, code: str) -> str:
+    """ "de 11/12" (lines ready offline as heard in `code`), with how many are translated when not all are."""
+    ready = translated = 0
+    for pid in cfg.phrases:
+        text, heard = cfg.text_for(pid, code)
+        ready += any(announcer.cache.contains(k) for k in announcer.keys_for(text, heard))
+        translated += heard == code
+    missing = f" ({len(cfg.phrases) - translated} untranslated)" if translated < len(cfg.phrases) else ""
+    return f"{code} {ready}/{len(cfg.phrases)}{missing}"
 
 
 def cmd_cache_list(args: argparse.Namespace) -> int:

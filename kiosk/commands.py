@@ -18,7 +18,14 @@ from kiosk.speaker import Rejected
 MAX_BODY_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 4096
 MAX_JSON_DEPTH = 8
-REJECTED_STATUS = {"unknown_phrase": 404, "text_disabled": 403, "busy": 409, "queue_full": 409, "bad_text": 400}
+REJECTED_STATUS = {
+    "unknown_phrase": 404,
+    "unknown_language": 404,
+    "text_disabled": 403,
+    "busy": 409,
+    "queue_full": 409,
+    "bad_text": 400,
+}
 
 
 class CommandError(Exception):

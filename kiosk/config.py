@@ -153,12 +153,43 @@ class ButtonConfig:
     pin: int | None = _required(None, 0, 53)
     name: str = ""  # what staff call it, e.g. "Entrance case" (shown on the staff page)
     phrase: str | None = None
-    action: str = _choice("speak", "stop")
+    action: str = _choice("speak", "stop", "language")  # language: cycles through the offered languages
+    language: str | None = None  # a speak button fixed to one language; otherwise the visitor's choice
+    reset_s: int = _bounded(120, 5, 3600)  # a language button: back to the default after this long unused
     pull_up: bool = True
     bounce_ms: int = _bounded(50, 0, 1000)
     cooldown_ms: int = _bounded(1500, 0, 600_000)
     when_busy: str = _choice("restart", "ignore", "queue")
     led: int | None = _bounded(None, 0, 53)
+
+
+#: A language code: ISO 639-1 or -2 letters, optionally a region or script ("pt-br", "zh-hant"), lowercase.
+_LANGUAGE_CODE = {
+    "pattern": re.compile(r"[a-z]{2,3}(-[a-z0-9]{2,8})?"),
+    "pattern_help": "a language code such as en, de or pt-br",
+}
+#: Each language's name in itself: what the language button says and staff see.
+LANGUAGE_NAMES = {
+    "ar": "العربية", "cs": "Čeština", "da": "Dansk", "de": "Deutsch", "el": "Ελληνικά", "en": "English",
+    "es": "Español", "fi": "Suomi", "fr": "Français", "he": "עברית", "hu": "Magyar", "it": "Italiano",
+    "ja": "日本語", "ko": "한국어", "nb": "Norsk", "nl": "Nederlands", "pl": "Polski", "pt": "Português",
+    "ru": "Русский", "sv": "Svenska", "tr": "Türkçe", "uk": "Українська", "zh": "中文",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """A language the exhibit offers (`languages:`, the first is the default), with its own voices if wanted."""
+
+    code: str = field(default="", metadata={"required": True, **_LANGUAGE_CODE})
+    name: str = ""  # said by the language button and shown to staff; default: the language's own name
+    voice: str | None = None  # the OpenAI voice for this language (default: openai.voice)
+    instructions: str | None = None  # OpenAI instructions for this language (default: openai.instructions)
+    piper_voice: str | None = None  # a local Piper voice for it (.onnx path); without one it needs the network
+
+    @property
+    def spoken_name(self) -> str:
+        return self.name or LANGUAGE_NAMES.get(self.code) or LANGUAGE_NAMES.get(self.code[:2]) or self.code
 
 
 @dataclass(frozen=True)
@@ -202,6 +233,7 @@ class OpenAIConfig:
     chunk_gap_timeout_s: float = _bounded(3.0, 0.1, 120)
     request_timeout_s: float = _bounded(180.0, 1, 3600)
     retries: int = _bounded(2, 0, 10)
+    text_model: str = field(default="gpt-4o-mini", metadata=_NONEMPTY)  # drafts translations on the staff page
 
 
 @dataclass(frozen=True)
@@ -302,7 +334,42 @@ class Config:
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
     #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)
-    phrases: dict[str, str] = field(default_factory=dict)
+    languages: tuple[LanguageConfig, ...] = ()  # empty: one language, unnamed
+    phrases: dict[str, str] = field(default_factory=dict)  # id → the line in the default language
+    #: id → {language: text} in the other languages (given as maps under `phrases:`; see _split_translations).
+    translations: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def default_language(self) -> str | None:
+        return self.languages[0].code if self.languages else None
+
+    def language(self, code: str | None) -> LanguageConfig | None:
+        return next((lang for lang in self.languages if lang.code == code), None)
+
+    def text_for(self, phrase: str, language: str | None = None) -> tuple[str, str | None]:
+        """The line in `language` and the language it is in: the default language's text when there is no
+        translation (or no such language)."""
+        translated = self.translations.get(phrase, {}).get(language or "")
+        if translated is not None:
+            return translated, language
+        return self.phrases[phrase], self.default_language
+
+    def phrase_settings(
+        self, texts: dict[str, str], translations: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, str | dict[str, str]]:
+        """`phrases:` as the staff settings file keeps it: each line in the default language (`texts`), with its
+        translations (`translations`, else the current ones) as a map where it has any."""
+        translations = self.translations if translations is None else translations
+        default = self.default_language
+        return {
+            pid: {default: text, **translations[pid]} if default and translations.get(pid) else text
+            for pid, text in texts.items()
+        }
+
+    def all_lines(self) -> list[tuple[str, str | None]]:
+        """Every configured text with its language: each line in the default language, then each translation."""
+        lines = [(text, self.default_language) for text in self.phrases.values()]
+        return lines + [(text, lang) for texts in self.translations.values() for lang, text in texts.items()]
 
     def is_open(self, moment: datetime) -> bool:
         """Whether the museum is open at `moment` (always, when no opening hours are set)."""
@@ -364,7 +431,7 @@ def validate(data: dict, problems: list[str] | None = None) -> Config:
     problems = list(problems or [])
     if not isinstance(data, dict):
         raise ConfigError([*problems, f"the top level must be a mapping of sections, not {_kind(data)}"])
-    cfg = _build(Config, data, "", problems)
+    cfg = _build(Config, _split_translations(data, problems), "", problems)
     if not problems:
         problems += _cross_check(cfg)
     if problems:
@@ -623,6 +690,8 @@ def _value(hint: Any, raw: Any, where: str, meta: Any, problems: list[str]) -> A
         return _build(hint, raw, f"{where}.", problems)
     if hint == dict[str, str]:
         return _phrases(raw, where, problems)
+    if hint == dict[str, dict[str, str]]:
+        return raw  # checked by _split_translations
     if typing.get_origin(hint) is tuple:
         return _items(typing.get_args(hint)[0], raw, where, meta, problems)
     optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
@@ -705,6 +774,8 @@ def _items(item_cls: type, raw: Any, where: str, meta: Any, problems: list[str])
         return tuple(v for v in values if v is not _INVALID)
     items = []
     for i, item in enumerate(raw):
+        if item_cls is LanguageConfig and isinstance(item, str):
+            item = {"code": item}  # a language may be given by its code alone
         if not isinstance(item, dict):
             problems.append(f"{where}[{i}]: must be a mapping of keys, not {_kind(item)}")
             continue
@@ -731,6 +802,7 @@ def _cross_check(cfg: Config) -> list[str]:
             problems.append(f"{where}: no line '{_show(pid)}' in phrases{_suggest(pid, cfg.phrases)}")
     if cfg.attract.idle_minutes and not cfg.attract.phrases:
         problems.append("attract.phrases: name at least one line to invite visitors with (or set idle_minutes: 0)")
+    problems += _language_problems(cfg)
     used: dict[int, str] = {}
     for i, b in enumerate(cfg.buttons):
         where = f"buttons[{i}]"
@@ -745,6 +817,22 @@ def _cross_check(cfg: Config) -> list[str]:
                 problems.append(f"{where}.{role}: GPIO {pin} is already used by {used[pin]}")
             used[pin] = f"{where}.{role}"
     return problems + _fleet_problems(cfg)
+
+
+def _language_problems(cfg: Config) -> list[str]:
+    problems = []
+    codes = [lang.code for lang in cfg.languages]
+    for i, code in enumerate(codes):
+        if code in codes[:i]:
+            problems.append(f"languages[{i}].code: {code} is offered twice")
+    for i, b in enumerate(cfg.buttons):
+        where = f"buttons[{i}]"
+        if b.language is not None and b.language not in codes:
+            offer = ", ".join(codes) or "none: add languages:"
+            problems.append(f"{where}.language: {_show(b.language)} is not an offered language ({offer})")
+        if b.action == "language" and len(codes) < 2:
+            problems.append(f"{where}.action: a language button needs two or more languages: in the config")
+    return problems
 
 
 def _fleet_problems(cfg: Config) -> list[str]:
@@ -833,6 +921,58 @@ def _phrases(raw: Any, where: str, problems: list[str]) -> Any:
     return phrases
 
 
+#: Config fields made from others, never written in a file.
+_DERIVED_KEYS = frozenset({"translations"})
+
+
+def _split_translations(data: dict, problems: list[str]) -> dict:
+    """`phrases:` with maps of language → text split into the default language's texts (`phrases`) and the rest
+    (`translations`); every map must hold the default language, and only offered languages."""
+    if "translations" in data:
+        problems.append("translations: unknown key (give a line's translations as a map under phrases:)")
+        return {k: v for k, v in data.items() if k != "translations"}
+    phrases = data.get("phrases")
+    if not isinstance(phrases, dict) or not any(isinstance(v, dict) for v in phrases.values()):
+        return data
+    offered = _offered_languages(data.get("languages"))
+    plain, translations = {}, {}
+    for pid, texts in phrases.items():
+        if not isinstance(texts, dict):
+            plain[pid] = texts
+            continue
+        where = f"phrases.{_show(pid)}"
+        if not offered:
+            problems.append(f"{where}: a map of translations needs languages: (the first is the default)")
+            continue
+        unknown = [code for code in texts if code not in offered]
+        for code in unknown:
+            offer = ", ".join(offered)
+            problems.append(f"{where}.{_show(code)}: not an offered language (languages: {offer})")
+        if offered[0] not in texts:
+            problems.append(f"{where}: needs the line in {offered[0]}, the default language")
+            continue
+        plain[pid] = texts[offered[0]]
+        others = {}
+        for code, text in texts.items():
+            if code in unknown or code == offered[0]:
+                continue
+            problem = phrase_problem(_str(pid), text)
+            if problem:
+                problems.append(f"{where}.{_show(code)}: {problem}")
+            else:
+                others[code] = text.strip()
+        translations[_str(pid)] = others
+    return {**data, "phrases": plain, "translations": translations}
+
+
+def _offered_languages(raw: Any) -> list[str]:
+    """The language codes `languages:` offers, as far as they can be read (validation reports the rest)."""
+    if not isinstance(raw, list):
+        return []
+    codes = [item.get("code") if isinstance(item, dict) else item for item in raw]
+    return [c for c in codes if isinstance(c, str) and _LANGUAGE_CODE["pattern"].fullmatch(c)]
+
+
 def phrase_problem(pid: str, text: Any) -> str | None:
     """Why an exhibit line is unacceptable, or None; shared by the config file and the staff page."""
     if not PHRASE_ID.fullmatch(pid):
@@ -905,6 +1045,7 @@ def _show(value: Any, limit: int = 80) -> str:
 
 
 def _suggest(key: str, known: dict) -> str:
+    known = {name: None for name in known if name not in _DERIVED_KEYS}
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
 

@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 #: Rows kept in memory before they are written even though the interval has not passed.
 MAX_PENDING = 1000
 PURGE_EVERY_S = 24 * 3600
-CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars")
+CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars", "language")
 _MAX_PLOT_POINTS = 2000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     time REAL NOT NULL, origin TEXT NOT NULL, line TEXT, source TEXT, response_ms REAL,
-    outcome TEXT NOT NULL, error TEXT, text_chars INTEGER
+    outcome TEXT NOT NULL, error TEXT, text_chars INTEGER, language TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, text TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
@@ -57,6 +57,7 @@ class Outcome:
     outcome: str
     error: str | None = None
     text_chars: int | None = None
+    language: str | None = None  # the language heard; None where the exhibit offers no languages
 
 
 class History:
@@ -192,6 +193,9 @@ class History:
         db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; fewer syncs per commit
         db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
         db.executescript(_SCHEMA)
+        columns = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
+        if "language" not in columns:  # a database from before languages: kept, with the new column added
+            db.execute("ALTER TABLE requests ADD COLUMN language TEXT")
         self._db = db
         self.problem = None
 
@@ -209,8 +213,11 @@ class History:
         db = self._connection()
         with _transaction(db):
             db.executemany(
-                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars) for r in rows],
+                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars, r.language)
+                    for r in rows
+                ],
             )
             for at, text in events:
                 self._add_event(db, at, text)
@@ -231,7 +238,7 @@ class History:
 
     def _outcomes(self, since: float) -> list[Outcome]:
         cursor = self._connection().execute(
-            "SELECT time, origin, line, source, response_ms, outcome, error, text_chars FROM requests "
+            "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
             "WHERE time >= ? ORDER BY time",
             (since,),
         )

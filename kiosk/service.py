@@ -38,6 +38,7 @@ from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError, SpeechError
 from kiosk.fleet import Fleet
 from kiosk.history import History, Outcome
+from kiosk.languages import LanguageChoice
 from kiosk.loudness import Leveller
 from kiosk.metrics import Metrics
 from kiosk.pcm import AudioFormat
@@ -46,7 +47,7 @@ from kiosk.schedule import Scheduler
 from kiosk.speaker import Rejected, Request, Speaker
 from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
-from kiosk.speech.openai_engine import OpenAIEngine
+from kiosk.speech.openai_engine import OpenAIEngine, draft_translations
 from kiosk.staff.pages import make_staff_app
 from kiosk.status import WRITER_STUCK_S, EventLog, StatusBoard, outcome_of
 from kiosk.supervisor import Supervisor
@@ -120,6 +121,30 @@ def build_leveller(cfg: Config, cache: PhraseCache) -> Leveller | None:
     return leveller
 
 
+def build_voices(cfg: Config, clock=time.monotonic) -> dict[str, EngineChain]:
+    """The engines of each language after the first (the default, spoken by build_chain's): OpenAI with the
+    language's own voice and instructions where given, then the language's local Piper voice where one is set. A
+    language without a local voice needs the network until its lines are cached."""
+    key = resolve_api_key(cfg.openai)
+    voices = {}
+    for n, lang in enumerate(cfg.languages[1:], start=1):
+        hint = f"or give {lang.spoken_name} a local voice: languages[{n}].piper_voice"
+        openai_cfg = dataclasses.replace(
+            cfg.openai,
+            voice=lang.voice or cfg.openai.voice,
+            instructions=cfg.openai.instructions if lang.instructions is None else lang.instructions,
+        )
+        engines: list[SpeechEngine] = []
+        if cfg.speech.engine != "piper" or key:
+            engines.append(OpenAIEngine(openai_cfg, key, offline_hint=hint))
+        if lang.piper_voice and piper_installed():
+            engines.append(build_local_voice(dataclasses.replace(cfg.piper, voice=lang.piper_voice)))
+        if not engines:  # speech.engine piper and no local voice for it: say so when asked, never fail silently
+            engines.append(OpenAIEngine(openai_cfg, key, offline_hint=hint))
+        voices[lang.code] = EngineChain(engines, failover_s=cfg.speech.failover_ms / 1000, clock=clock)
+    return voices
+
+
 def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
     """The primary engine, then the local voice as fallback ("auto": when installed and not already primary)."""
     primary = build_engine(cfg)
@@ -136,18 +161,19 @@ def build_chain(cfg: Config, clock=time.monotonic) -> EngineChain:
 async def open_announcer(cfg: Config, *, open_sink: SinkOpener | None = None) -> AsyncIterator[Announcer]:
     """An announcer whose device is already open; everything is closed again on exit."""
     cache = build_cache(cfg)
-    engines = build_chain(cfg)
+    engines, voices = build_chain(cfg), build_voices(cfg)
     player = build_player(cfg.audio, open_sink)
     player.start()
     try:
         leveller = build_leveller(cfg, cache)
-        announcer = Announcer(engines=engines, cache=cache, player=player, leveller=leveller)  # no press: no chime
-        announcer.pin_lines(list(cfg.phrases.values()))
+        announcer = Announcer(engines=engines, cache=cache, player=player, leveller=leveller, voices=voices)
+        announcer.pin_lines(cfg.all_lines())
         await player.open_device(engines.primary.fmt)
         yield announcer
     finally:
         await asyncio.to_thread(player.close)
-        await engines.aclose()
+        for chain in (engines, *voices.values()):
+            await chain.aclose()
 
 
 class Service:
@@ -207,6 +233,8 @@ class Service:
         self._api_token: str | None = None
         self._api_key: str | None = None
         self.last_pressed: dict[int, float] = {}  # GPIO pin → wall-clock time of its last press
+        self.language_choice = LanguageChoice([lang.code for lang in cfg.languages], clock=clock)
+        self.voices: dict[str, EngineChain] = {}
         self.scheduler = Scheduler(
             config=lambda: self.cfg, speak=self._announce, claim=self.history.claim, on_event=self.event, now=now
         )
@@ -220,10 +248,10 @@ class Service:
         await self.history.open()
         self.events_log.load(await self.history.recent_events())
         self.cache = await self._open_cache(cfg)
-        self.engines = build_chain(cfg)
+        self.engines, self.voices = build_chain(cfg), build_voices(cfg)
         self.player = self._new_player(cfg)
         self.announcer = await self._new_announcer(cfg)
-        self.announcer.pin_lines(list(cfg.phrases.values()))
+        self.announcer.pin_lines(cfg.all_lines())
         self.speaker = Speaker(self.announcer, queue_limit=cfg.speech.queue_limit)
         self.speaker.on_change(self._on_request_change)
         self._limiter = RateLimiter(cfg.api.rate_limit_per_min)
@@ -262,7 +290,8 @@ class Service:
         await asyncio.to_thread(self.player.close, 0.5)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.3):
-                await self.engines.aclose()
+                for chain in (self.engines, *self.voices.values()):
+                    await chain.aclose()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.3):  # what was recorded in the last second
                 await self.history.close()
@@ -297,13 +326,13 @@ class Service:
 
     async def _apply(self, old: Config, new: Config) -> None:
         new_key = resolve_api_key(new.openai)
-        voice = (old.speech, old.openai, old.piper, old.audio, old.cache, self._api_key)
-        if voice != (new.speech, new.openai, new.piper, new.audio, new.cache, new_key):
+        voice = (old.speech, old.openai, old.piper, old.audio, old.cache, old.languages, self._api_key)
+        if voice != (new.speech, new.openai, new.piper, new.audio, new.cache, new.languages, new_key):
             self.speaker.stop()
             self.supervisor.cancel("warm")  # started again below, in the new voice
             await self.announcer.aclose()  # nothing may use the old engines once they are closed
-            old_engines, old_player = self.engines, self.player
-            self.engines = build_chain(new)
+            old_chains, old_player = (self.engines, *self.voices.values()), self.player
+            self.engines, self.voices = build_chain(new), build_voices(new)
             self._api_key = new_key  # a key typed on the staff page is used from the next line on
             self.cache = await self._open_cache(new)
             if old.audio != new.audio:
@@ -312,8 +341,11 @@ class Service:
             self.announcer = await self._new_announcer(new)
             self.speaker.announcer = self.announcer
             await self.device.open()
-            await old_engines.aclose()
-        self.announcer.pin_lines(list(new.phrases.values()))
+            for chain in old_chains:
+                await chain.aclose()
+        if old.languages != new.languages:
+            self.language_choice = LanguageChoice([lang.code for lang in new.languages], clock=self._clock)
+        self.announcer.pin_lines(new.all_lines())
         await self._apply_volume(new)
         self.speaker.queue_limit = new.speech.queue_limit
         self.hosts.configure(new.hostnames)
@@ -356,6 +388,7 @@ class Service:
             io=self._audio_io,
             chime=self._load_chime(cfg),
             leveller=await asyncio.to_thread(build_leveller, cfg, self.cache),
+            voices=self.voices,
         )
 
     def _load_chime(self, cfg: Config) -> Chime | None:
@@ -407,6 +440,9 @@ class Service:
         if button.action == "stop":
             self.stop_speaking()
             return
+        if button.action == "language":
+            self._next_language(button)
+            return
         if not self.cfg.is_open(self._now()):
             self._closed(button)
             return
@@ -416,18 +452,37 @@ class Service:
             self._refused(f"button:{button.pin}", button.phrase, "quiet_hours")
             self.event(f"button {button.pin}: quiet hours, not spoken")
             return
+        chosen = button.language or self.language_choice.current  # before the touch: a lapsed choice is over
+        self.language_choice.touch(self._language_reset_s())
+        text, language = self.cfg.text_for(button.phrase, chosen)
         try:
             self.speaker.request(
-                self.cfg.phrases[button.phrase],
+                text,
                 origin=f"button:{button.pin}",
                 policy=button.when_busy,
                 phrase=button.phrase,
                 gain=self._gain * (1.0 if quiet is None else quiet / 100),
+                language=language,
             )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             self._refused(f"button:{button.pin}", button.phrase, exc.reason)
             log.info("button %d: %s", button.pin, exc)
+
+    def _next_language(self, button: ButtonConfig) -> None:
+        """A language button: the next offered language, announced by its name in its own voice, its position
+        flashed on the button's LED."""
+        code, position = self.language_choice.cycle(button.reset_s)
+        if self.buttons is not None:
+            self.buttons.flash(button.pin, position)
+        name = self.cfg.language(code).spoken_name
+        self.event(f"button {button.pin}: language {code} ({name})")
+        with contextlib.suppress(Rejected):
+            self.speaker.request(name, origin=f"button:{button.pin}", policy="restart", gain=self._gain, language=code)
+
+    def _language_reset_s(self) -> float:
+        """How long a visitor's language choice lasts: the language button's setting."""
+        return next((b.reset_s for b in self.cfg.buttons if b.action == "language"), 120)
 
     def _closed(self, button: ButtonConfig) -> None:
         """A press while the museum is closed: the closed line where one is set, else nothing."""
@@ -436,29 +491,45 @@ class Service:
             self.metrics.rejected.labels("closed").inc()
             self._refused(f"button:{button.pin}", button.phrase, "closed")
             return
+        text, language = self.cfg.text_for(phrase, button.language or self.language_choice.current)
         with contextlib.suppress(Rejected):
             self.speaker.request(
-                self.cfg.phrases[phrase], origin=f"button:{button.pin}", policy="ignore", phrase=phrase, gain=self._gain
+                text, origin=f"button:{button.pin}", policy="ignore", phrase=phrase, gain=self._gain, language=language
             )
 
     def _announce(self, phrase: str, origin: str, volume: int) -> bool:
         """A scheduled announcement (after what is playing) or an invitation (only when nothing is)."""
         policy = "queue" if origin == "schedule" else "ignore"
+        text, language = self.cfg.text_for(phrase)
         try:
             self.speaker.request(
-                self.cfg.phrases[phrase], origin=origin, policy=policy, phrase=phrase, gain=self._gain * volume / 100
+                text, origin=origin, policy=policy, phrase=phrase, gain=self._gain * volume / 100, language=language
             )
         except Rejected as exc:
             self._refused(origin, phrase, exc.reason)
             return False
         return True
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str, policy: str | None = None) -> Request:
-        """Queue a configured line or (where allowed) free text; raises Rejected saying why not."""
-        text = self.line_text(phrase=phrase, text=text)
+    def play(
+        self,
+        *,
+        phrase: str | None,
+        text: str | None,
+        origin: str,
+        policy: str | None = None,
+        language: str | None = None,
+    ) -> Request:
+        """Queue a configured line (in `language`, else the default) or (where allowed) free text; raises Rejected
+        saying why not."""
+        text, language = self.line_text(phrase=phrase, text=text, language=language)
         try:
             return self.speaker.request(
-                text, origin=origin, policy=policy or self.cfg.api.when_busy, phrase=phrase, gain=self._gain
+                text,
+                origin=origin,
+                policy=policy or self.cfg.api.when_busy,
+                phrase=phrase,
+                gain=self._gain,
+                language=language,
             )
         except Rejected as exc:
             self.metrics.rejected.labels(exc.reason).inc()
@@ -468,22 +539,34 @@ class Service:
     def _refused(self, origin: str, phrase: str | None, reason: str) -> None:
         self.history.record(Outcome(time.time(), origin, phrase, None, None, reason))
 
-    def line_text(self, *, phrase: str | None, text: str | None) -> str:
-        """The configured line, or free text where allowed; raises Rejected saying why not."""
+    def line_text(self, *, phrase: str | None, text: str | None, language: str | None = None) -> tuple[str, str | None]:
+        """The configured line in `language` (the default language's text where it has no translation), or free
+        text where allowed, spoken in `language`'s voice; with the language heard. Raises Rejected saying why not."""
+        if language is not None and self.cfg.language(language) is None:
+            offered = ", ".join(lang.code for lang in self.cfg.languages) or "none"
+            raise Rejected(f"'{language}' is not an offered language (offered: {offered})", "unknown_language")
         if phrase is not None:
             if phrase not in self.cfg.phrases:
                 raise Rejected(f"no phrase '{phrase}'", "unknown_phrase")
-            return self.cfg.phrases[phrase]
+            return self.cfg.text_for(phrase, language)
         if not self.cfg.api.allow_text:
             raise Rejected("free text is disabled (api.allow_text: false)", "text_disabled")
         problem = text_problem(text)
         if problem:
             raise Rejected(problem, "bad_text")
-        return text
+        return text, language or self.cfg.default_language
 
-    async def listen(self, text: str):
+    async def draft_translations(self, phrase: str) -> dict[str, str]:
+        """Drafts of a configured line in every other offered language, from OpenAI's text model, for staff to
+        review (nothing is saved). Raises KioskError saying why there are none."""
+        others = {lang.code: lang.spoken_name for lang in self.cfg.languages[1:]}
+        if not others:
+            raise KioskError("offer two or more languages (languages: in the config) to translate lines")
+        return await draft_translations(self.cfg.openai, self._api_key, self.cfg.phrases[phrase], others)
+
+    async def listen(self, text: str, language: str | None = None):
         """(format, chunks) of a line for a listener over HTTP; see Announcer.listen."""
-        return await self.announcer.listen(text)
+        return await self.announcer.listen(text, language)
 
     def identify_button(self, pin: int) -> str | None:
         """Blink the LED of the button on `pin`; None when it blinks, else why it cannot."""
@@ -636,7 +719,7 @@ class Service:
         """Synthesize, in the background, every configured line the cache lacks in the current voice."""
         # A fresh record per run, set before the task starts: a cancelled run finishing late cannot touch it.
         self.warm = {
-            "total": len(self.cfg.phrases),
+            "total": len(self.cfg.all_lines()),
             "done": 0,
             "failed": 0,
             "running": True,
@@ -647,7 +730,7 @@ class Service:
         self.supervisor.start("warm", lambda: self._warm(progress), restart=False)
 
     async def _warm(self, progress: dict) -> None:
-        await warm(self.announcer, list(self.cfg.phrases.values()), progress)
+        await warm(self.announcer, self.cfg.all_lines(), progress)
         await asyncio.to_thread(self.board.ready_lines)
         for error in progress["errors"]:
             self.event(f"could not prepare a line: {error}")

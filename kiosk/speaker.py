@@ -40,13 +40,21 @@ class Request:
     origin: str  # "button:17", "api", ...
     phrase: str | None = None
     gain: float = 1.0
+    language: str | None = None  # the language the text is in (its voice speaks it)
     state: str = "queued"  # queued → playing → done | stopped | failed | dropped
     requested_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     trace: Trace | None = None
 
     def summary(self) -> dict:
-        return {"id": self.id, "phrase": self.phrase, "origin": self.origin, "state": self.state, "text": self.text}
+        return {
+            "id": self.id,
+            "phrase": self.phrase,
+            "language": self.language,
+            "origin": self.origin,
+            "state": self.state,
+            "text": self.text,
+        }
 
 
 class Rejected(Exception):
@@ -91,7 +99,16 @@ class Speaker:
     def speaking(self) -> bool:
         return self._current is not None
 
-    def request(self, text: str, *, origin: str, policy: str, phrase: str | None = None, gain: float = 1.0) -> Request:
+    def request(
+        self,
+        text: str,
+        *,
+        origin: str,
+        policy: str,
+        phrase: str | None = None,
+        gain: float = 1.0,
+        language: str | None = None,
+    ) -> Request:
         """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
         req = Request(
             id=f"{self._prefix}-{next(self._ids)}",
@@ -99,6 +116,7 @@ class Speaker:
             origin=origin,
             phrase=phrase,
             gain=gain,
+            language=language,
             requested_at=self._clock(),
         )
         busy = self._current is not None or bool(self._queue)
@@ -145,7 +163,9 @@ class Speaker:
         req.state = "playing"
         req.started_at = self._clock()
         self._notify(req)
-        task = self._current_task = asyncio.ensure_future(self.announcer.say(req.text, gain=req.gain))
+        task = self._current_task = asyncio.ensure_future(
+            self.announcer.say(req.text, gain=req.gain, language=req.language)
+        )
         overdue = False
         try:
             overdue = await self._wait_within_limit(task, line_limit_s(req.text), beat)

@@ -101,6 +101,7 @@ class StatusBoard:
     async def status(self) -> dict:
         s = self._service
         ready_ids = await asyncio.to_thread(self.ready_lines)
+        languages = await asyncio.to_thread(self.language_coverage)
         speaker, trace = s.speaker, s.speaker.last_trace
         last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
         disk = await asyncio.to_thread(shutil.disk_usage, s.cache.root)
@@ -115,6 +116,8 @@ class StatusBoard:
             "last_press_to_audio_ms": press_to_audio(last) if last else None,
             "underruns_total": self.underruns_total,
             "cache": {"lines_ready": len(ready_ids), "lines_configured": len(s.cfg.phrases), "ready_ids": ready_ids},
+            "languages": languages,
+            "language_now": s.language_choice.current,
             "engine": {"name": s.engine.name, **s.engine_state, "chain": s.engines.state()},
             "speaker_problem": s.device_problem,
             "cache_problem": s.announcer.cache_problem,
@@ -188,6 +191,32 @@ class StatusBoard:
         self.metrics.lines_configured.set(len(s.cfg.phrases))
         return ready
 
+    def language_coverage(self) -> list[dict]:
+        """Per offered language: how many lines are ready offline as visitors would hear them in it (a line without
+        a translation is heard in the default language), how many are translated, and whether it has a local voice
+        (without one, a line not cached yet needs the network)."""
+        s = self._service
+        coverage = []
+        for lang in s.cfg.languages:
+            ready = 0
+            for pid in s.cfg.phrases:
+                text, heard = s.cfg.text_for(pid, lang.code)
+                ready += any(s.cache.contains(key) for key in s.announcer.keys_for(text, heard))
+            translated = sum(lang.code in texts for texts in s.cfg.translations.values())
+            local = any(e.name == "piper" for e in s.announcer.chain_for(lang.code).engines)
+            coverage.append(
+                {
+                    "code": lang.code,
+                    "name": lang.spoken_name,
+                    "ready": ready,
+                    "total": len(s.cfg.phrases),
+                    "translated": len(s.cfg.phrases) if lang.code == s.cfg.default_language else translated,
+                    "local_voice": local,
+                    "note": None if local else "needs the network until cached",
+                }
+            )
+        return coverage
+
     def health(self) -> tuple[bool, str]:
         """Alive means the speaker loop and the audio writer both keep making progress."""
         s = self._service
@@ -216,6 +245,7 @@ def outcome_of(req: Request) -> Outcome:
         outcome=req.state,
         error=trace.error if trace else None,
         text_chars=len(req.text),
+        language=req.language,
     )
 
 

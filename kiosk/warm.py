@@ -16,16 +16,18 @@ from kiosk.errors import KioskError
 log = logging.getLogger(__name__)
 
 
-async def warm(announcer: Announcer, texts: list[str], progress: dict) -> None:
-    """Make the lines ready offline, updating `progress` (total, done, failed, running, text, errors)."""
-    texts = list(dict.fromkeys(t.strip() for t in texts))
-    progress.update(total=len(texts), done=0, failed=0, running=True, text="checking the lines", errors=[])
+async def warm(announcer: Announcer, lines: list[str | tuple[str, str | None]], progress: dict) -> None:
+    """Make the lines (texts, or (text, language)) ready offline, each in its language's voice, updating
+    `progress` (total, done, failed, running, text, errors)."""
+    pairs = [(line, None) if isinstance(line, str) else line for line in lines]
+    pairs = list(dict.fromkeys((text.strip(), language) for text, language in pairs))
+    progress.update(total=len(pairs), done=0, failed=0, running=True, text="checking the lines", errors=[])
     try:
-        for text in texts:
+        for text, language in pairs:
             try:
-                await _warm_line(announcer, text)
+                await _warm_line(announcer, text, language)
             except KioskError as exc:
-                _failed(progress, str(exc))
+                _failed(progress, f"{language}: {exc}" if language else str(exc))
             except Exception as exc:  # a fault nobody foresaw fails this line, not the rest
                 log.exception("preparing a line failed")
                 _failed(progress, f"internal error: {type(exc).__name__}: {exc}")
@@ -36,14 +38,14 @@ async def warm(announcer: Announcer, texts: list[str], progress: dict) -> None:
         progress["running"] = False
 
 
-async def _warm_line(announcer: Announcer, text: str) -> None:
-    chain, cache = announcer.engines, announcer.cache
-    primary_key, *fallback_keys = announcer.keys_for(text)
+async def _warm_line(announcer: Announcer, text: str, language: str | None) -> None:
+    chain, cache = announcer.chain_for(language), announcer.cache
+    primary_key, *fallback_keys = announcer.keys_for(text, language)
     if await asyncio.to_thread(cache.contains, primary_key):
         return
     usable = chain.usable()
     if chain.primary in usable:
-        await announcer.prepare(text, chain.primary)
+        await announcer.prepare(text, chain.primary, language)
         for key in fallback_keys:  # the primary's voice replaces what a fallback made meanwhile
             await asyncio.to_thread(cache.remove, key)
         return
@@ -51,7 +53,7 @@ async def _warm_line(announcer: Announcer, text: str) -> None:
         return  # ready offline in a fallback voice until the primary is back
     if not usable:
         raise KioskError("no speech engine available now")
-    await announcer.prepare(text, usable[0])
+    await announcer.prepare(text, usable[0], language)
 
 
 def _failed(progress: dict, error: str) -> None:

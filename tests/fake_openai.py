@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 import random
 import signal
@@ -126,6 +127,7 @@ class Behaviour:
     fail_times: int = 0  # >0: only the first `fail_times` requests get `status`, later ones succeed
     api_key: str | None = None  # if set, other bearer tokens get 401 invalid_api_key
     models_status: int | None = None  # the models listing answers with this error status (and error_code)
+    chat_reply: str | None = None  # a chat completion's message content (None: translations of what was asked)
     ms_per_char: float = 60.0
     min_audio_s: float = 0.2
     max_audio_s: float | None = None
@@ -185,6 +187,7 @@ class FakeOpenAI:
         self.profiles = profiles or {}  # served under /profiles/NAME/SEED/v1, each request with its own seed
         self.requests: list[RecordedRequest] = []  # speech requests only, in arrival order
         self.model_requests: list[RecordedRequest] = []  # GET /v1/models, kept apart so counts stay simple
+        self.chat_requests: list[RecordedRequest] = []  # POST /v1/chat/completions (translation drafts)
         self._host = host
         self._port = port
         self._runner: web.AppRunner | None = None
@@ -234,6 +237,7 @@ class FakeOpenAI:
         for prefix in ("", "/profiles/{profile}/{seed:\\d+}"):
             app.router.add_post(f"{prefix}/v1/audio/speech", self._speech)
             app.router.add_get(f"{prefix}/v1/models", self._models)
+            app.router.add_post(f"{prefix}/v1/chat/completions", self._chat)
         return app
 
     def _behaviour_for(self, request: web.Request) -> Behaviour | None:
@@ -264,6 +268,34 @@ class FakeOpenAI:
         if refusal is not None:
             return refusal
         return await self._stream(request, record, behaviour)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        """A chat completion as the real API shapes it. Asked (as kiosk asks) for a JSON object of translations of
+        {"text", "languages": {code: name}}, it answers "[code] text" for each language, or `Behaviour.chat_reply`
+        as the message content when a test sets one."""
+        record = await _record(request, self.chat_requests)
+        behaviour = self.behaviour
+        refusal = self._auth_refusal(record, behaviour)
+        if refusal is None and behaviour.take_forced_error():
+            record.outcome = "error"
+            refusal = self._error(behaviour.status, behaviour.error_code, behaviour.error_message)
+        if refusal is not None:
+            return refusal
+        content = behaviour.chat_reply
+        if content is None:
+            asked = json.loads(record.body["messages"][-1]["content"])
+            content = json.dumps({code: f"[{code}] {asked['text']}" for code in asked["languages"]}, ensure_ascii=False)
+        record.outcome = "complete"
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+        answer = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": record.body.get("model", "fake"),
+            "choices": [choice],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        return web.json_response(answer, headers=self._id_header())
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         record = await _record(request, self.model_requests)

@@ -72,6 +72,15 @@ async def test_chime_first_then_the_speech_without_overlap(server, tmp_path, als
         again = service.play(phrase="quartz", text=None, origin="api")  # now cached: no chime needed
         await wait_idle(service)
         assert again.trace.source == "cache" and again.trace.first_sound_ms == again.trace.first_audio_ms
+
+        later = service.play(phrase=None, text="A new line, not in the cache.", origin="api")  # the SDK is loaded now
+        await wait_idle(service)
+        print(
+            f"; a later new line: first_sound_ms {later.trace.first_sound_ms}, "
+            f"first_audio_ms {later.trace.first_audio_ms}",
+            end="",
+        )
+        assert later.trace.source == "openai" and later.trace.first_sound_ms < 100 < later.trace.first_audio_ms
     finally:
         await service.stop()
 

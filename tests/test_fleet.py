@@ -22,6 +22,9 @@ from kiosk.speaker import Rejected, Request
 EXAMPLE = Path(__file__).parent.parent / "config" / "kiosk.yaml"
 
 
+PLAY_FIELDS = "id, language, phrase, text"
+
+
 class FakeBackend:
     """The service as the commands see it: plays what is configured, refuses what is not, rate-limited on demand."""
 
@@ -32,7 +35,7 @@ class FakeBackend:
         self.retry_after: float | None = None
         self.events: list[str] = []
 
-    def play(self, *, phrase, text, origin):
+    def play(self, *, phrase, text, origin, language=None):
         if phrase is not None and phrase not in self.cfg.phrases:
             raise Rejected(f"no phrase '{phrase}'", "unknown_phrase")
         if text is not None and not self.cfg.api.allow_text:
@@ -66,7 +69,7 @@ async def refusal(control: Control, command: str, payload: bytes) -> tuple[int, 
         ("play", b"{", 400, "body must be JSON"),
         ("play", b'{"phrase": Infinity}', 400, "body must be JSON"),
         ("play", b"[1]", 400, "body must be a JSON object"),
-        ("play", b'{"phrase": "welcome", "speed": 2}', 400, "unknown field(s): speed; allowed: id, phrase, text"),
+        ("play", b'{"phrase": "welcome", "speed": 2}', 400, "unknown field(s): speed; allowed: " + PLAY_FIELDS),
         ("play", b"[" * 9 + b"]" * 9, 400, "body is nested more than 8 levels deep"),
         ("play", b" " * 20_000, 413, "request body too large"),
         ("play", b'{"phrase": "welcome", "text": "hi"}', 400, "give exactly one of 'phrase' or 'text'"),

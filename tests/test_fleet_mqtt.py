@@ -165,7 +165,7 @@ async def test_all_and_group_commands_reach_the_right_speakers(tmp_path, server,
 BAD_COMMANDS = [
     ("play", b"not json", 400, "body must be JSON"),
     ("play", b'{"phrase": NaN}', 400, "body must be JSON"),
-    ("play", b'{"phrase": "welcome", "loud": true}', 400, "unknown field(s): loud; allowed: id, phrase, text"),
+    ("play", b'{"phrase": "welcome", "loud": true}', 400, "unknown field(s): loud; allowed: id, language, phrase"),
     ("play", b'{"phrase": ' + b"[" * 20 + b"]" * 20 + b"}", 400, "body is nested more than 8 levels deep"),
     ("play", b'{"text": "' + b"x" * 20_000 + b'"}', 413, "request body too large"),
     ("play", b'{"phrase": 7}', 400, "'phrase' must be a string"),

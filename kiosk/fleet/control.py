@@ -59,12 +59,13 @@ class Control:
         """Carry out `command` with an MQTT payload (JSON as the HTTP API takes it; the volume as a bare number,
         as Home Assistant sends it, or {"volume": N}; mute as ON or OFF)."""
         if command == "play":
-            body = parse_body(raw, {"phrase", "text", "id"})
+            body = parse_body(raw, {"phrase", "text", "id", "language"})
             key = string_field(body, "id")
             if key is not None and bad_idempotency_key(key):
                 raise CommandError(400, "'id' must be 1 to 255 printable characters")
             phrase, text = string_field(body, "phrase"), string_field(body, "text")
-            return self.play(phrase=phrase, text=text, origin=origin, key=key)
+            language = string_field(body, "language")
+            return self.play(phrase=phrase, text=text, origin=origin, key=key, language=language)
         if command == "stop":
             parse_body(raw, set())
             return self.stop()
@@ -82,22 +83,30 @@ class Control:
 
     # -- the commands themselves
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str, key: str | None = None) -> dict:
+    def play(
+        self,
+        *,
+        phrase: str | None,
+        text: str | None,
+        origin: str,
+        key: str | None = None,
+        language: str | None = None,
+    ) -> dict:
         check_choice(phrase, text)
         if key is not None:
-            earlier = self._keys.get(key, (phrase, text))
+            earlier = self._keys.get(key, (phrase, text, language))
             if earlier is not None:
                 return {**earlier, "replayed": True}
         retry_after = self._backend.allow_trigger()
         if retry_after is not None:
             raise too_many(retry_after)
         try:
-            req = self._backend.play(phrase=phrase, text=text, origin=origin)
+            req = self._backend.play(phrase=phrase, text=text, origin=origin, language=language)
         except Rejected as exc:
             raise refused(exc) from None
-        answer = {"id": req.id, "state": req.state}
+        answer = {"id": req.id, "state": req.state, **({"language": req.language} if req.language else {})}
         if key is not None:
-            self._keys.put(key, (phrase, text), answer)
+            self._keys.put(key, (phrase, text, language), answer)
         return answer
 
     def stop(self) -> dict:

@@ -43,6 +43,7 @@ VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "s
 MODELS = ("gpt-4o-mini-tts", "tts-1", "tts-1-hd")
 _BACKOFF_S = (0.2, 0.5, 1.0, 2.0)
 PUBLIC_API = "https://api.openai.com/v1"
+NO_KEY_HINT = "or install the local voice: pip install 'kiosk[piper]'"
 #: How much of an error answer to the reachability check is read.
 _PROBE_BODY_LIMIT = 65536
 
@@ -64,9 +65,10 @@ class OpenAIEngine:
     name = "openai"
     fmt = OPENAI_PCM
 
-    def __init__(self, cfg: OpenAIConfig, api_key: str | None):
+    def __init__(self, cfg: OpenAIConfig, api_key: str | None, *, offline_hint: str = NO_KEY_HINT):
         self._cfg = cfg
         self._api_key = api_key
+        self._offline_hint = offline_hint  # how to speak without a key, said when there is none
         self._client: openai.AsyncOpenAI | None = None
 
     def identity(self) -> dict:
@@ -108,9 +110,7 @@ class OpenAIEngine:
             raise SpeechError("OpenAI: no answer to a reachability check", "transient") from None
         except (aiohttp.ClientError, ValueError) as exc:
             raise SpeechError(f"OpenAI: cannot connect ({exc or type(exc).__name__})", "transient") from None
-        if isinstance(problem, SpeechError):
-            raise problem
-        raise SpeechError(f"OpenAI: {problem}", "transient")
+        raise _as_speech_error(problem)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -120,8 +120,7 @@ class OpenAIEngine:
     def _require_key(self) -> None:
         if not self._api_key:
             raise SpeechError(
-                "no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config "
-                "(or install the local voice: pip install 'kiosk[piper]')",
+                f"no OpenAI API key: set OPENAI_API_KEY or openai.api_key_file in the config ({self._offline_hint})",
                 "auth",
             )
 
@@ -235,6 +234,11 @@ def _status_problem(status: int, reason: str, body: object, retry_after: float |
     return SpeechError(f"OpenAI: {_answer(status, reason, body)}")
 
 
+def _as_speech_error(problem: Exception) -> SpeechError:
+    """A problem worth a retry, where nothing will retry it: a transient SpeechError."""
+    return problem if isinstance(problem, SpeechError) else SpeechError(f"OpenAI: {problem}", "transient")
+
+
 def _answer(status: int, reason: str, body: object) -> str:
     error = body.get("error", body) if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
@@ -289,3 +293,56 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 def _pause(exc: _Retryable, attempt: int) -> float:
     backoff = _BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]
     return max(backoff, exc.retry_after or 0.0)
+
+
+#: A translation draft longer than this is not a translation of an exhibit line.
+_DRAFT_LIMIT = 4 * API_TEXT_LIMIT
+_DRAFT_INSTRUCTIONS = (
+    "You translate short texts that a museum exhibit speaks aloud to visitors. Keep the meaning, tone and length; "
+    "write numbers and names as they are said in each language; do not add anything. The user message is a JSON "
+    'object {"text": ..., "languages": {code: language name}}. Answer with one JSON object that maps each '
+    "language code to the translated text, and nothing else."
+)
+
+
+async def draft_translations(cfg: OpenAIConfig, api_key: str | None, text: str, languages: dict[str, str]) -> dict:
+    """Drafts of `text` in each of `languages` (code → name) from OpenAI's text model (`openai.text_model`), for
+    staff to review: {code: draft} for every language the answer held a usable draft for. Raises SpeechError with a
+    plain explanation (no key, no network, a refusal, an answer that is not translations)."""
+    if not api_key:
+        raise SpeechError("drafts need an OpenAI API key: set one on the Voice page or in OPENAI_API_KEY", "auth")
+    sdk = await asyncio.to_thread(_sdk)
+    client = OpenAIEngine(cfg, api_key)._new_client(sdk)
+    ask = json.dumps({"text": text, "languages": languages}, ensure_ascii=False)
+    try:
+        async with asyncio.timeout(cfg.connect_timeout_s + cfg.request_timeout_s):
+            answer = await client.chat.completions.create(
+                model=cfg.text_model,
+                messages=[{"role": "system", "content": _DRAFT_INSTRUCTIONS}, {"role": "user", "content": ask}],
+                response_format={"type": "json_object"},
+            )
+    except TimeoutError:
+        raise SpeechError("OpenAI did not answer in time; try again", "transient") from None
+    except (sdk.APIStatusError, sdk.APIConnectionError, _sdk_http_error()) as exc:
+        raise _as_speech_error(_classify(exc)) from None
+    finally:
+        await client.close()
+    return _drafts(answer, languages)
+
+
+def _drafts(answer, languages: dict[str, str]) -> dict:
+    try:
+        content = answer.choices[0].message.content or ""
+        drafts = json.loads(content)
+    except (AttributeError, IndexError, ValueError):
+        raise SpeechError("OpenAI's answer held no translations; try again") from None
+    if not isinstance(drafts, dict):
+        raise SpeechError("OpenAI's answer held no translations; try again")
+    usable = {
+        code: draft.strip()
+        for code, draft in drafts.items()
+        if code in languages and isinstance(draft, str) and draft.strip() and len(draft) <= _DRAFT_LIMIT
+    }
+    if not usable:
+        raise SpeechError("OpenAI's answer held no translations; try again")
+    return usable

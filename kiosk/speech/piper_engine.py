@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from pathlib import Path
 
 from kiosk.config import PiperConfig
 from kiosk.errors import SpeechError
+from kiosk.memory import limit_malloc_arenas, release_freed_memory
 from kiosk.pcm import AudioFormat
 from kiosk.speech import AudioCallback
 from kiosk.speech.text import speech_pieces
@@ -62,7 +61,7 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
     from piper import PiperVoice
     from piper.config import PiperConfig as VoiceConfig
 
-    _limit_malloc_arenas()
+    limit_malloc_arenas()
     options = onnxruntime.SessionOptions()
     options.enable_cpu_mem_arena = mem_arena
     options.intra_op_num_threads = intra_op_threads
@@ -73,35 +72,6 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
     voice.phonemize("a")  # espeak-ng is set up on first use: here, not at a visitor's first line
     release_freed_memory()  # the parsed model file, freed once its weights are in the session
     return voice
-
-
-def release_freed_memory() -> None:
-    """Ask glibc to return freed heap memory to the system (the model's tensors of the last line); a no-op where
-    the C library has no malloc_trim."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-_TRIM: list = []
-_M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def _limit_malloc_arenas() -> None:
-    """At most two malloc arenas from now on: the model's threads then share memory they free instead of each
-    keeping its own (glibc's default allows 8 per core). A no-op where the C library has no mallopt."""
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(_M_ARENA_MAX, 2)
-
-
-def _malloc_trim():
-    if not _TRIM:
-        function = None
-        with contextlib.suppress(OSError, AttributeError, TypeError):
-            function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-            function.argtypes = [ctypes.c_size_t]
-        _TRIM.append(function)
-    return _TRIM[0]
 
 
 class PiperEngine:

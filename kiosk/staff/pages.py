@@ -61,8 +61,8 @@ class StaffBackend(Protocol):
 
     async def status(self) -> dict: ...
     async def reload(self) -> bool: ...
-    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Any: ...
-    async def listen(self, text: str) -> Any: ...
+    def play(self, *, phrase: str | None, text: str | None, origin: str, language: str | None = None) -> Any: ...
+    async def listen(self, text: str, language: str | None = None) -> Any: ...
     def warm_progress(self) -> dict: ...
     def voice_report(self) -> dict: ...
     def local_voices(self) -> list[str]: ...
@@ -72,6 +72,8 @@ class StaffBackend(Protocol):
     def identify_button(self, pin: int) -> str | None: ...
     async def history_summary(self, days: int) -> dict: ...
     async def history_csv(self, days: int) -> str: ...
+    async def draft_translations(self, phrase: str) -> dict[str, str]: ...
+    def line_text(self, *, phrase: str | None, text: str | None, language: str | None = None) -> tuple: ...
 
 
 BACKEND = web.AppKey("staff_backend", StaffBackend)
@@ -113,6 +115,7 @@ def make_staff_app(
     r.add_post("/lines/{id}/edit", edit_line)
     r.add_post("/lines/{id}/delete", delete_line)
     r.add_post("/lines/{id}/play", play_line)
+    r.add_post("/lines/{id}/draft", draft_line)
     r.add_get("/lines/{id}/preview.wav", preview_line)
     r.add_post("/buttons", assign_buttons)
     r.add_post("/buttons/{pin}/identify", identify_button)
@@ -423,19 +426,33 @@ LONG_LINE_S = 60
 
 
 async def lines_page(
-    request: web.Request, errors: dict | None = None, values: dict | None = None, status: int = 200
+    request: web.Request,
+    errors: dict | None = None,
+    values: dict | None = None,
+    status: int = 200,
+    notices: dict | None = None,
 ) -> web.Response:
+    """The lines, each with its translation fields when the exhibit offers languages. `values` holds what was
+    typed (`<id>` for the line, `<id>.text.<code>` for a translation); `notices` a message beside a line."""
     backend = request.app[BACKEND]
     cfg = backend.cfg
+    values = values or {}
     ready = set((await backend.status())["cache"].get("ready_ids", []))
     said_by: dict[str, list[str]] = {}
     for b in cfg.buttons:
         if b.phrase:
             said_by.setdefault(b.phrase, []).append(button_name(b))
-    lines = [
-        {"id": pid, "text": text, "ready": pid in ready, "said_by": said_by.get(pid, []), **_length(text)}
-        for pid, text in cfg.phrases.items()
-    ]
+    others = _translated_languages(cfg)
+    lines = []
+    for pid, text in cfg.phrases.items():
+        saved = cfg.translations.get(pid, {})
+        translations = []
+        for lang in others:
+            typed = values.get(f"{pid}.text.{lang.code}", saved.get(lang.code, ""))
+            translations.append({"code": lang.code, "label": _language_label(lang), "text": typed, **_length(typed)})
+        line = {"id": pid, "text": text, "ready": pid in ready, "said_by": said_by.get(pid, []), **_length(text)}
+        lines.append(line | {"translations": translations})
+    default = cfg.languages[0] if others else None
     return _render(
         "lines.html",
         request,
@@ -445,11 +462,24 @@ async def lines_page(
         buttons=[{"pin": b.pin, "name": button_name(b), "action": b.action, "phrase": b.phrase} for b in cfg.buttons],
         ready=ready,
         errors=errors or {},
-        values=values or {},
-        new_length=_length((values or {}).get("new.text", "")),
+        values=values,
+        notices=notices or {},
+        languages=[{"code": lang.code, "label": _language_label(lang)} for lang in cfg.languages],
+        default_label=_language_label(default) if default else None,
+        default_name=default.spoken_name if default else None,
+        new_length=_length(values.get("new.text", "")),
         s_per_char=SPEECH_S_PER_CHAR,
         long_s=LONG_LINE_S,
     )
+
+
+def _translated_languages(cfg: Config) -> tuple:
+    """The languages a line may be translated into on the Lines page: every offered one but the default."""
+    return cfg.languages[1:] if len(cfg.languages) > 1 else ()
+
+
+def _language_label(lang: Any) -> str:
+    return f"{lang.spoken_name} ({lang.code})"
 
 
 def button_name(button: Any) -> str:
@@ -475,20 +505,54 @@ async def add_line(request: web.Request) -> web.Response:
         field = "text" if problem.startswith("text") else "id"
         return await lines_page(request, {f"new.{field}": problem}, {"new.id": pid, "new.text": text}, 400)
     phrases[pid] = text
-    return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"new.{pid}")
+    settings = request.app[BACKEND].cfg.phrase_settings(phrases)
+    return await _save(request, {"phrases": settings}, "/lines", lines_page, f"new.{pid}")
 
 
 async def edit_line(request: web.Request) -> web.Response:
     pid = request.match_info["id"]
-    text = str(request[FORM].get("text", "")).strip()
-    phrases = dict(request.app[BACKEND].cfg.phrases)
-    if pid not in phrases:
+    form, cfg = request[FORM], request.app[BACKEND].cfg
+    if pid not in cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
+    text = str(form.get("text", "")).strip()
+    typed, odd = _typed_translations(cfg, form)
+    values = {pid: text, **{f"{pid}.text.{code}": t for code, t in typed.items()}}
+    if odd:
+        return await lines_page(request, {f"{pid}.line": odd}, values, 400)
+    errors = {}
     problem = phrase_problem(pid, text)
     if problem:
-        return await lines_page(request, {f"{pid}.text": problem}, {pid: text}, 400)
-    phrases[pid] = text
-    return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"{pid}.text")
+        errors[f"{pid}.text"] = problem
+    for code, translation in typed.items():
+        problem = phrase_problem(pid, translation) if translation else None  # empty: no translation
+        if problem:
+            errors[f"{pid}.text.{code}"] = problem
+    if errors:
+        return await lines_page(request, errors, values, 400)
+    phrases = {**cfg.phrases, pid: text}
+    kept = {code: t for code, t in cfg.translations.get(pid, {}).items() if code not in typed}  # a field left out
+    line_translations = kept | {code: t for code, t in typed.items() if t}
+    translations = {**cfg.translations, pid: line_translations}
+    settings = cfg.phrase_settings(phrases, translations)
+    return await _save(request, {"phrases": settings}, "/lines", lines_page, f"{pid}.text", values)
+
+
+#: A language code as the Lines page names it in its fields (text.<code>); anything else is shown shortened.
+_SHOWN_CODE_CHARS = 20
+
+
+def _typed_translations(cfg: Config, form: Any) -> tuple[dict[str, str], str | None]:
+    """The translations posted ({code: text}, "" for a field left empty; a field not sent is not in it), and why
+    the form cannot be taken (a field for a language that is not offered), or None."""
+    offered = [lang.code for lang in _translated_languages(cfg)]
+    for name in form:
+        code = name.removeprefix("text.") if name.startswith("text.") else None
+        if code is not None and code not in offered:
+            shown = code[:_SHOWN_CODE_CHARS] + ("…" if len(code) > _SHOWN_CODE_CHARS else "")
+            offer = f"translations: {', '.join(offered)}" if offered else "it offers no languages to translate into"
+            return {}, f"the form has a field for '{shown}', a language this exhibit does not offer ({offer}); reload"
+    typed = {code: str(form[f"text.{code}"]).strip() for code in offered if f"text.{code}" in form}
+    return typed, None
 
 
 async def delete_line(request: web.Request) -> web.Response:
@@ -505,7 +569,7 @@ async def delete_line(request: web.Request) -> web.Response:
         return await lines_page(
             request, {f"{pid}.text": f"{who} still says this line; give it another line first"}, status=400
         )
-    phrases = {k: v for k, v in cfg.phrases.items() if k != pid}
+    phrases = cfg.phrase_settings({k: v for k, v in cfg.phrases.items() if k != pid})
     return await _save(request, {"phrases": phrases}, "/lines", lines_page, f"{pid}.text")
 
 
@@ -513,11 +577,74 @@ async def play_line(request: web.Request) -> web.Response:
     pid = request.match_info["id"]
     if pid not in request.app[BACKEND].cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
+    language = str(request[FORM].get("language", "")).strip() or None
     try:
-        request.app[BACKEND].play(phrase=pid, text=None, origin="staff")
+        request.app[BACKEND].play(phrase=pid, text=None, origin="staff", language=language)
     except Rejected as exc:
-        return await lines_page(request, {f"{pid}.text": f"not played: {exc}"}, status=409)
+        status = 400 if exc.reason == "unknown_language" else 409
+        return await lines_page(request, {f"{pid}.text": f"not played: {exc}"}, status=status)
     raise web.HTTPSeeOther("/lines")
+
+
+#: How long the page's own script waits for an answer (SEND_TIMEOUT_MS in app.js, 20 s): drafts asked for by it
+#: end a little before, so that it shows why; a plain form (no script) waits as long as OpenAI's own timeouts.
+SCRIPT_DRAFT_TIMEOUT_S = 18.0
+
+
+async def draft_line(request: web.Request) -> web.Response:
+    """Drafts of a line's translations from OpenAI, filled into the fields left empty (what staff typed is kept),
+    for staff to review and save: nothing is saved here."""
+    pid = request.match_info["id"]
+    backend, form = request.app[BACKEND], request[FORM]
+    cfg = backend.cfg
+    if pid not in cfg.phrases:
+        raise web.HTTPNotFound(text=f"no line '{pid}'")
+    text = str(form.get("text", cfg.phrases[pid])).strip()
+    typed, odd = _typed_translations(cfg, form)
+    values = {pid: text, **{f"{pid}.text.{code}": t for code, t in typed.items()}}
+    if odd:
+        return await lines_page(request, {f"{pid}.line": odd}, values, 400)
+    timeout = SCRIPT_DRAFT_TIMEOUT_S if request.headers.get("X-Kiosk-Fetch") else None
+    try:
+        async with asyncio.timeout(timeout):
+            drafts = await backend.draft_translations(pid)
+    except KioskError as exc:
+        return await lines_page(request, {f"{pid}.draft": f"No drafts: {exc}"}, values, 409)
+    except TimeoutError:
+        problem = "No drafts: OpenAI did not answer in time; try again, or type the translations"
+        return await lines_page(request, {f"{pid}.draft": problem}, values, 409)
+    except Exception:  # a page, never a traceback; the log has the details
+        log.exception("drafting translations of %r failed", pid)
+        return await lines_page(request, {f"{pid}.draft": "No drafts: something went wrong (see the log)"}, values, 409)
+    saved = cfg.translations.get(pid, {})
+    filled, kept, missing = [], [], []
+    for lang in _translated_languages(cfg):
+        key = f"{pid}.text.{lang.code}"
+        if values.get(key, saved.get(lang.code, "")):
+            kept.append(lang.spoken_name)  # what staff typed (or what is saved) is never replaced
+        elif drafts.get(lang.code):
+            values[key] = drafts[lang.code]
+            filled.append(lang.spoken_name)
+        else:
+            missing.append(lang.spoken_name)
+    notice = _draft_notice(filled, kept, missing, text_changed=text != cfg.phrases[pid])
+    return await lines_page(request, values=values, notices={pid: notice})
+
+
+def _draft_notice(filled: list[str], kept: list[str], missing: list[str], *, text_changed: bool) -> str:
+    parts = []
+    if filled:
+        parts.append(f"Drafts from OpenAI filled in for {', '.join(filled)}: review them, then Save.")
+    else:
+        parts.append("No draft was filled in.")
+    if kept:
+        parts.append(f"What was already in {', '.join(kept)} is kept.")
+    if missing:
+        parts.append(f"OpenAI gave no draft for {', '.join(missing)}.")
+    if text_changed:
+        parts.append("The drafts are of the saved text, not of your change to it.")
+    parts.append("Nothing is published until you save.")
+    return " ".join(parts)
 
 
 async def preview_line(request: web.Request) -> web.StreamResponse:
@@ -526,7 +653,11 @@ async def preview_line(request: web.Request) -> web.StreamResponse:
     backend = request.app[BACKEND]
     if pid not in backend.cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
-    return await stream_wav(request, backend, backend.cfg.phrases[pid])
+    try:
+        text, language = backend.line_text(phrase=pid, text=None, language=request.query.get("language") or None)
+    except Rejected as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    return await stream_wav(request, backend, text, language)
 
 
 async def assign_buttons(request: web.Request) -> web.Response:

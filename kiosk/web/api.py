@@ -49,9 +49,11 @@ ApiError = CommandError
 class Backend(Protocol):
     """What the API needs from the service."""
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
-    def line_text(self, *, phrase: str | None, text: str | None) -> str: ...
-    async def listen(self, text: str) -> tuple[AudioFormat, AsyncIterator[bytes]]: ...
+    def play(self, *, phrase: str | None, text: str | None, origin: str, language: str | None = None) -> Request: ...
+    def line_text(
+        self, *, phrase: str | None, text: str | None, language: str | None = None
+    ) -> tuple[str, str | None]: ...
+    async def listen(self, text: str, language: str | None = None) -> tuple[AudioFormat, AsyncIterator[bytes]]: ...
     def stop_speaking(self) -> bool: ...
     def find(self, request_id: str) -> Request | None: ...
     async def status(self) -> dict: ...
@@ -143,25 +145,25 @@ async def _body(request: web.Request, allowed: set[str]) -> dict:
 
 async def play(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    body = await _body(request, {"phrase", "text"})
-    phrase, text = string_field(body, "phrase"), string_field(body, "text")
+    body = await _body(request, {"phrase", "text", "language"})
+    phrase, text, language = string_field(body, "phrase"), string_field(body, "text"), string_field(body, "language")
     check_choice(phrase, text)
     idempotency = request.app[IDEMPOTENCY]
     key = _idempotency_key(request)
     if key is not None:
-        earlier = idempotency.get(key, (phrase, text))
+        earlier = idempotency.get(key, (phrase, text, language))
         if earlier is not None:
             return _json(202, earlier, {"Idempotent-Replayed": "true"})
     retry_after = backend.allow_trigger()
     if retry_after is not None:
         raise too_many(retry_after)
     try:
-        req = backend.play(phrase=phrase, text=text, origin="api")
+        req = backend.play(phrase=phrase, text=text, origin="api", language=language)
     except Rejected as exc:
         raise refused(exc) from None
-    answer = {"id": req.id, "state": req.state}
+    answer = {"id": req.id, "state": req.state, **({"language": req.language} if req.language else {})}
     if key is not None:
-        idempotency.put(key, (phrase, text), answer)
+        idempotency.put(key, (phrase, text, language), answer)
     return _json(202, answer)
 
 
@@ -177,25 +179,25 @@ def _idempotency_key(request: web.Request) -> str | None:
 async def speech(request: web.Request) -> web.StreamResponse:
     """The line as WAV, streamed while it is synthesized (from the cache when it is there)."""
     backend = request.app[BACKEND]
-    unknown = sorted(set(request.query) - {"phrase", "text"})
+    unknown = sorted(set(request.query) - {"phrase", "text", "language"})
     if unknown:
-        raise ApiError(400, f"unknown parameter(s): {', '.join(unknown)}; allowed: phrase, text")
+        raise ApiError(400, f"unknown parameter(s): {', '.join(unknown)}; allowed: phrase, text, language")
     phrase, text = request.query.get("phrase"), request.query.get("text")
     check_choice(phrase, text)
     try:
-        line = backend.line_text(phrase=phrase, text=text)
+        line, language = backend.line_text(phrase=phrase, text=text, language=request.query.get("language"))
     except Rejected as exc:
         raise refused(exc) from None
     retry_after = backend.allow_trigger()
     if retry_after is not None:
         raise too_many(retry_after)
-    return await stream_wav(request, backend, line)
+    return await stream_wav(request, backend, line, language)
 
 
-async def stream_wav(request: web.Request, backend: Any, line: str) -> web.StreamResponse:
+async def stream_wav(request: web.Request, backend: Any, line: str, language: str | None = None) -> web.StreamResponse:
     """Send `line` as a WAV stream; the synthesis goes on (and is cached) if the listener leaves early."""
     try:
-        fmt, chunks = await backend.listen(line)
+        fmt, chunks = await backend.listen(line, language)
     except KioskError as exc:
         raise web.HTTPServiceUnavailable(text=f"cannot speak this line now: {exc}") from None
     return await send_wav(request, fmt, chunks)

@@ -596,7 +596,9 @@
   }
 
   async function playStream(button, controller, context) {
-    const response = await fetch(button.dataset.listen, {
+    const chosen = button.form && button.form.querySelector("[data-listen-language]");
+    const url = chosen ? `${button.dataset.listen}?language=${encodeURIComponent(chosen.value)}` : button.dataset.listen;
+    const response = await fetch(url, {
       credentials: "same-origin",
       cache: "no-store",
       headers: { "X-Kiosk-Fetch": "1" }, // a session that has ended is a 401, not the login page as "audio"
