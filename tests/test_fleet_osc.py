@@ -22,6 +22,9 @@ def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
 
 
+PLAY_ARGS = "/kiosk/play takes the id of a configured line, and optionally a language code"
+
+
 async def reply(client: SimpleUDPClient) -> OscMessage:
     data = await asyncio.wait_for(asyncio.to_thread(client.receive, 5), 10)
     assert data, "no OSC reply within 5 s"
@@ -62,8 +65,10 @@ async def test_osc_play_speaks_a_line_and_bad_messages_are_refused(tmp_path, ser
 
         for address, args, why in [
             ("/kiosk/play", "nosuch", "no phrase 'nosuch'"),
-            ("/kiosk/play", 42, "/kiosk/play takes one argument: the id of a configured line"),
-            ("/kiosk/play", None, "/kiosk/play takes one argument: the id of a configured line"),
+            ("/kiosk/play", 42, PLAY_ARGS),
+            ("/kiosk/play", None, PLAY_ARGS),
+            ("/kiosk/play", ["welcome", "de", "x"], PLAY_ARGS),
+            ("/kiosk/play", ["welcome", "it"], "'it' is not an offered language (offered: none)"),
             ("/kiosk/volume", 300, "'volume' must be a whole number from 0 to 100"),
             ("/kiosk/volume", 55.5, "'volume' must be a whole number from 0 to 100"),
             ("/kiosk/volume", float("nan"), "'volume' must be a whole number from 0 to 100"),
@@ -73,6 +78,10 @@ async def test_osc_play_speaks_a_line_and_bad_messages_are_refused(tmp_path, ser
             client.send_message(address, args)
             error = await reply(client)
             assert (error.address, error.params) == ("/kiosk/error", [address, why])
+
+        client.send_message("/kiosk/play", ["welcome", "de"])  # an exhibit without languages has no German
+        error = await reply(client)
+        assert error.params[1].startswith("'de' is not an offered language")
 
         client._sock.sendto(b"\x00garbage", ("127.0.0.1", service.fleet.osc.port))
         error = await reply(client)

@@ -71,6 +71,7 @@ async def test_the_language_button_cycles_says_each_name_and_returns_to_the_defa
             last = await pressed(service, pins, 23)
             walk.append((last.language, last.text))
             assert last.language == expected and service.language_choice.current == expected
+        print(f"\nlanguage button: {walk}", end="")
         assert walk == [("de", "Deutsch"), ("fr", "Français"), ("en", "English"), ("de", "Deutsch")]
         german = next(r for r in server.requests if r.body["input"] == "Deutsch")
         assert german.body["voice"] == "onyx" and german.body["instructions"] == "Sprich ruhig."
@@ -78,11 +79,13 @@ async def test_the_language_button_cycles_says_each_name_and_returns_to_the_defa
         assert english.body["voice"] == "coral"
 
         heard = await pressed(service, pins, 17)
+        print(f"; welcome button: {heard.language} {heard.text!r}", end="")
         assert heard.language == "de" and heard.text == "Willkommen in der Halle der Mineralien."
         assert heard.trace.language == "de"
 
         clock.now += 61  # nobody pressed anything for longer than reset_s
         heard = await pressed(service, pins, 17)
+        print(f"; 61 s later: {heard.language} {heard.text!r}", end="")
         assert heard.language == "en" and heard.text == "Welcome to the hall of minerals."
     finally:
         await service.stop()

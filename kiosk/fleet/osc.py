@@ -92,9 +92,12 @@ class OscLink:
         shown = "".join(c if c.isprintable() else "?" for c in address[:64])
         try:
             if address == "/kiosk/play":
-                if len(args) != 1 or not isinstance(args[0], str):
-                    raise CommandError(400, "/kiosk/play takes one argument: the id of a configured line")
-                self._control.play(phrase=args[0], text=None, origin=ORIGIN)
+                if len(args) not in (1, 2) or not all(isinstance(a, str) for a in args):
+                    raise CommandError(
+                        400, "/kiosk/play takes the id of a configured line, and optionally a language code"
+                    )
+                language = args[1] if len(args) == 2 else None
+                self._control.play(phrase=args[0], text=None, origin=ORIGIN, language=language)
             elif address == "/kiosk/stop":
                 if args:
                     raise CommandError(400, "/kiosk/stop takes no arguments")
