@@ -84,8 +84,11 @@ def measure(pcm: bytes, fmt: AudioFormat) -> Loudness:
     frames = len(pcm) // fmt.frame_bytes
     mode = pyebur128.MeasurementMode.MODE_I | pyebur128.MeasurementMode.MODE_TRUE_PEAK
     state = pyebur128.R128State(fmt.channels, fmt.rate, mode)
-    if frames:
-        state.add_frames(memoryview(pcm)[: frames * fmt.frame_bytes].cast("h"), frames)
+    samples = memoryview(pcm)[: frames * fmt.frame_bytes].cast("h")
+    step = fmt.rate // 4 * fmt.channels
+    for start in range(0, len(samples), step):  # a quarter second at a time: the audio writer gets the GIL between
+        block = samples[start : start + step]
+        state.add_frames(block, len(block) // fmt.channels)
     lufs = pyebur128.get_loudness_global(state)
     peak = max(pyebur128.get_true_peak(state, channel) for channel in range(fmt.channels))
     return Loudness(

@@ -544,7 +544,8 @@ class Service:
         text where allowed, spoken in `language`'s voice; with the language heard. Raises Rejected saying why not."""
         if language is not None and self.cfg.language(language) is None:
             offered = ", ".join(lang.code for lang in self.cfg.languages) or "none"
-            raise Rejected(f"'{language}' is not an offered language (offered: {offered})", "unknown_language")
+            shown = "".join(c if c.isprintable() else "?" for c in language[:16])  # a client's text, echoed
+            raise Rejected(f"'{shown}' is not an offered language (offered: {offered})", "unknown_language")
         if phrase is not None:
             if phrase not in self.cfg.phrases:
                 raise Rejected(f"no phrase '{phrase}'", "unknown_phrase")

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -70,6 +71,8 @@ class OpenAIEngine:
         self._api_key = api_key
         self._offline_hint = offline_hint  # how to speak without a key, said when there is none
         self._client: openai.AsyncOpenAI | None = None
+        if api_key and "openai" in sys.modules:  # building it takes tens of ms a visitor should not wait for
+            self._client = self._new_client(_sdk())
 
     def identity(self) -> dict:
         c = self._cfg
