@@ -363,10 +363,12 @@ async def test_drafts_through_the_page_script_keep_what_was_typed_and_pass_axe(s
             assert page.url == f"{base}/lines"  # answered in place
             assert await page.input_value("#text-quartz-de") == "Quarz ist hart."
             assert await page.input_value("#text-quartz-fr") == "[fr] Quartz is hard."
+            await page.locator("#line-quartz .unsaved", has_text="Not saved yet").wait_for()  # the drafts too
             assert await axe_violations(page) == [] and staff.settings() is None
 
             await page.click("#line-quartz button[data-done='Saved']")
             await page.locator("#line-quartz .form-msg[data-kind=done]").wait_for()
+            assert await page.locator("#line-quartz .unsaved").count() == 0
             assert staff.on_disk().translations["quartz"] == {"de": "Quarz ist hart.", "fr": "[fr] Quartz is hard."}
 
             server.behaviour = Behaviour(status=500)

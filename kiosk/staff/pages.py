@@ -449,7 +449,16 @@ async def lines_page(
         translations = []
         for lang in others:
             typed = values.get(f"{pid}.text.{lang.code}", saved.get(lang.code, ""))
-            translations.append({"code": lang.code, "label": _language_label(lang), "text": typed, **_length(typed)})
+            saved_text = saved.get(lang.code, "")
+            translations.append(
+                {
+                    "code": lang.code,
+                    "label": _language_label(lang),
+                    "text": typed,
+                    "saved": saved_text,
+                    **_length(typed),
+                }
+            )
         line = {"id": pid, "text": text, "ready": pid in ready, "said_by": said_by.get(pid, []), **_length(text)}
         lines.append(line | {"translations": translations})
     default = cfg.languages[0] if others else None

@@ -107,6 +107,17 @@
     return JSON.stringify(readFields(form).map((field) => field.value));
   }
 
+  // What the form holds as saved: a field the server filled with something not saved yet (a translation draft)
+  // says what is saved in data-saved, so that the form counts as unsaved until Save.
+  function savedSnapshot(form) {
+    return JSON.stringify(
+      controls(form).map((el) => {
+        if (el.dataset && el.dataset.saved !== undefined) return el.dataset.saved;
+        return el.type === "checkbox" || el.type === "radio" ? el.checked : el.value;
+      }),
+    );
+  }
+
   // A form is known by its action and its place among forms with the same action, in this page or the next.
   function keyOf(form) {
     const action = form.getAttribute("action") || "";
@@ -702,7 +713,7 @@
 
   function initPage(root) {
     trackedForms(root).forEach((form) => {
-      state.clean.set(form, snapshot(form));
+      state.clean.set(form, savedSnapshot(form));
       refreshDirty(form);
     });
     linkErrors(root);
