@@ -136,7 +136,8 @@ apt_install() {
 }
 
 system_packages() {
-    # libasound2-dev and gcc build pyalsaaudio; alsa-utils gives aplay -L for finding devices.
+    # libasound2-dev and gcc build pyalsaaudio (and pyebur128 where no wheel exists, as on 32-bit Raspberry Pi OS);
+    # alsa-utils gives aplay -L for finding devices.
     local pkgs=(libasound2 libasound2-dev alsa-utils gcc)
     "$python" -c 'import venv, ensurepip' 2>/dev/null || pkgs+=(python3-venv)
     "$python" -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
