@@ -72,7 +72,7 @@ class OpenAIEngine:
         self._offline_hint = offline_hint  # how to speak without a key, said when there is none
         self._client: openai.AsyncOpenAI | None = None
         if api_key and "openai" in sys.modules:  # building it takes tens of ms a visitor should not wait for
-            self._client = self._new_client(_sdk())
+            self._client = _new_client(_sdk(), cfg, api_key)
 
     def identity(self) -> dict:
         c = self._cfg
@@ -132,22 +132,8 @@ class OpenAIEngine:
         if self._client is None:
             sdk = await asyncio.to_thread(_sdk)  # the first import takes long; the event loop keeps serving
             if self._client is None:  # another caller may have built it meanwhile
-                self._client = self._new_client(sdk)
+                self._client = _new_client(sdk, self._cfg, self._api_key)
         return self._client
-
-    def _new_client(self, sdk: ModuleType) -> openai.AsyncOpenAI:
-        c = self._cfg
-        return sdk.AsyncOpenAI(
-            api_key=self._api_key,
-            base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
-            max_retries=0,  # retries are ours, and only before the first audio byte
-            timeout=sdk.Timeout(
-                connect=c.connect_timeout_s,
-                read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
-                write=c.connect_timeout_s,
-                pool=c.connect_timeout_s,
-            ),
-        )
 
     async def _synthesize_piece(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
         c = self._cfg
@@ -275,6 +261,20 @@ def _error_code(body: object) -> str | None:
     return None
 
 
+def _new_client(sdk: ModuleType, c: OpenAIConfig, api_key: str) -> openai.AsyncOpenAI:
+    return sdk.AsyncOpenAI(
+        api_key=api_key,
+        base_url=c.base_url,  # None: the SDK reads OPENAI_BASE_URL, else the public API
+        max_retries=0,  # retries are ours, and only before the first audio byte
+        timeout=sdk.Timeout(
+            connect=c.connect_timeout_s,
+            read=max(c.first_byte_timeout_s, c.chunk_gap_timeout_s),
+            write=c.connect_timeout_s,
+            pool=c.connect_timeout_s,
+        ),
+    )
+
+
 def _sdk_http_error() -> type[Exception]:
     import httpx2  # the SDK's HTTP client, loaded with it
 
@@ -315,7 +315,7 @@ async def draft_translations(cfg: OpenAIConfig, api_key: str | None, text: str, 
     if not api_key:
         raise SpeechError("drafts need an OpenAI API key: set one on the Voice page or in OPENAI_API_KEY", "auth")
     sdk = await asyncio.to_thread(_sdk)
-    client = OpenAIEngine(cfg, api_key)._new_client(sdk)
+    client = _new_client(sdk, cfg, api_key)
     ask = json.dumps({"text": text, "languages": languages}, ensure_ascii=False)
     try:
         async with asyncio.timeout(cfg.connect_timeout_s + cfg.request_timeout_s):
