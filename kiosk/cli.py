@@ -25,7 +25,7 @@ from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, loa
 from kiosk.errors import ConfigError, KioskError
 from kiosk.loudness import Leveller
 from kiosk.service import build_cache, build_chain, build_player, build_voices, open_announcer, run_service
-from kiosk.warm import warm
+from kiosk.warm import ready_ids, translated, warm
 from kiosk.web.server import raise_open_file_limit
 
 log = logging.getLogger("kiosk")
@@ -246,9 +246,7 @@ def cmd_cache_warm(args: argparse.Namespace) -> int:
     asyncio.run(run())
     for error in progress["errors"]:
         print(f"failed: {error}")
-    ready = sum(
-        1 for text in cfg.phrases.values() if any(announcer.cache.contains(k) for k in announcer.keys_for(text))
-    )
+    ready = len(ready_ids(cfg, announcer))
     print(f"{ready}/{len(cfg.phrases)} lines ready offline ({progress['text']}; {time.monotonic() - started:.1f} s)")
     if cfg.languages:
         print("per language: " + ", ".join(_coverage(cfg, announcer, lang.code) for lang in cfg.languages))
@@ -257,12 +255,8 @@ def cmd_cache_warm(args: argparse.Namespace) -> int:
 
 def _coverage(cfg: Config, announcer: Announcer, code: str) -> str:
     """ "de 11/12" (lines ready offline as heard in `code`), with how many are translated when not all are."""
-    ready = translated = 0
-    for pid in cfg.phrases:
-        text, heard = cfg.text_for(pid, code)
-        ready += any(announcer.cache.contains(k) for k in announcer.keys_for(text, heard))
-        translated += heard == code
-    missing = f" ({len(cfg.phrases) - translated} untranslated)" if translated < len(cfg.phrases) else ""
+    ready, done = len(ready_ids(cfg, announcer, code)), translated(cfg, code)
+    missing = f" ({len(cfg.phrases) - done} untranslated)" if done < len(cfg.phrases) else ""
     return f"{code} {ready}/{len(cfg.phrases)}{missing}"
 
 

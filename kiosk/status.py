@@ -14,6 +14,7 @@ from kiosk import __version__
 from kiosk.history import History, Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.speaker import Request
+from kiosk.warm import ready_ids, translated
 
 if TYPE_CHECKING:
     from kiosk.service import Service
@@ -182,11 +183,7 @@ class StatusBoard:
     def ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
         s = self._service
-        ready = [
-            pid
-            for pid, text in s.cfg.phrases.items()
-            if any(s.cache.contains(key) for key in s.announcer.keys_for(text))
-        ]
+        ready = ready_ids(s.cfg, s.announcer)
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(s.cfg.phrases))
         return ready
@@ -198,19 +195,14 @@ class StatusBoard:
         s = self._service
         coverage = []
         for lang in s.cfg.languages:
-            ready = 0
-            for pid in s.cfg.phrases:
-                text, heard = s.cfg.text_for(pid, lang.code)
-                ready += any(s.cache.contains(key) for key in s.announcer.keys_for(text, heard))
-            translated = sum(lang.code in texts for texts in s.cfg.translations.values())
             local = any(e.name == "piper" for e in s.announcer.chain_for(lang.code).engines)
             coverage.append(
                 {
                     "code": lang.code,
                     "name": lang.spoken_name,
-                    "ready": ready,
+                    "ready": len(ready_ids(s.cfg, s.announcer, lang.code)),
                     "total": len(s.cfg.phrases),
-                    "translated": len(s.cfg.phrases) if lang.code == s.cfg.default_language else translated,
+                    "translated": translated(s.cfg, lang.code),
                     "local_voice": local,
                     "note": None if local else "needs the network until cached",
                 }

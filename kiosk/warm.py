@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from kiosk.announcer import Announcer
+from kiosk.config import Config
 from kiosk.errors import KioskError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,22 @@ async def _warm_line(announcer: Announcer, text: str, language: str | None) -> N
     if not usable:
         raise KioskError("no speech engine available now")
     await announcer.prepare(text, usable[0], language)
+
+
+def ready_ids(cfg: Config, announcer: Announcer, language: str | None = None) -> list[str]:
+    """Ids of the configured lines ready offline as heard in `language` (a line without a translation is heard in
+    the default language), in any voice of the language heard. Reads the cache directory: not on the event loop."""
+    ready = []
+    for pid in cfg.phrases:
+        text, heard = cfg.text_for(pid, language)
+        if any(announcer.cache.contains(key) for key in announcer.keys_for(text, heard)):
+            ready.append(pid)
+    return ready
+
+
+def translated(cfg: Config, language: str) -> int:
+    """How many configured lines `language` has its own text for (all of them, for the default language)."""
+    return sum(cfg.text_for(pid, language)[1] == language for pid in cfg.phrases)
 
 
 def _failed(progress: dict, error: str) -> None:
