@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ from pulse_sink import NullSink
 
 from kiosk.alsa_output import AlsaOutput
 from kiosk.pcm import AudioFormat
+
+
+class Clock:
+    """A clock a test sets by hand (`clock.now += 61`), injected where the code takes one."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -51,3 +62,33 @@ def pulse_device(tmp_path_factory):
         pytest.skip(missing)
     with NullSink(tmp_path_factory.mktemp("pulse")) as device:
         yield device
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser():
+    """Headless Chromium through playwright, for the staff page's script; skipped where it is not installed (a
+    failure in CI, which installs it)."""
+    playwright_api = pytest.importorskip("playwright.async_api")
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt install chromium)")
+        pytest.skip("chromium is not installed")
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required",  # "Listen here" plays without a gesture
+            ],
+        )
+        yield browser
+        await browser.close()

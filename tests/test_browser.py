@@ -2,8 +2,6 @@
 watch the status page update. Screenshots of every page land in artifacts/screenshots/ (CI keeps them)."""
 
 import asyncio
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,19 +15,9 @@ from kiosk.systemd import Notifier
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
 STEP_MS = 30_000  # bound on every browser wait (generous: CI machines can be slow)
-
-
-@pytest.fixture
-def chromium_path():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt install chromium)")
-        pytest.skip("chromium is not installed")
-    return CHROMIUM
 
 
 @pytest.fixture
@@ -60,25 +48,11 @@ async def service(tmp_path, server, alsa_file, monkeypatch):
 
 
 @pytest.fixture
-async def page(chromium_path):
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=chromium_path,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        context = await browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
-        page = await context.new_page()
-        page.set_default_timeout(STEP_MS)
-        yield page
-        await browser.close()
+async def page(browser):
+    context = await browser.new_context(viewport={"width": 420, "height": 900}, device_scale_factor=1)
+    page = await context.new_page()
+    page.set_default_timeout(STEP_MS)
+    return page
 
 
 async def shot(page, name):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cache_writer import LINES, expected_pcm, key_for
+from conftest import Clock
 
 from kiosk.cache import BLOCK_BYTES, PhraseCache, cache_key
 from kiosk.pcm import OPENAI_PCM, AudioFormat
@@ -78,16 +79,8 @@ def test_entry_under_another_key_is_refused(tmp_path):
     assert cache.get(key_b) is None
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_lru_eviction_keeps_pinned_lines(tmp_path):
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     cache = PhraseCache(tmp_path, 35_000, clock=clock).open()
     pinned = put(cache, "pinned exhibit line", bytes(10_000))  # least recently used of all, but pinned
     cache.pin([pinned])

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import file_sink_opener
+from conftest import Clock, file_sink_opener
 from fake_openai import Behaviour, FakeOpenAI, pcm_for
 from gpiozero.pins.mock import MockFactory
 
@@ -37,14 +37,6 @@ def config(server_url, cache_dir, extra="", fallback="auto"):
         f"cache:\n  dir: {cache_dir}\n"
         f"history:\n  file: {cache_dir}.history.sqlite3\n{extra}phrases:\n  welcome: {LINE}\n"
     )
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

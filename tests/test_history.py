@@ -1,6 +1,7 @@
 """The history in SQLite: batched writes, retention, events kept and de-duplicated, CSV and JSON export."""
 
 import asyncio
+import contextlib
 import csv
 import io
 import sqlite3
@@ -9,12 +10,14 @@ from datetime import datetime
 
 import aiohttp
 import pytest
+from conftest import Clock
 from test_service import BUTTONS, config, press, started, wait_idle
 
 from kiosk.history import CSV_COLUMNS, MAX_PENDING, History, Outcome
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 DAY = 86400.0
+NOW = 1_780_000_000.0
 
 
 @pytest.fixture(autouse=True)
@@ -22,27 +25,18 @@ def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
 
 
-class Clock:
-    def __init__(self, now=1_780_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
 def outcome(at, origin="button:17", line="welcome", outcome="done", response_ms=2.5, source="cache"):
     return Outcome(at, origin, line, source, response_ms, outcome, None, 30)
 
 
 async def test_rows_are_written_in_one_batch_and_read_back(tmp_path):
-    clock = Clock()
+    clock = Clock(NOW)
     history = History(tmp_path / "h.sqlite3", keep_days=400, clock=clock)
     await history.open()
     try:
         for i in range(50):
             history.record(outcome(clock.now + i))
-        before = sqlite3.connect(tmp_path / "h.sqlite3").execute("SELECT count(*) FROM requests").fetchone()[0]
-        assert before == 0  # nothing is written per press: only at the next flush
+        assert stored_rows(tmp_path / "h.sqlite3") == 0  # nothing is written per press: only at the next flush
         clock.now += 100
         rows = await history.outcomes(days=1)
         assert len(rows) == 50 and rows[0].line == "welcome" and rows[-1].time == clock.now - 100 + 49
@@ -57,36 +51,38 @@ def stored_rows(path) -> int:
         return db.execute("SELECT count(*) FROM requests").fetchone()[0]
 
 
-async def test_rows_wait_for_the_interval_then_are_written_together(tmp_path):
-    history = History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=0.5)
-    await history.open()
-    writer = asyncio.create_task(history.run())
-    try:
-        for i in range(3):
-            history.record(outcome(time.time() + i))
-        assert stored_rows(tmp_path / "h.sqlite3") == 0  # a press writes nothing at once
-        async with asyncio.timeout(10):
-            while stored_rows(tmp_path / "h.sqlite3") < 3:
-                await asyncio.sleep(0.05)
-    finally:
-        writer.cancel()
-        await history.close()
-
-
-async def test_a_flood_of_rows_is_written_before_the_interval(tmp_path):
-    history = History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=3600)
+@contextlib.asynccontextmanager
+async def writing(history: History):
+    """The history open with its writer task running, as the service runs it."""
     await history.open()
     writer = asyncio.create_task(history.run())
     try:
         await asyncio.sleep(0)  # the writer is waiting
-        for i in range(MAX_PENDING):
-            history.record(outcome(time.time() + i))
-        async with asyncio.timeout(10):
-            while stored_rows(tmp_path / "h.sqlite3") < MAX_PENDING:
-                await asyncio.sleep(0.05)
+        yield history
     finally:
         writer.cancel()
         await history.close()
+
+
+async def until_stored(path, count: int) -> None:
+    async with asyncio.timeout(10):
+        while stored_rows(path) < count:
+            await asyncio.sleep(0.05)
+
+
+async def test_rows_wait_for_the_interval_then_are_written_together(tmp_path):
+    async with writing(History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=0.5)) as history:
+        for i in range(3):
+            history.record(outcome(time.time() + i))
+        assert stored_rows(tmp_path / "h.sqlite3") == 0  # a press writes nothing at once
+        await until_stored(tmp_path / "h.sqlite3", 3)
+
+
+async def test_a_flood_of_rows_is_written_before_the_interval(tmp_path):
+    async with writing(History(tmp_path / "h.sqlite3", keep_days=400, write_every_s=3600)) as history:
+        for i in range(MAX_PENDING):
+            history.record(outcome(time.time() + i))
+        await until_stored(tmp_path / "h.sqlite3", MAX_PENDING)
 
 
 async def test_rows_still_in_memory_are_written_at_shutdown(tmp_path):
@@ -99,7 +95,7 @@ async def test_rows_still_in_memory_are_written_at_shutdown(tmp_path):
 
 
 async def test_old_rows_are_purged_after_keep_days(tmp_path):
-    clock = Clock()
+    clock = Clock(NOW)
     history = History(tmp_path / "h.sqlite3", keep_days=2, clock=clock)
     await history.open()
     try:
@@ -116,7 +112,7 @@ async def test_old_rows_are_purged_after_keep_days(tmp_path):
 
 
 async def test_the_same_event_again_counts_up(tmp_path):
-    clock = Clock()
+    clock = Clock(NOW)
     history = History(tmp_path / "h.sqlite3", keep_days=400, clock=clock)
     await history.open()
     try:
@@ -135,7 +131,7 @@ async def test_the_same_event_again_counts_up(tmp_path):
 
 
 async def test_csv_has_the_agreed_columns_and_iso_times(tmp_path):
-    clock = Clock()
+    clock = Clock(NOW)
     history = History(tmp_path / "h.sqlite3", keep_days=400, clock=clock)
     await history.open()
     try:
@@ -153,7 +149,7 @@ async def test_csv_has_the_agreed_columns_and_iso_times(tmp_path):
 
 
 async def test_summary_counts_presses_per_day_and_hour_without_staff_tests(tmp_path):
-    clock = Clock()
+    clock = Clock(NOW)
     history = History(tmp_path / "h.sqlite3", keep_days=400, clock=clock)
     await history.open()
     try:

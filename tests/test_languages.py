@@ -11,9 +11,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from conftest import Clock
 from fake_openai import Behaviour
 from test_service import press, started, until, wait_idle
-from test_staff import Clock
 
 from kiosk.config import OpenAIConfig, Secret, parse_config
 from kiosk.errors import ConfigError, SpeechError

@@ -9,7 +9,7 @@ from datetime import datetime
 import aiohttp
 import pytest
 import yaml
-from conftest import file_sink_opener
+from conftest import Clock, file_sink_opener
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import load_config
@@ -19,14 +19,6 @@ from kiosk.systemd import Notifier
 
 PASSWORD = "correct horse battery"
 TIMEOUT = aiohttp.ClientTimeout(total=15)
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ the empty fields, never saved by themselves."""
 
 import asyncio
 import contextlib
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -336,49 +335,41 @@ async def test_drafts_without_a_key_say_so(start, server):
         assert server.chat_requests == [] and staff.settings() is None
 
 
-async def test_drafts_through_the_page_script_keep_what_was_typed_and_pass_axe(start, server):
+async def test_drafts_through_the_page_script_keep_what_was_typed_and_pass_axe(start, server, browser):
     """In a real headless Chromium: the form answers in place, the typed German stays, the French draft arrives,
     Save saves it; a failed draft is said beside the line; axe-core finds nothing on the page in any of these."""
-    playwright_api = pytest.importorskip("playwright.async_api")
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        pytest.skip("chromium is not installed")
-    async with start() as staff, playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
-        try:
-            page = await browser.new_page(viewport={"width": 390, "height": 844})
-            page.set_default_timeout(STEP_MS)
-            errors = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            base = f"http://127.0.0.1:{staff.service.staff_port}"
-            await page.goto(f"{base}/lines")
-            await page.fill("#password", PASSWORD)
-            await page.click("form[action='/login'] button[type=submit]")
-            await page.wait_for_url(f"{base}/lines")
-            assert await axe_violations(page) == []
+    async with start() as staff:
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(STEP_MS)
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        base = f"http://127.0.0.1:{staff.service.staff_port}"
+        await page.goto(f"{base}/lines")
+        await page.fill("#password", PASSWORD)
+        await page.click("form[action='/login'] button[type=submit]")
+        await page.wait_for_url(f"{base}/lines")
+        assert await axe_violations(page) == []
 
-            await page.fill("#text-quartz-de", "Quarz ist hart.")
-            await page.click("#line-quartz button[formaction='/lines/quartz/draft']")
-            await page.locator("#draft-note-quartz").wait_for()
-            assert page.url == f"{base}/lines"  # answered in place
-            assert await page.input_value("#text-quartz-de") == "Quarz ist hart."
-            assert await page.input_value("#text-quartz-fr") == "[fr] Quartz is hard."
-            await page.locator("#line-quartz .unsaved", has_text="Not saved yet").wait_for()  # the drafts too
-            assert await axe_violations(page) == [] and staff.settings() is None
+        await page.fill("#text-quartz-de", "Quarz ist hart.")
+        await page.click("#line-quartz button[formaction='/lines/quartz/draft']")
+        await page.locator("#draft-note-quartz").wait_for()
+        assert page.url == f"{base}/lines"  # answered in place
+        assert await page.input_value("#text-quartz-de") == "Quarz ist hart."
+        assert await page.input_value("#text-quartz-fr") == "[fr] Quartz is hard."
+        await page.locator("#line-quartz .unsaved", has_text="Not saved yet").wait_for()  # the drafts too
+        assert await axe_violations(page) == [] and staff.settings() is None
 
-            await page.click("#line-quartz button[data-done='Saved']")
-            await page.locator("#line-quartz .form-msg[data-kind=done]").wait_for()
-            assert await page.locator("#line-quartz .unsaved").count() == 0
-            assert staff.on_disk().translations["quartz"] == {"de": "Quarz ist hart.", "fr": "[fr] Quartz is hard."}
+        await page.click("#line-quartz button[data-done='Saved']")
+        await page.locator("#line-quartz .form-msg[data-kind=done]").wait_for()
+        assert await page.locator("#line-quartz .unsaved").count() == 0
+        assert staff.on_disk().translations["quartz"] == {"de": "Quarz ist hart.", "fr": "[fr] Quartz is hard."}
 
-            server.behaviour = Behaviour(status=500)
-            await page.click("#line-welcome button[formaction='/lines/welcome/draft']")
-            await page.locator("#draft-error-welcome").wait_for()
-            focused = await page.evaluate("document.activeElement.getAttribute('aria-describedby')")
-            assert focused == "draft-error-welcome"  # the Draft button, which the error describes
-            assert await axe_violations(page) == [] and errors == []
-        finally:
-            await browser.close()
+        server.behaviour = Behaviour(status=500)
+        await page.click("#line-welcome button[formaction='/lines/welcome/draft']")
+        await page.locator("#draft-error-welcome").wait_for()
+        focused = await page.evaluate("document.activeElement.getAttribute('aria-describedby')")
+        assert focused == "draft-error-welcome"  # the Draft button, which the error describes
+        assert await axe_violations(page) == [] and errors == []
 
 
 async def axe_violations(page):

@@ -10,13 +10,12 @@ import asyncio
 import csv
 import io
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import file_sink_opener
+from conftest import Clock, file_sink_opener
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import load_config
@@ -27,7 +26,6 @@ from kiosk.systemd import Notifier
 playwright_api = pytest.importorskip("playwright.async_api")
 
 ROOT = Path(__file__).parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "screenshots"
 DOCS = ROOT / "docs" / "screenshots"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -37,23 +35,6 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 800}
 LED_PIN = 27
 EXTRA_LINES = {f"case-{n:02d}": f"Case {n} holds minerals from the northern mines, number {n}." for n in range(1, 11)}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-@pytest.fixture
-def chromium_path():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt install chromium)")
-        pytest.skip("chromium is not installed")
-    return CHROMIUM
 
 
 def write_config(tmp_path, server_url):
@@ -109,26 +90,6 @@ async def start_service(tmp_path, server, alsa_file, monkeypatch):
 async def stop(svc):
     svc.test_stopped = True
     await svc.stop()
-
-
-@pytest.fixture
-async def browser(chromium_path):
-    async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=chromium_path,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
-        )
-        yield browser
-        await browser.close()
 
 
 async def new_page(browser, size=PHONE):
