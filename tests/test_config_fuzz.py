@@ -281,7 +281,8 @@ def item_fields(name: str) -> list[str]:
 
 
 VALID = {
-    "phrases": {"welcome": "Welcome to the hall of minerals."},
+    "languages": [{"code": "en"}, {"code": "de", "voice": "onyx"}],
+    "phrases": {"welcome": {"en": "Welcome to the hall of minerals.", "de": "Willkommen."}, "other": "Hello."},
     "buttons": [{"pin": 17, "phrase": "welcome", "led": 27}],
     "quiet_hours": [{"start": "22:00", "end": "07:00", "volume": 20}],
     "api": {"bind": "127.0.0.1", "port": 8080},

@@ -93,7 +93,8 @@ class LiveService:
             f"  settings_file: {self.settings_path}\n"
             "speech:\n  fallback: none\n"
             "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"
-            "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is hard.\n"
+            "languages: [en, de]\n"
+            "phrases:\n  welcome: {en: Welcome to the hall of minerals., de: Willkommen.}\n  quartz: Quartz is hard.\n"
         )
         (tmp / "key").write_text("sk-file-key\n")
         PasswordFile(tmp / "state" / "pw").set(PASSWORD)
@@ -192,7 +193,7 @@ SCALARS = (
     | TEXT
     | st.sampled_from(["welcome", "quartz", "nope", "", "   ", "x" * 4097, "\ud800"])
 )
-KEYS = TEXT | st.sampled_from(["phrase", "text", "phrase", "text", "volume"])
+KEYS = TEXT | st.sampled_from(["phrase", "text", "phrase", "text", "volume", "language"])
 JSON_VALUES = st.recursive(
     SCALARS,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=4),
@@ -200,10 +201,13 @@ JSON_VALUES = st.recursive(
 )
 PLAY_BODIES = st.one_of(
     JSON_VALUES,
-    st.fixed_dictionaries({}, optional={"phrase": JSON_VALUES, "text": JSON_VALUES}),
-    st.fixed_dictionaries({}, optional={"phrase": SCALARS, "text": SCALARS}),
+    st.fixed_dictionaries({}, optional={"phrase": JSON_VALUES, "text": JSON_VALUES, "language": JSON_VALUES}),
+    st.fixed_dictionaries({}, optional={"phrase": SCALARS, "text": SCALARS, "language": SCALARS}),
     # mostly well-formed, so the accepted path (202) and the speaker's own refusals (404, 409) get their share
-    st.fixed_dictionaries({"phrase": st.sampled_from(["welcome", "quartz", "nope"]) | TEXT}),
+    st.fixed_dictionaries(
+        {"phrase": st.sampled_from(["welcome", "quartz", "nope"]) | TEXT},
+        optional={"language": st.sampled_from(["de", "en", "fr", "", "DE"]) | TEXT},
+    ),
     st.fixed_dictionaries({"text": st.text(min_size=1, max_size=200) | TEXT}),
 )
 
@@ -274,7 +278,9 @@ LINE_TEXTS = TEXT | st.text(min_size=1, max_size=300) | st.sampled_from(["x" * 5
 ADD_FORMS = st.fixed_dictionaries(
     {}, optional={"id": st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True) | TEXT, "text": LINE_TEXTS}
 )
-EDIT_FORMS = st.fixed_dictionaries({}, optional={"text": LINE_TEXTS})
+EDIT_FORMS = st.fixed_dictionaries(
+    {}, optional={"text": LINE_TEXTS, "text.de": LINE_TEXTS, "text.xx": LINE_TEXTS, "text.en": LINE_TEXTS}
+)
 
 
 def form_body(fields: dict[str, str], csrf: str, multipart: bool) -> tuple[bytes, str]:
