@@ -262,8 +262,10 @@ class PhraseCache:
         if self.loudness_lufs is None:
             made = measure(pcm, fmt)
             return pcm, Levelled(made, engine_lufs if engine_lufs is not None else made.lufs, None)
-        pcm, levelled = level(pcm, fmt, self.loudness_lufs)
-        release_freed_memory()  # the limiter's arrays: seconds of audio as floats
+        levelled_pcm, levelled = level(pcm, fmt, self.loudness_lufs)
+        if levelled_pcm is not pcm:  # the limiter ran: its arrays (seconds of audio as floats) are freed now
+            release_freed_memory()
+        pcm = levelled_pcm
         if engine_lufs is not None:
             levelled = replace(levelled, engine_lufs=engine_lufs)
         return pcm, levelled
