@@ -63,6 +63,8 @@ ENGINE_PROBE_EVERY_S = 60.0
 VOICE_SAMPLE = "Welcome to the museum. This is how I sound when I tell you about the exhibits."
 BUNDLED_VOICE = "joe-us"  # kiosk.speech.piper_engine.BUNDLED_VOICE, named here without loading onnxruntime
 BACKOFF_CHECK_EVERY_S = 5.0
+CONFIG_CHECK_EVERY_S = 30.0
+STOP_ROUND_S = 0.5  # SIGTERM: two rounds of closing, so the process is gone within 1.5 s
 
 
 def alsa_opener(audio: AudioConfig) -> SinkOpener:
@@ -235,6 +237,8 @@ class Service:
         self.last_pressed: dict[int, float] = {}  # GPIO pin → wall-clock time of its last press
         self.language_choice = LanguageChoice([lang.code for lang in cfg.languages], clock=clock)
         self.voices: dict[str, EngineChain] = {}
+        self.config_problem: str | None = None  # the config file on disk, when it cannot be used
+        self._config_signature = _file_signature(config_path)
         self.scheduler = Scheduler(
             config=lambda: self.cfg, speak=self._announce, claim=self.history.claim, on_event=self.event, now=now
         )
@@ -271,36 +275,36 @@ class Service:
         run("device", self.device.run)
         run("history", self.history.run)
         run("schedule", self.scheduler.run)
+        if self.config_path is not None:
+            run("config-check", self._check_config_file)
         self._start_fleet(cfg)
         self.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {self.engine.name}")
-        device = cfg.audio.device
-        problem = self.device.problem
-        speaker = f"speaker missing ({problem})" if problem else f"speaking on {device}"
-        self.notifier.ready(f"{speaker}; API on port {self.port}, staff page on {self.staff_port}")
+        self.notifier.ready(self._status_text())
 
     async def stop(self) -> None:
-        """Silence at once, then close everything; bounded so SIGTERM ends the process within 2 s."""
+        """Silence at once, then close everything; bounded so that SIGTERM ends the process within 1.5 s.
+
+        Two rounds, each part of a round closed at the same time: first what can still start work (the
+        supervised tasks, the web servers), then what they used (the device, the engines, the history)."""
         self.notifier.stopping()
         self.speaker.stop()
-        await self.supervisor.stop(timeout=0.5)
         if self.buttons:
             self.buttons.close()
-        if self._runners:
-            await asyncio.wait([asyncio.create_task(r.cleanup()) for r in self._runners], timeout=0.5)
-        await asyncio.to_thread(self.player.close, 0.5)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.3):
-                for chain in (self.engines, *self.voices.values()):
-                    await chain.aclose()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.3):  # what was recorded in the last second
-                await self.history.close()
+        await _all_within(
+            STOP_ROUND_S, self.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners)
+        )
+        await _all_within(
+            STOP_ROUND_S,
+            asyncio.to_thread(self.player.close, STOP_ROUND_S),
+            *(chain.aclose() for chain in (self.engines, *self.voices.values())),
+            self.history.close(),  # what was recorded since the last commit
+        )
         with contextlib.suppress(OSError, KioskError):
             await asyncio.to_thread(self.cache.close)  # last-use order, kept in memory between presses
         self._audio_io.shutdown(wait=False, cancel_futures=True)
 
     async def reload(self) -> bool:
-        """Re-read the config file; an invalid one is logged and the running config kept."""
+        """Re-read the config file; an invalid one is reported (status, systemd) and the running config kept."""
         try:
             new = (await asyncio.to_thread(load_config, self.config_path)).with_overrides(**self._overrides)
             new_token = _token(new)
@@ -308,6 +312,7 @@ class Service:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
             self.event(f"reload rejected ({len(exc.problems)} problem(s)); keeping the running config")
+            self._config_rejected(exc.problems)
             return False
         self.notifier.reloading(int(time.monotonic() * 1_000_000))
         try:
@@ -315,14 +320,56 @@ class Service:
         except KioskError as exc:  # e.g. the new device does not open: say so, keep serving
             log.error("reload failed: %s", exc)
             self.event(f"reload failed: {exc}")
+            self.notifier.ready(f"reload failed: {exc}")  # systemd waits for READY after RELOADING
             return False
-        finally:
-            self.notifier.ready("config reloaded")  # systemd waits for READY after RELOADING, whatever happened
         self._api_token = new_token
         self.cfg = new
+        self._config_accepted()
+        self.notifier.ready(self._status_text())
         self._start_warm()
         self.event("config reloaded")
         return True
+
+    def _config_rejected(self, problems: list[str]) -> None:
+        """The file on disk is broken: staff, the broker and systemd are told until a good reload, because the
+        next restart would fail on it."""
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        self.config_problem = f"{problems[0]}{more}"
+        self.notifier.status(self._status_text())
+        self.fleet.status_changed()
+
+    def _config_accepted(self) -> None:
+        self._config_signature = _file_signature(self.config_path)
+        if self.config_problem is not None:
+            self.config_problem = None
+            self.notifier.status(self._status_text())
+            self.fleet.status_changed()
+
+    def _status_text(self) -> str:
+        """systemd's StatusText: what is wrong first, else where the speaker speaks."""
+        if self.config_problem:
+            return f"reload rejected: {self.config_problem} — running on the previous config"
+        problem = self.device.problem
+        speaker = f"speaker missing ({problem})" if problem else f"speaking on {self.cfg.audio.device}"
+        return f"{speaker}; API on port {self.port}, staff page on {self.staff_port}"
+
+    async def _check_config_file(self) -> None:
+        """A config file edited but not reloaded is checked too: a broken one is reported before a restart trips
+        on it, and the report clears once the file is good again (a supervised task)."""
+        while True:
+            await asyncio.sleep(CONFIG_CHECK_EVERY_S)
+            signature = await asyncio.to_thread(_file_signature, self.config_path)
+            if signature == self._config_signature:
+                continue
+            self._config_signature = signature
+            try:
+                await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                if self.config_problem is None:
+                    self.event(f"the config file has {len(exc.problems)} problem(s); fix it before the next restart")
+                self._config_rejected(exc.problems)
+            else:
+                self._config_accepted()
 
     async def _apply(self, old: Config, new: Config) -> None:
         new_key = resolve_api_key(new.openai)
@@ -765,6 +812,28 @@ class Service:
                 self.event(f"engine {self.engine.name} unreachable: {exc}")
             self.engine_state.update(reachable=False, error=str(exc))
         self.engine_state["checked_at"] = time.time()
+
+
+async def _all_within(timeout: float, *steps) -> None:
+    """Run `steps` at the same time for at most `timeout` seconds; what is not done by then is abandoned."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("while stopping: %s", task.exception())
+
+
+def _file_signature(path: Path | None) -> tuple | None:
+    """What changes when a file is edited (or replaced, or removed)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return ("missing", exc.errno)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _token(cfg: Config) -> str | None:

@@ -163,6 +163,11 @@ class StatusBoard:
         """What staff should know about now, in plain words."""
         s = self._service
         problems = []
+        if s.config_problem:
+            problems.append(
+                f"The settings file has a mistake, so the last change to it was not used: {s.config_problem}. "
+                "The speaker goes on with the settings it had, but would not start again until the file is fixed."
+            )
         if s.device_problem:
             problems.append(f"Speaker missing or failing: {s.device_problem}. Retrying.")
         for engine in s.engines.state():

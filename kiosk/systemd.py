@@ -33,6 +33,10 @@ class Notifier:
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
 
+    def status(self, text: str) -> None:
+        """StatusText in `systemctl status`, changed while running."""
+        self.send(f"STATUS={text}")
+
     def reloading(self, monotonic_usec: int) -> None:
         self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
 
