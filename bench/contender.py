@@ -30,9 +30,9 @@ from pathlib import Path
 import openai
 
 from kiosk.alsa_output import AlsaOutput
+from kiosk.build import open_announcer
 from kiosk.config import parse_config
 from kiosk.pcm import OPENAI_PCM, FrameAligner
-from kiosk.service import open_announcer
 
 PREBUFFER_BYTES = 150 * 1024
 PERIOD_MS, BUFFER_PERIODS = 40, 4  # the product's defaults, for every approach

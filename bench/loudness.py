@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fake_openai import Behaviour, ThreadedFakeOpenAI  # noqa: E402
 
 from kiosk.alsa_output import AlsaOutput  # noqa: E402
+from kiosk.build import open_announcer  # noqa: E402
 from kiosk.config import parse_config  # noqa: E402
 from kiosk.loudness import measure  # noqa: E402
 from kiosk.pcm import AudioFormat  # noqa: E402
-from kiosk.service import open_announcer  # noqa: E402
 
 LINES = [
     "Welcome to the hall of minerals.",

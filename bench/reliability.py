@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/reliability.py              # about a minute
     .venv/bin/python bench/reliability.py --presses 40 --idle 1000 --guesses 300
+    .venv/bin/python bench/reliability.py --only slow-body --slow-addresses 12 --slow-per-address 32
 
 Runs the real service in this process (buttons on gpiozero's MockFactory, audio to ALSA's `null` device, the
 loopback OpenAI-compatible test server) and attacks it from a separate process, so the attacker does not share
 the service's event loop. Prints a table and writes --out (JSON). Figures are press → first audio as the service
-records it: from the press handed to the event loop to the first frame accepted by the device.
+records it: from the press handed to the event loop to the first frame accepted by the device. During the
+slow-body flood a third process, from an address of its own, times `/healthz` on the API and `/login` on the staff
+page, each on a fresh connection.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import statistics
@@ -90,8 +94,76 @@ ATTACKER = textwrap.dedent(
         await asyncio.gather(*holders)
         print(opened, flush=True)
 
-    kind, target, count, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-    asyncio.run(guesses(target, count, seconds) if kind == "guesses" else idle(int(target), count, seconds))
+    def slow_head(port, path, extra):
+        head = f"POST {path} HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\n{extra}Content-Length: 1000\\r\\n\\r\\n"
+        return head.encode()
+
+    async def slow(api_port, staff_port, addresses, per_address, seconds, gap):
+        # From each of `addresses` source addresses, `per_address` connections to each server, each sending its body
+        # one byte every `gap` s; each one the server closes is opened again at once.
+        end = time.monotonic() + seconds
+        counts = {"opened": 0, "answered": 0}
+        api = slow_head(api_port, "/api/play", "Content-Type: application/json\\r\\n")
+        form = f"Origin: http://127.0.0.1:{staff_port}\\r\\nContent-Type: application/x-www-form-urlencoded\\r\\n"
+        staff = slow_head(staff_port, "/login", form)
+        async def hold(port, head, source):
+            while time.monotonic() < end:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+                except OSError:
+                    await asyncio.sleep(0.01)
+                    continue
+                counts["opened"] += 1
+                writer.write(head)
+                closed = asyncio.ensure_future(reader.read(1))
+                try:
+                    while time.monotonic() < end and not closed.done():
+                        writer.write(b"x")
+                        await asyncio.wait({closed}, timeout=min(gap, max(0.01, end - time.monotonic())))
+                    counts["answered"] += closed.done() and not closed.exception() and bool(closed.result())
+                except OSError:
+                    pass
+                finally:
+                    closed.cancel()
+                    writer.close()
+        sources = [f"127.0.0.{2 + i}" for i in range(addresses)]
+        targets = [(api_port, api), (staff_port, staff)]
+        holders = [hold(p, h, s) for s in sources for p, h in targets for _ in range(per_address)]
+        holding = asyncio.gather(*holders)
+        await asyncio.sleep(4)  # every slot taken, and past the slow-body grace (3 s)
+        print("ready", counts["opened"], flush=True)
+        await holding
+        print(json.dumps(counts), flush=True)
+
+    async def probe(api_port, staff_port, seconds, source, timeout):
+        # /healthz and /login in turn, each on a fresh connection from `source`: ms, or None when not answered 200.
+        async def one(url):
+            connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+            began = time.monotonic()
+            try:
+                limit = aiohttp.ClientTimeout(total=timeout)
+                async with aiohttp.ClientSession(connector=connector, timeout=limit) as http:
+                    async with http.get(url) as r:
+                        await r.read()
+                        return round((time.monotonic() - began) * 1000, 2) if r.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                return None
+        print("ready", flush=True)
+        results, end = {"healthz": [], "login": []}, time.monotonic() + seconds
+        while time.monotonic() < end:
+            results["healthz"].append(await one(f"http://127.0.0.1:{api_port}/healthz"))
+            results["login"].append(await one(f"http://127.0.0.1:{staff_port}/login"))
+            await asyncio.sleep(0.05)
+        print(json.dumps(results), flush=True)
+
+    kind, args = sys.argv[1], sys.argv[2:]
+    if kind == "slow":
+        asyncio.run(slow(*map(int, args[:4]), float(args[4]), float(args[5])))
+    elif kind == "probe":
+        asyncio.run(probe(int(args[0]), int(args[1]), float(args[2]), args[3], float(args[4])))
+    else:
+        target, count, seconds = args[0], int(args[1]), float(args[2])
+        asyncio.run(guesses(target, count, seconds) if kind == "guesses" else idle(int(target), count, seconds))
     """
 )
 
@@ -109,9 +181,13 @@ def write_config(tmp: Path, server_url: str) -> Path:
     return path
 
 
-async def presses(service: Service, pins: MockFactory, count: int, gap_s: float = 0.15) -> list[float]:
-    """Press the button `count` times; press → first audio of each (ms)."""
-    figures = []
+PROBE_TIMEOUT_S = 2.0  # a probe not answered 200 within this is "not answered"
+PRESS_WINDOW_S = 0.15  # each press is stopped this long after it: one with no audio by then is "late"
+
+
+async def presses(service: Service, pins: MockFactory, count: int, gap_s: float = PRESS_WINDOW_S) -> list[float | None]:
+    """Press the button `count` times; press → first audio of each (ms), None for one with no audio within gap_s."""
+    figures: list[float | None] = []
     for _ in range(count):
         pins.pin(17).drive_low()
         pins.pin(17).drive_high()
@@ -119,17 +195,24 @@ async def presses(service: Service, pins: MockFactory, count: int, gap_s: float 
         service.speaker.stop()
         await asyncio.wait_for(service.speaker.idle(), 10)
         last = next(r for r in reversed(service.speaker.history.values()) if r.origin == "button:17")
-        if press_to_audio(last) is not None:
-            figures.append(press_to_audio(last))
+        figures.append(press_to_audio(last))
     return figures
 
 
-def summary(figures: list[float]) -> dict:
+def summary(figures: list[float | None], window_ms: float = PRESS_WINDOW_S * 1000) -> dict:
+    """n, p50 and p95 in ms; a figure of None (no audio, no answer within window_ms) counts as slower than any, so
+    that leaving it out cannot flatter a percentile."""
     if not figures:
         return {"n": 0}
-    ordered = sorted(figures)
+    late = figures.count(None)
+    ordered = sorted(f for f in figures if f is not None) + [math.inf] * late
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"n": len(figures), "p50_ms": round(statistics.median(figures), 1), "p95_ms": round(p95, 1)}
+    result = {"n": len(figures), "p50_ms": _ms(statistics.median(ordered), window_ms), "p95_ms": _ms(p95, window_ms)}
+    return {**result, "late": late} if late else result
+
+
+def _ms(value: float, window_ms: float) -> float | str:
+    return round(value, 1) if value < math.inf else f"> {window_ms:g}"
 
 
 async def attacker(*args: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -170,6 +253,41 @@ async def during_idle_flood(service, pins, connections: int, count: int) -> dict
         "evicted": guard.evicted,
         "refused": guard.refused,
     }
+
+
+async def during_slow_body_flood(service, pins, addresses: int, per_address: int, gap_s: float, count: int) -> dict:
+    """Bodies sent one byte at a time from `addresses` machines to both servers; meanwhile presses, and a fresh
+    address asking the API for /healthz and the staff page for /login."""
+    seconds = count * 0.25 + 4
+    guards = [runner.guard for runner in service._runners]
+    before = [_counters(g) for g in guards]
+    ports = (str(service.port), str(service.staff_port))
+    flood, ready = await attacker("slow", *ports, str(addresses), str(per_address), str(seconds + 3), str(gap_s))
+    prober, _ = await attacker("probe", *ports, str(seconds), "127.0.0.200", str(PROBE_TIMEOUT_S))
+    figures = await presses(service, pins, count)
+    probes = json.loads(await asyncio.wait_for(prober.stdout.readline(), seconds + 30))
+    opened = json.loads(await asyncio.wait_for(flood.stdout.readline(), seconds + 60))
+    await asyncio.wait_for(asyncio.gather(prober.wait(), flood.wait()), 30)
+    closed = [{k: v - was[k] for k, v in _counters(g).items()} for g, was in zip(guards, before, strict=True)]
+    return {
+        **summary(figures),
+        "flood": f"{addresses} addresses x {per_address} connections to each server, a byte every {gap_s:g} s",
+        "slow_connections_at_ready": int(ready.split()[1]),
+        **{f"slow_{k}": v for k, v in opened.items()},
+        "healthz": probe_summary(probes["healthz"]),
+        "login": probe_summary(probes["login"]),
+        "api_guard": {"peak_open": guards[0].peak, **closed[0]},
+        "staff_guard": {"peak_open": guards[1].peak, **closed[1]},
+    }
+
+
+def _counters(guard) -> dict:
+    return {"evicted": guard.evicted, "refused": guard.refused, "cut": guard.cut}
+
+
+def probe_summary(times: list[float | None]) -> dict:
+    answered = sum(1 for t in times if t is not None)
+    return {"answered": f"{answered}/{len(times)}", **summary(times, window_ms=PROBE_TIMEOUT_S * 1000)}
 
 
 async def trickle(service, server, trials: int) -> dict:
@@ -222,8 +340,13 @@ async def main() -> int:
     parser.add_argument("--guesses", type=int, default=300)
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "reliability.json")
+    parser.add_argument("--slow-addresses", type=int, default=12)
+    parser.add_argument("--slow-per-address", type=int, default=32)
+    parser.add_argument("--slow-gap", type=float, default=1.0, help="seconds between a slow body's bytes")
+    parser.add_argument("--only", choices=("slow-body",), help="run this condition alone (after the quiet presses)")
+    parser.add_argument("--out", type=Path, help="JSON results (default bench/results/reliability[-ONLY].json)")
     args = parser.parse_args()
+    args.out = args.out or ROOT / "bench" / "results" / f"reliability{'-' + args.only if args.only else ''}.json"
     os.environ["OPENAI_API_KEY"] = "bench-key"
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -237,13 +360,18 @@ async def main() -> int:
             try:
                 await service.announcer.prepare(LONG_LINE)
                 results["quiet"] = summary(await presses(service, pins, args.presses))
-                results["login_flood"] = await during_login_flood(service, pins, args.guesses, args.presses)
-                results["idle_flood"] = await during_idle_flood(service, pins, args.idle, args.presses)
-                results["trickle"] = await trickle(service, server, args.trials)
+                if args.only is None:
+                    results["login_flood"] = await during_login_flood(service, pins, args.guesses, args.presses)
+                    results["idle_flood"] = await during_idle_flood(service, pins, args.idle, args.presses)
+                slow = (args.slow_addresses, args.slow_per_address, args.slow_gap, args.presses)
+                results["slow_body_flood"] = await during_slow_body_flood(service, pins, *slow)
+                if args.only is None:
+                    results["trickle"] = await trickle(service, server, args.trials)
             finally:
                 await service.stop()
-            (tmp / "run").mkdir()
-            results["sigterm_after_start"] = sigterm_after_start(tmp / "run", server.url, args.trials)
+            if args.only is None:
+                (tmp / "run").mkdir()
+                results["sigterm_after_start"] = sigterm_after_start(tmp / "run", server.url, args.trials)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

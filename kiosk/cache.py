@@ -24,14 +24,12 @@ All methods block on disk I/O: call them from a worker thread, not the event loo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,11 +44,17 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".pcm"
 USAGE_FILE = "usage.json"
+#: A second of speech: enough to tell a cache that can keep lines again from one with a few bytes to spare.
+WRITE_PROBE_BYTES = 48_000
 #: Audio is verified in blocks of this size: 1.4 s at 24 kHz, the most that is read ahead of the speaker.
 BLOCK_BYTES = 64 * 1024
 #: The last-used times are saved at most this often (besides evictions and close()).
 USAGE_FLUSH_S = 3 * 3600.0
 _MAX_HEADER = 1 << 20
+#: An index larger than this (some 180 000 entries) is not one this cache wrote: it is ignored, never parsed.
+_MAX_USAGE_BYTES = 16 << 20
+#: Times outside [0, this] (the year 5138) are not times an entry was made or used: `time.localtime` may refuse them.
+_LATEST_TIME = 1e11
 _VERSION = 2
 _LEGACY_VERSION = 1
 _DIGEST_BYTES = 16
@@ -105,6 +109,7 @@ class CachedAudio:
         try:
             self.info, header, self._offset = _parse_header(self._file, key)
             self.legacy = header["v"] == _LEGACY_VERSION
+            self.identity: dict = header["identity"]  # what a rewrite keeps (see PhraseCache.migrate)
             #: The entry is worth rewriting (see PhraseCache.migrate); set by the cache that opened it.
             self.outdated = self.legacy or self.info.levelled is None
             size = os.fstat(self._file.fileno()).st_size
@@ -185,7 +190,6 @@ class PhraseCache:
             raise CacheError(f"cannot create cache directory {self.root}: {exc.strerror or exc}") from exc
         if not os.access(self.root, os.R_OK | os.X_OK):
             raise CacheError(f"cache directory {self.root} is not readable")
-        _FLUSHER.watch(self)
         return self
 
     def close(self) -> None:
@@ -200,7 +204,7 @@ class PhraseCache:
         return key in self._pinned
 
     def path_for(self, key: str) -> Path:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        if not _is_key(key):
             raise ValueError(f"not a cache key: {key!r}")
         return self.root / f"{key}{SUFFIX}"
 
@@ -239,13 +243,13 @@ class PhraseCache:
     def discard(self, key: str, reason: str) -> None:
         """Remove an entry found corrupt, and say so."""
         log.warning("cache entry %s is corrupt and was removed: %s", key[:12], reason)
-        _unlink(self.path_for(key))
+        _remove(self.path_for(key))
 
     def remove(self, key: str) -> None:
-        _unlink(self.path_for(key))
+        _remove(self.path_for(key))
 
     def contains(self, key: str) -> bool:
-        return self.path_for(key).exists()
+        return self.path_for(key).is_file()  # a directory of that name is no entry: the line is made again
 
     def put(self, key: str, pcm: bytes, *, fmt: AudioFormat, text: str, identity: dict) -> EntryInfo:
         """Commit an entry atomically (temp, fsync, rename, directory fsync), then evict down to the cap."""
@@ -277,17 +281,16 @@ class PhraseCache:
             with CachedAudio(self.path_for(key), key) as audio:
                 if not self._outdated(audio):
                     return False
-                header = json.loads(_header_line(self.path_for(key)))
                 pcm = audio.pcm
         except FileNotFoundError:
             return False
-        except (CorruptEntry, OSError, ValueError) as exc:
+        except (CorruptEntry, OSError) as exc:
             self.discard(key, str(exc))
             return False
         info = audio.info
         before = info.levelled
         pcm, levelled = self._levelled(pcm, info.fmt, engine_lufs=before.engine_lufs if before else None)
-        new = _header(key, pcm, info.fmt, info.text, header["identity"], created=info.created, levelled=levelled)
+        new = _header(key, pcm, info.fmt, info.text, audio.identity, created=info.created, levelled=levelled)
         self._write(key, new, pcm)
         log.info("cache entry %s rewritten with block hashes and its loudness", key[:12])
         return True
@@ -299,10 +302,13 @@ class PhraseCache:
             raise CacheError(f"cannot write cache entry in {self.root}: {exc.strerror or exc}") from exc
 
     def entries(self) -> Iterator[Path]:
+        """The entry files. Anything else with the suffix (a directory, a name that is no key) is not an entry:
+        it is neither listed, nor counted, nor removed."""
         try:
-            yield from sorted(self.root.glob(f"*{SUFFIX}"))
-        except FileNotFoundError:
+            paths = sorted(self.root.glob(f"*{SUFFIX}"))
+        except OSError:
             return
+        yield from (path for path in paths if _is_key(path.stem) and path.is_file())
 
     def list(self) -> list[EntryInfo]:
         """Headers of all entries (not verified; see `verify`)."""
@@ -327,7 +333,7 @@ class PhraseCache:
                     outdated, info = self._outdated(audio), audio.info
             except (CorruptEntry, OSError) as exc:
                 log.warning("cache entry %s is corrupt and was removed: %s", path.name, exc)
-                _unlink(path)
+                _remove(path)
                 removed.append((path.name, str(exc)))
                 continue
             if outdated and self.migrate(path.stem):
@@ -340,10 +346,24 @@ class PhraseCache:
         """Remove temp files left by writers that died (a crash or power cut mid-write)."""
         removed = 0
         for tmp in self.root.glob(f".*{TEMP_SUFFIX}"):
-            if not _writer_alive(tmp):
-                _unlink(tmp)
+            if not _writer_alive(tmp) and _remove(tmp):
                 removed += 1
         return removed
+
+    def writable(self, probe_bytes: int = WRITE_PROBE_BYTES) -> bool:
+        """Whether a line could be kept now: a probe of `probe_bytes` is written, synced and removed (a full disk
+        that was freed, a directory made writable again)."""
+        probe = self.root / f".write-probe.{os.getpid()}{TEMP_SUFFIX}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(bytes(probe_bytes))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            return False
+        finally:
+            _remove(probe)
+        return True
 
     def total_bytes(self) -> int:
         return sum(_size(p) for p in self.entries())
@@ -358,9 +378,8 @@ class PhraseCache:
             for path, st in sorted(files, key=lambda f: self.last_used(f[0].stem, f[1].st_mtime)):
                 if total <= limit:
                     break
-                if path.stem in self._pinned:
+                if path.stem in self._pinned or not _remove(path):
                     continue
-                _unlink(path)
                 total -= st.st_size
                 removed.append(path.stem)
         try:
@@ -404,43 +423,8 @@ class PhraseCache:
 
     def _saved_usage(self) -> dict[str, float]:
         if self._saved is None:
-            try:
-                saved = json.loads((self.root / USAGE_FILE).read_bytes())["used"]
-                self._saved = {str(k): float(v) for k, v in saved.items()}
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                self._saved = {}
+            self._saved = _read_usage(self.root / USAGE_FILE)
         return self._saved
-
-
-class _Flusher:
-    """One daemon thread per process that saves every open cache's last-used times every USAGE_FLUSH_S; started
-    by the first `open()`, so that no press ever pays for starting it."""
-
-    def __init__(self) -> None:
-        self._caches: weakref.WeakSet[PhraseCache] = weakref.WeakSet()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def watch(self, cache: PhraseCache) -> None:
-        with self._lock:
-            self._caches.add(cache)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="cache-usage", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(USAGE_FLUSH_S)
-            with self._lock:
-                caches = list(self._caches)
-            for cache in caches:
-                try:
-                    cache.flush_usage()
-                except CacheError as exc:
-                    log.warning("%s", exc)
-
-
-_FLUSHER = _Flusher()
 
 
 def _header(
@@ -462,11 +446,6 @@ def _header(
     }
 
 
-def _header_line(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.readline(_MAX_HEADER)
-
-
 def _read_info(path: Path) -> EntryInfo:
     with open(path, "rb") as f:
         return _parse_header(f, path.stem)[0]
@@ -478,12 +457,14 @@ def _parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
     if not line.endswith(b"\n"):
         raise CorruptEntry("header is truncated")
     try:
-        header = json.loads(line)
-        info = _info(header, float(header["created"]))
-    except (ValueError, KeyError, TypeError) as exc:
+        header = _json(line)
+        info = _info(header)
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # any JSON, of any shape, from a bad sector
         raise CorruptEntry(f"header is unreadable ({exc})") from exc
     if header.get("v") not in (_VERSION, _LEGACY_VERSION) or header.get("key") != key:
         raise CorruptEntry("header does not belong to this entry")
+    if not isinstance(header.get("identity"), dict):
+        raise CorruptEntry("header lacks the engine's identity")
     return info, header, len(line)
 
 
@@ -496,18 +477,73 @@ def _digests(header: dict, length: int) -> list[str]:
     return digests
 
 
-def _info(header: dict, last_used: float) -> EntryInfo:
+def _info(header: dict, last_used: float | None = None) -> EntryInfo:
+    """The entry a header describes (last used when it was made, unless said); ValueError, KeyError or TypeError
+    for a header no writer of the cache made."""
     rate, channels, width = header["format"]
+    created = _moment(header["created"])
     return EntryInfo(
         key=header["key"],
-        text=header["text"],
-        engine=header["engine"],
-        fmt=AudioFormat(int(rate), int(channels), int(width)),
-        length=int(header["length"]),
-        created=float(header["created"]),
-        last_used=last_used,
+        text=_text(header["text"]),
+        engine=_text(header["engine"]),
+        fmt=AudioFormat(_whole(rate, 1, 768_000), _whole(channels, 1, 32), _whole(width, 1, 4)),
+        length=_whole(header["length"], 0, 1 << 40),
+        created=created,
+        last_used=created if last_used is None else last_used,
         levelled=Levelled.from_json(header.get("loudness")),
     )
+
+
+def _json(data: bytes) -> object:
+    """json.loads, with nesting too deep for the parser a ValueError like any other malformed JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, not {type(value).__name__}")
+    value.encode("utf-8")  # a lone surrogate (UnicodeEncodeError, a ValueError) cannot be printed or logged
+    return value
+
+
+def _whole(value: object, lo: int, hi: int) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"expected a whole number from {lo} to {hi}")
+    return value
+
+
+def _moment(value: object) -> float:
+    if not _is_moment(value):
+        raise ValueError("expected a time")
+    return float(value)
+
+
+def _is_moment(value: object) -> bool:
+    return type(value) in (int, float) and 0 <= value <= _LATEST_TIME  # NaN and infinities fail the comparison
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _read_usage(path: Path) -> dict[str, float]:
+    """The index's last-used times; {} when it is missing or cannot be read (entries are then dated by their file
+    times, and the index is rewritten whole at the next save). Only valid times of entry keys are kept."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_USAGE_BYTES + 1)
+        if len(data) > _MAX_USAGE_BYTES:
+            raise ValueError(f"larger than {_MAX_USAGE_BYTES} bytes")
+        saved = _json(data)["used"]
+        return {key: float(at) for key, at in saved.items() if _is_key(key) and _is_moment(at)}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("the cache's last-used index %s cannot be read (%s); entries are dated by their files", path, exc)
+        return {}
 
 
 def _writer_alive(tmp: Path) -> bool:
@@ -537,6 +573,14 @@ def _size(path: Path) -> int:
     return st.st_size if st else 0
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+def _remove(path: Path) -> bool:
+    """Remove a file the cache is done with; False (and said so) when it cannot be, e.g. a directory in its place:
+    what the cache gives up on is never a reason to fail a line or the start."""
+    try:
         path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+        return False
+    return True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import array
 import math
+import os
+import stat
 import sys
 import wave
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from kiosk.pcm import AudioFormat
 SOFT_S = 0.35
 _SOFT_TONES = ((880.0, 0.16), (1318.5, 0.08))  # A5 and E6, a fifth apart: a doorbell, not an alarm
 _MAX_WAV_S = 3.0
+_RATES = (8_000, 192_000)  # the rates a chime may have, in Hz
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,28 @@ def soft_chime(rate: int) -> bytes:
 
 
 def _read_wav(path: Path) -> Chime:
+    """The chime in a WAV file; ConfigError saying why for anything else (whatever the file holds)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory fails anyway; a FIFO would block the start
+            raise ConfigError([f"audio.chime: {path} is not a file"])
         with wave.open(str(path), "rb") as wav:
             channels, width, rate, frames = wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
-            if channels != 1 or width != 2:
-                found = f"{channels} channel(s), {8 * width}-bit"
-                raise ConfigError([f"audio.chime: {path} must be mono 16-bit WAV, not {found}"])
-            if frames > rate * _MAX_WAV_S:
-                seconds = f"{frames / rate:.1f} s"
-                raise ConfigError([f"audio.chime: {path} is {seconds}; a chime must be at most {_MAX_WAV_S:g} s"])
-            return Chime(AudioFormat(rate=rate, channels=1, sample_width=2), wav.readframes(frames))
-    except (OSError, EOFError, wave.Error) as exc:
+            _check(path, channels, width, rate, frames)
+            pcm = wav.readframes(frames)
+    except (OSError, EOFError, RuntimeError, wave.Error) as exc:  # RuntimeError: wave, on a chunk size that lies
         raise ConfigError([f"audio.chime: cannot read {path} as a WAV file ({exc})"]) from exc
+    pcm = pcm[: len(pcm) - len(pcm) % 2]  # a file cut short may end mid-sample
+    if not pcm:
+        raise ConfigError([f"audio.chime: {path} holds no audio"])
+    return Chime(AudioFormat(rate=rate, channels=1, sample_width=2), pcm)
+
+
+def _check(path: Path, channels: int, width: int, rate: int, frames: int) -> None:
+    if channels != 1 or width != 2:
+        found = f"{channels} channel(s), {8 * width}-bit"
+        raise ConfigError([f"audio.chime: {path} must be mono 16-bit WAV, not {found}"])
+    if not _RATES[0] <= rate <= _RATES[1]:  # the header's word alone: 0 Hz would divide by zero, 4 GHz no device plays
+        raise ConfigError([f"audio.chime: {path} is at {rate} Hz; a chime must be {_RATES[0]} to {_RATES[1]} Hz"])
+    if frames > rate * _MAX_WAV_S:
+        seconds = f"{frames / rate:.1f} s"
+        raise ConfigError([f"audio.chime: {path} is {seconds}; a chime must be at most {_MAX_WAV_S:g} s"])

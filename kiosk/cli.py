@@ -20,11 +20,12 @@ from pathlib import Path
 from kiosk import __version__, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
+from kiosk.build import build_cache, build_chain, build_player, build_voices, open_announcer
 from kiosk.cache import EntryInfo, PhraseCache
 from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
 from kiosk.loudness import Leveller
-from kiosk.service import build_cache, build_chain, build_player, build_voices, open_announcer, run_service
+from kiosk.service import run_service
 from kiosk.warm import ready_ids, translated, warm
 from kiosk.web.server import raise_open_file_limit
 
@@ -267,8 +268,9 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
     for i in infos:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(i.last_used))
         pin = "yes" if cache.is_pinned(i.key) else ""
-        text = i.text if len(i.text) <= 60 else i.text[:57] + "..."
-        print(f"{i.key[:12]}  {i.engine:8} {i.duration_s:7.1f} {i.length / 1000:7.0f}  {pin:3}  {when:16}  {text}")
+        text = _printable(i.text if len(i.text) <= 60 else i.text[:57] + "...")  # from a file: may be anything
+        engine = _printable(i.engine)
+        print(f"{i.key[:12]}  {engine:8} {i.duration_s:7.1f} {i.length / 1000:7.0f}  {pin:3}  {when:16}  {text}")
     total = sum(i.length for i in infos)
     print(f"{len(infos)} entries, {total / 1e6:.1f} MB of audio, cap {cache.max_bytes / 1e6:.0f} MB")
     return 0
@@ -285,7 +287,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     for info in ok:
         print(_loudness_row(info, leveller))
     for name, reason in removed:
-        print(f"removed {name}: {reason}")
+        print(f"removed {name}: {_printable(reason)}")
     migrated = f", {cache.migrated} rewritten with block hashes and loudness" if cache.migrated else ""
     print(
         f"{len(ok)} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed{migrated}; "
@@ -301,8 +303,8 @@ def _loudness_row(info: EntryInfo, leveller: Leveller | None) -> str:
     peak = "-" if level is None or not math.isfinite(level.true_peak_db) else f"{level.true_peak_db:6.1f}"
     made = "-" if levelled is None or levelled.engine_lufs is None else f"{levelled.engine_lufs:6.1f}"
     gain = "-" if lufs == "-" or leveller is None else f"{leveller.gain_db(levelled, info.engine):+7.1f}"
-    text = info.text if len(info.text) <= 50 else info.text[:47] + "..."
-    return f"{info.key[:12]}  {info.engine:8} {made:>6} {lufs:>6} {peak:>6} {gain:>7}  {text}"
+    text = _printable(info.text if len(info.text) <= 50 else info.text[:47] + "...")  # from a file: may be anything
+    return f"{info.key[:12]}  {_printable(info.engine):8} {made:>6} {lufs:>6} {peak:>6} {gain:>7}  {text}"
 
 
 def cmd_cache_prune(args: argparse.Namespace) -> int:

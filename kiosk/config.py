@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -29,12 +30,16 @@ import yaml
 
 from kiosk.errors import ConfigError
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("/etc/kiosk/kiosk.yaml")
 MAX_TEXT_CHARS = 20_000
 # The service re-reads its config on SIGHUP: a 30 MB file once blocked it for 20 s, so size and shape are bounded.
 MAX_CONFIG_BYTES = 1_000_000
 MAX_YAML_DEPTH = 32  # the composer recurses: 10 000 '[' would end in RecursionError
 MAX_YAML_NODES = 100_000  # counted with aliases expanded: "billion laughs" is a few lines of anchors
+MAX_SECRET_BYTES = 4096  # a key or token is one short line; more is not one, and is not read into memory
+#: Staff settings that cannot be used are renamed `<file>.corrupt-<time>`: kept for a human, out of the way of saves.
+SET_ASIDE = ".corrupt-"
 PHRASE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch: `$` would let "welcome\n" through
 
 
@@ -396,16 +401,38 @@ class Config:
 
 def load_config(path: Path | str, staff_settings: dict | None = None) -> Config:
     """Read and validate a config file with the staff page's settings laid over it; ConfigError lists every
-    problem. `staff_settings` stands in for the settings file (to check a change before saving it)."""
+    problem. `staff_settings` stands in for the settings file (to check a change before saving it).
+
+    Only the operator's file may stop the speaker: a settings file that cannot be read, or does not fit the
+    operator's file, is set aside (see `set_aside_staff_settings`) and the operator's file is used alone."""
     path = Path(path)
     data = _read_yaml_mapping(path)
     settings_path = staff_settings_path(data)
+    if staff_settings is not None:
+        return _with_staff_settings(data, staff_settings, settings_path)
+    saved = read_staff_settings(settings_path)
+    try:
+        return _with_staff_settings(data, saved, settings_path)
+    except ConfigError as exc:
+        operator_only = _valid_or_none(data) if saved else None
+        if operator_only is None:  # the operator's own file has problems: they are reported with the rest
+            raise
+        set_aside_staff_settings(settings_path, f"{len(exc.problems)} problem(s), the first: {exc.problems[0]}")
+        return operator_only
+
+
+def _with_staff_settings(data: dict, staff_settings: dict, settings_path: Path) -> Config:
     problems: list[str] = []
-    if staff_settings is None:
-        staff_settings = read_staff_settings(settings_path)
     if staff_settings:
         data = overlay_staff_settings(data, staff_settings, _show(settings_path, 1000), problems)
     return validate(data, problems)
+
+
+def _valid_or_none(data: dict) -> Config | None:
+    try:
+        return validate(data)
+    except ConfigError:
+        return None
 
 
 def staff_settings_path(operator_data: dict) -> Path:
@@ -418,8 +445,58 @@ def staff_settings_path(operator_data: dict) -> Path:
 
 
 def read_staff_settings(path: Path) -> dict:
-    """The staff page's settings file as a mapping ({} when there is none yet)."""
-    return _read_yaml_mapping(path, missing_ok=True)
+    """The staff page's settings file as a mapping ({} when there is none yet). A file that cannot be read as
+    settings (damaged, not YAML, too large or too deep, unreadable) is set aside and {} returned: the speaker goes
+    on without it, and the next save starts a new file rather than writing over it."""
+    try:
+        return _read_yaml_mapping(path, missing_ok=True)
+    except ConfigError as exc:
+        set_aside_staff_settings(path, exc.problems[0])
+        return {}
+
+
+def set_aside_staff_settings(path: Path, reason: str) -> Path | None:
+    """Rename staff settings that cannot be used to `<file>.corrupt-<time>` (kept whole for a human to recover);
+    the new name, or None when `path` is no regular file (a directory is the operator's to fix: never moved) or
+    cannot be renamed. Logged either way."""
+    shown = _show(path, 1000)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            log.error("staff settings %s cannot be used (%s); it is not a file, and is left as it is", shown, reason)
+            return None
+        aside = _aside_name(path)
+        os.rename(path, aside)
+    except (OSError, ValueError) as exc:
+        log.error("staff settings %s cannot be used (%s) nor set aside (%s)", shown, reason, exc)
+        return None
+    log.error("staff settings %s cannot be used (%s); kept as %s, the config file is used alone", shown, reason, aside)
+    return aside
+
+
+def _aside_name(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}{SET_ASIDE}{stamp}"), 1
+    while aside.exists():  # one set aside earlier in the same second is never written over
+        n += 1
+        aside = path.with_name(f"{path.name}{SET_ASIDE}{stamp}-{n}")
+    return aside
+
+
+def staff_settings_problem(path: Path) -> str | None:
+    """For the status, in plain words: staff settings set aside next to `path` (the newest named) and not yet dealt
+    with, or a settings path that is no file; None when there is nothing to say."""
+    try:
+        if path.exists() and not path.is_file():
+            return f"The staff's settings file {_show(path, 200)} is not a file: staff changes cannot be saved"
+        kept = sorted(name for name in os.listdir(path.parent) if name.startswith(f"{path.name}{SET_ASIDE}"))
+    except (OSError, ValueError):
+        return None
+    if not kept:
+        return None
+    return (
+        f"The staff's saved settings could not be used, so the speaker runs on its config file alone; they were "
+        f"kept as {_show(path.parent / kept[-1], 200)} for someone to recover (remove that file once done)"
+    )
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -893,13 +970,25 @@ def _is_loopback(host: str) -> bool:
 
 
 def read_secret_file(path: Path, where: str) -> Secret:
-    """A key or token from a file (stripped); ConfigError naming `where` if unreadable or empty."""
+    """A key or token from a file (stripped); ConfigError naming `where` for anything that is not one line of
+    text: unreadable, empty, too large, not UTF-8, control characters or several lines."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError([f"{where}: cannot read {path} ({exc.strerror or exc})"]) from exc
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SECRET_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(
+            [f"{where}: cannot read {_show(path, 200)} ({getattr(exc, 'strerror', None) or exc})"]
+        ) from exc
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError([f"{where}: {_show(path, 200)} is over {MAX_SECRET_BYTES} bytes: not a key or token"])
+    try:
+        value = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{where}: {_show(path, 200)} is not text (not UTF-8 at byte {exc.start})"]) from exc
     if not value:
-        raise ConfigError([f"{where}: {path} is empty"])
+        raise ConfigError([f"{where}: {_show(path, 200)} is empty"])
+    if not value.isprintable():  # a second line, a NUL, an escape: it would not survive an HTTP header
+        raise ConfigError([f"{where}: {_show(path, 200)} must hold the key or token alone, on one line"])
     return Secret(value)
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiosk.alsa_output import AlsaOutput, mixer_report
+from kiosk.build import build_engine
 from kiosk.buttons import pin_factory_report
 from kiosk.config import Config, resolve_api_key
 from kiosk.errors import KioskError
-from kiosk.service import build_engine
 
 LOW_DISK_BYTES = 200_000_000
 

@@ -8,6 +8,12 @@ A power cut loses at most the rows of the last interval. Rows older than `keep_d
 All database work runs on one thread of its own, so SQLite's connection never crosses threads
 and a slow card never stalls the event loop. A database that cannot be opened (read-only or full disk) leaves the
 speaker speaking: `problem` says why and nothing is recorded until it can be.
+
+A damaged database (not SQLite, corrupt pages, tables of another shape) is never a reason to stop: whenever SQLite
+says so, at the start or later, it is renamed `<file>.corrupt-<time>` (with its -wal and -shm files, kept for a
+human), a new one is started, and `notice` says so; the notice is also told as an event (to `on_notice`, else
+recorded in the new database, where the events loaded at the start find it). Rows of the wrong types are skipped
+when read.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -32,6 +40,11 @@ MAX_PENDING = 1000
 PURGE_EVERY_S = 24 * 3600
 CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars", "language")
 _MAX_PLOT_POINTS = 2000
+#: SQLite's result codes (the low byte of sqlite_errorcode): SQL that does not fit the tables found, and a file
+#: that is damaged or is no database at all.
+_SQLITE_ERROR, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_NOTADB = 1, 8, 11, 26
+_COMPANIONS = ("", "-wal", "-shm", "-journal")  # a database is these files together: they are set aside together
+_LATEST_TIME = 1e11  # the year 5138: a later (or infinite) time is no time a press happened
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -43,6 +56,27 @@ CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, text TEXT NOT NULL, count
 CREATE TABLE IF NOT EXISTS fired (slot TEXT PRIMARY KEY, time REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS events_time ON events (time);
 """
+#: Read at the start: every column in use and the newest rows (where writes go), so that a database of another
+#: shape or with damaged pages is found now rather than at the first write.
+_PROBES = (
+    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
+    "ORDER BY time DESC LIMIT 1",
+    "SELECT rowid, time, text, count FROM events ORDER BY rowid DESC LIMIT 1",
+    "SELECT slot, time FROM fired ORDER BY slot DESC LIMIT 1",
+)
+_TIME_OK = f"typeof(time) IN ('integer', 'real') AND time BETWEEN 0 AND {_LATEST_TIME:.0f}"
+_OUTCOMES = (
+    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
+    f"WHERE time >= ? AND {_TIME_OK} AND typeof(origin) = 'text' AND typeof(outcome) = 'text' "
+    "AND typeof(line) IN ('text', 'null') AND typeof(source) IN ('text', 'null') "
+    "AND (response_ms IS NULL OR typeof(response_ms) IN ('integer', 'real') AND abs(response_ms) < 1e9) "
+    "AND typeof(error) IN ('text', 'null') AND typeof(text_chars) IN ('integer', 'null') "
+    "AND typeof(language) IN ('text', 'null') ORDER BY time"
+)
+_EVENTS = (
+    f"SELECT time, text, count FROM events WHERE {_TIME_OK} AND typeof(text) = 'text' "
+    "AND typeof(count) = 'integer' ORDER BY rowid DESC LIMIT ?"
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,11 @@ class History:
         self._claimed_in_memory: set[str] = set()
         #: Why nothing is being recorded, or None.
         self.problem: str | None = None
+        #: The last time a damaged database was set aside, in words for staff; None if it never was.
+        self.notice: str | None = None
+        #: Told each such notice on the event loop (e.g. the service's event log); None: recorded as an event here.
+        self.on_notice: Callable[[str], None] | None = None
+        self._untold: deque[str] = deque()  # notices from the database thread, told on the event loop
 
     # -- lifetime
 
@@ -174,28 +213,70 @@ class History:
 
     async def recent_events(self, count: int = 100) -> list[dict]:
         await self.flush()
-        return await self._in_db_thread(self._recent_events, count)
+        stored = await self._in_db_thread(self._recent_events, count)
+        # Told while reading (a damaged database set aside just now): not in the new database yet, but recent.
+        waiting = [{"time": at, "text": text, "count": 1} for at, text in self._pending_events]
+        return (stored + waiting)[-count:]
 
     # -- on the database thread
 
     async def _in_db_thread(self, function: Callable, *args):
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._db_thread, function, *args)
-        except (sqlite3.Error, OSError) as exc:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._db_thread, self._anew_if_damaged, function, *args
+            )
+        except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
             if self.problem is None:
                 log.error("history: %s", exc)
-            self.problem = f"the history cannot be kept ({exc})"
+            self.problem = f"the history cannot be kept in {self.path} ({exc})"
             return [] if function in (self._outcomes, self._recent_events) else None
+        finally:
+            self._tell_notices()
+
+    def _tell_notices(self) -> None:
+        while self._untold:
+            notice = self._untold.popleft()
+            if self.on_notice is not None:
+                self.on_notice(notice)
+            else:
+                self.event(notice)
+
+    def _anew_if_damaged(self, function: Callable, *args):
+        """`function`, run once more on a new database if SQLite finds this one damaged."""
+        try:
+            return function(*args)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            if not (_damaged(exc) or self._read_only_inside(exc)):
+                raise
+            self._set_aside(exc)
+            return function(*args)
+
+    def _read_only_inside(self, exc: Exception) -> bool:
+        """SQLite refuses to write a file the system lets it write: the file's own header says so (a damaged byte,
+        a format from the future), so it is as good as damaged. A read-only card or file is only a problem."""
+        if _code(exc) != _SQLITE_READONLY:
+            return False
+        return os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
+
+    def _set_aside(self, exc: Exception) -> None:
+        """Rename the damaged database and its companion files (kept for a human to look at), then start anew."""
+        self._close()
+        aside = _free_name(self.path, time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock())))
+        for suffix in _COMPANIONS:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
+        log.error("history: %s is damaged (%s); set aside as %s, a new one is started", self.path, exc, aside.name)
+        self.notice = f"The history database was damaged and has been set aside as {aside.name}; a new one was started"
+        self._untold.append(self.notice)  # the new database is opened by the retry (see _connection)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; fewer syncs per commit
-        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
-        db.executescript(_SCHEMA)
-        columns = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
-        if "language" not in columns:  # a database from before languages: kept, with the new column added
-            db.execute("ALTER TABLE requests ADD COLUMN language TEXT")
+        try:
+            _prepare(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         self.problem = None
 
@@ -213,7 +294,8 @@ class History:
         db = self._connection()
         with _transaction(db):
             db.executemany(
-                "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (time, origin, line, source, response_ms, outcome, error, text_chars, language) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars, r.language)
                     for r in rows
@@ -237,17 +319,10 @@ class History:
         return cursor.rowcount == 1
 
     def _outcomes(self, since: float) -> list[Outcome]:
-        cursor = self._connection().execute(
-            "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
-            "WHERE time >= ? ORDER BY time",
-            (since,),
-        )
-        return [Outcome(*row) for row in cursor]
+        return [Outcome(*row) for row in self._connection().execute(_OUTCOMES, (since,))]
 
     def _recent_events(self, count: int) -> list[dict]:
-        cursor = self._connection().execute(
-            "SELECT time, text, count FROM events ORDER BY rowid DESC LIMIT ?", (count,)
-        )
+        cursor = self._connection().execute(_EVENTS, (count,))
         return [{"time": t, "text": text, "count": n} for t, text, n in reversed(cursor.fetchall())]
 
     def _purge(self) -> None:
@@ -259,6 +334,52 @@ class History:
             db.execute("DELETE FROM fired WHERE time < ?", (self._clock() - 7 * 86400,))
 
 
+def _prepare(db: sqlite3.Connection) -> None:
+    """Set up a connection: WAL, the tables (created where missing, migrated where older), then the probes."""
+    db.text_factory = _lenient_text  # a damaged text is shown with replacement characters, never a failed read
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; fewer syncs per commit
+        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
+        db.executescript(_SCHEMA)
+        columns = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
+        if "language" not in columns:  # a database from before languages: kept, with the new column added
+            db.execute("ALTER TABLE requests ADD COLUMN language TEXT")
+        for probe in _PROBES:
+            db.execute(probe).fetchall()
+    except sqlite3.OperationalError as exc:
+        if _code(exc) == _SQLITE_ERROR:  # our own SQL, refused: the tables found are of another shape
+            raise _NotHistory(f"its tables are not the history's ({exc})") from exc
+        raise
+
+
+class _NotHistory(sqlite3.DatabaseError):
+    """A database whose tables the history cannot use: set aside like a damaged one."""
+
+
+def _damaged(exc: Exception) -> bool:
+    """Whether SQLite says the file is damaged. A UnicodeDecodeError is its message about a damaged schema (which
+    quotes the damaged text), failing to decode on its way to Python."""
+    return isinstance(exc, _NotHistory | UnicodeDecodeError) or _code(exc) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _code(exc: Exception) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _free_name(path: Path, stamp: str) -> Path:
+    """`<path>.corrupt-<stamp>`, numbered on where that is taken: a database set aside is never overwritten."""
+    aside, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+    while any(Path(f"{aside}{suffix}").exists() for suffix in _COMPANIONS):
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    return aside
+
+
 class _transaction:
     def __init__(self, db: sqlite3.Connection):
         self._db = db
@@ -267,7 +388,11 @@ class _transaction:
         self._db.execute("BEGIN")
 
     def __exit__(self, kind, *_rest) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self._db.execute("COMMIT")
+            return
+        with contextlib.suppress(sqlite3.Error):  # the error that ended the transaction is the one that matters
+            self._db.execute("ROLLBACK")
 
 
 def _iso(at: float) -> str:

@@ -16,7 +16,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kiosk.announcer import SPEECH_S_PER_CHAR, Announcer, Trace
+from kiosk.announcer import Announcer
+from kiosk.speech.text import max_audio_s
+from kiosk.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ LINE_LIMIT_BASE_S = 30.0
 
 
 def line_limit_s(text: str) -> float:
-    """The longest a line may hold the speaker: three times its likely spoken length, plus half a minute."""
-    return LINE_LIMIT_BASE_S + 3 * len(text) * SPEECH_S_PER_CHAR
+    """The longest a line may hold the speaker: the most audio two voices may send for it before each is cut
+    (a runaway one, then its stand-in; kiosk.speech.text.max_audio_s), plus half a minute."""
+    return LINE_LIMIT_BASE_S + 2 * max_audio_s(text)
 
 
 @dataclass

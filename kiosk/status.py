@@ -1,23 +1,22 @@
-"""What the service reports: recent events, metrics per line, `/api/status`, `/healthz` and the staff page's
-problems — read from the service's parts, never changing them."""
+"""What the service reports: metrics per line, `/api/status`, `/healthz` and the staff page's problems — read from
+the live parts (kiosk.parts), never changing them. Adapters with a state of their own (the MQTT link, OSC) add
+theirs through `add_reporter`."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import shutil
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import datetime
 
 from kiosk import __version__
-from kiosk.history import History, Outcome
+from kiosk.history import Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
+from kiosk.parts import Parts
 from kiosk.speaker import Request
 from kiosk.warm import ready_ids, translated
-
-if TYPE_CHECKING:
-    from kiosk.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -26,56 +25,27 @@ WRITER_STUCK_S = 5.0
 _FINISHED = ("done", "stopped", "failed")
 
 
-class EventLog:
-    """The last hundred things worth telling staff, each logged once and kept in the history across restarts.
-
-    The same event again in a row only counts up ("speaker missing ×12"), so a flapping fault cannot push
-    everything else off the list.
-    """
-
-    def __init__(self, history: History | None = None, size: int = 100):
-        self.events: collections.deque[dict] = collections.deque(maxlen=size)
-        self._history = history
-
-    def load(self, events: list[dict]) -> None:
-        """Events kept from before a restart, oldest first."""
-        self.events.extend(events)
-
-    def add(self, text: str) -> None:
-        now = time.time()
-        if self.events and self.events[-1]["text"] == text:
-            self.events[-1] = {**self.events[-1], "time": now, "count": self.events[-1].get("count", 1) + 1}
-        else:
-            self.events.append({"time": now, "text": text, "count": 1})
-        if self._history is not None:
-            self._history.event(text, now)
-        log.info("%s", text)
-
-    def recent(self, count: int = 20) -> list[dict]:
-        return [_dated(e) for e in self.events][-count:]
-
-
 def _origin_words(origin: str) -> str:
     if origin.startswith("button:"):
         return f"Button on GPIO {origin.split(':', 1)[1]}"
     return {"api": "Show control (API)", "staff": "Staff page"}.get(origin, origin)
 
 
-def _dated(event: dict) -> dict:
-    moment = time.localtime(event["time"])
-    return {
-        **event,
-        "count": event.get("count", 1),
-        "date": time.strftime("%Y-%m-%d", moment),
-        "clock": time.strftime("%H:%M:%S", moment),
-    }
-
-
 class StatusBoard:
     """Metrics and reports for one service."""
 
-    def __init__(self, service: Service, *, writer_stuck_s: float = WRITER_STUCK_S):
-        self._service = service
+    def __init__(
+        self,
+        parts: Parts,
+        *,
+        on_event: Callable[[str], None],
+        now: Callable[[], datetime] = datetime.now,
+        writer_stuck_s: float = WRITER_STUCK_S,
+    ):
+        self._parts = parts
+        self._on_event = on_event
+        self._now = now
+        self._reporters: list[tuple[Callable[[], dict], Callable[[], list[str]]]] = []
         self._writer_stuck_s = writer_stuck_s
         self._started = time.monotonic()
         self.metrics = Metrics()
@@ -97,10 +67,14 @@ class StatusBoard:
             m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
         if req.state == "failed":  # every press is in the history; only what went wrong is news for staff
             what = f"'{req.phrase}'" if req.phrase else f"a text of {len(req.text)} characters"
-            self._service.event(f"{_origin_words(req.origin)}: {what} could not be spoken ({trace.error})")
+            self._on_event(f"{_origin_words(req.origin)}: {what} could not be spoken ({trace.error})")
+
+    def add_reporter(self, status: Callable[[], dict], problems: Callable[[], list[str]]) -> None:
+        """An adapter's own state: `status()` is merged into the status JSON, `problems()` added to the list."""
+        self._reporters.append((status, problems))
 
     async def status(self) -> dict:
-        s = self._service
+        s = self._parts
         ready_ids = await asyncio.to_thread(self.ready_lines)
         languages = await asyncio.to_thread(self.language_coverage)
         speaker, trace = s.speaker, s.speaker.last_trace
@@ -120,7 +94,7 @@ class StatusBoard:
             "languages": languages,
             "language_now": s.language_choice.current,
             "engine": {"name": s.engine.name, **s.engine_state, "chain": s.engines.state()},
-            "speaker_problem": s.device_problem,
+            "speaker_problem": s.device.problem,
             "cache_problem": s.announcer.cache_problem,
             "device": s.cfg.audio.device,
             "buttons": {
@@ -135,17 +109,17 @@ class StatusBoard:
             "uptime_s": uptime,
             "uptime_text": _duration(uptime),
             "warm": dict(s.warm),
-            "open": s.cfg.is_open(s.local_time()),
+            "open": s.cfg.is_open(self._now()),
             "next_announcement": s.scheduler.next_announcement(),
-            **s.fleet.status(),  # "mqtt" and "osc": each link's state
+            **{key: value for status, _ in self._reporters for key, value in status().items()},  # "mqtt", "osc"
             "problems": problems,
             "headline": "All good" if not problems else f"Needs attention: {problems[0]}",
-            "events": s.events_log.recent(),
+            "events": s.event_log.recent(),
         }
 
     def _buttons(self) -> list[dict]:
         """Each button as staff know it: its name, what it says, and when it was last pressed."""
-        s = self._service
+        s = self._parts
         return [
             {
                 "pin": b.pin,
@@ -161,15 +135,15 @@ class StatusBoard:
 
     def problems(self) -> list[str]:
         """What staff should know about now, in plain words."""
-        s = self._service
+        s = self._parts
         problems = []
         if s.config_problem:
             problems.append(
                 f"The settings file has a mistake, so the last change to it was not used: {s.config_problem}. "
                 "The speaker goes on with the settings it had, but would not start again until the file is fixed."
             )
-        if s.device_problem:
-            problems.append(f"Speaker missing or failing: {s.device_problem}. Retrying.")
+        if s.device.problem:
+            problems.append(f"Speaker missing or failing: {s.device.problem}. Retrying.")
         for engine in s.engines.state():
             if engine["in_backoff"]:
                 name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
@@ -183,11 +157,13 @@ class StatusBoard:
         ok, why = self.health()
         if not ok:
             problems.append(f"The speaker is not working: {why}. The service will be restarted.")
-        return problems + s.fleet.problems() + s.supervisor.problems()
+        for _, reported in self._reporters:
+            problems += reported()
+        return problems + s.supervisor.problems()
 
     def ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
-        s = self._service
+        s = self._parts
         ready = ready_ids(s.cfg, s.announcer)
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(s.cfg.phrases))
@@ -197,7 +173,7 @@ class StatusBoard:
         """Per offered language: how many lines are ready offline as visitors would hear them in it (a line without
         a translation is heard in the default language), how many are translated, and whether it has a local voice
         (without one, a line not cached yet needs the network)."""
-        s = self._service
+        s = self._parts
         coverage = []
         for lang in s.cfg.languages:
             local = any(e.name == "piper" for e in s.announcer.chain_for(lang.code).engines)
@@ -216,7 +192,7 @@ class StatusBoard:
 
     def health(self) -> tuple[bool, str]:
         """Alive means the speaker loop and the audio writer both keep making progress."""
-        s = self._service
+        s = self._parts
         stuck = time.monotonic() - s.player.heartbeat
         if stuck > self._writer_stuck_s:
             return False, f"audio writer stuck for {stuck:.0f} s"

@@ -105,7 +105,7 @@ class Behaviour:
     """How the server answers the next speech requests. Tests mutate it between requests.
 
     The defaults give a fast, well-behaved server. Fields are read when a request arrives, except the
-    streaming ones (chunks, pacing, stall, cut), which are fixed when its body starts.
+    streaming ones (chunks, pacing, stall, cut, endless), which are fixed when its body starts.
     """
 
     headers_delay_s: float = 0.0  # before the response headers (or error) are sent
@@ -119,6 +119,7 @@ class Behaviour:
     burst_every_s: float | None = None  # paced chunks are held and sent together every this often
     seed: int = 0  # jitter is drawn from it, so a seed replays the same arrival pattern
     cut_after_bytes: int | None = None  # abort the connection after this many body bytes (no clean end)
+    endless: bool = False  # a runaway stream: the line's audio again and again until the client hangs up (pace it)
     hang: bool = False  # read the request, then never answer until stop()
     status: int | None = None  # answer with this HTTP error status and an OpenAI-style error body
     error_code: str | None = None
@@ -412,7 +413,9 @@ class _Delivery:
             self._stall_at = int(len(audio) * behaviour.stall_at_fraction)
         self._stall_s = behaviour.stall_s
         self._cut = behaviour.cut_after_bytes
-        self._limit = len(audio) if self._cut is None else max(0, min(self._cut, len(audio)))
+        self._endless = behaviour.endless and bool(audio)
+        length = math.inf if self._endless else len(audio)
+        self._limit = length if self._cut is None else max(0, min(self._cut, length))
         self._sent = 0
         self._started = 0.0  # when the first byte went out, shifted by the stall
 
@@ -462,10 +465,21 @@ class _Delivery:
         end = min(self._sent + next(self._sizes), self._limit)
         if self._stall_at is not None and self._stall_at > self._sent:
             end = min(end, self._stall_at)
-        await self._response.write(self._audio[self._sent : end])
+        await self._response.write(self._slice(self._sent, end))
         self._sent = end
         self._chunks_sent += 1
         self._record.bytes_sent = end
+
+    def _slice(self, start: int, end: int) -> bytes:
+        """Bytes start..end of the body: for an endless one, of the line's audio repeated."""
+        if not self._endless:
+            return self._audio[start:end]
+        body = bytearray()
+        while start < end:
+            piece = self._audio[start % len(self._audio) :][: end - start]
+            body += piece
+            start += len(piece)
+        return bytes(body)
 
 
 class _Jitter:

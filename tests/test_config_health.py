@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import file_sink_opener
 
-import kiosk.service
+import kiosk.upkeep
 from kiosk.config import load_config
 from kiosk.service import Service
 from kiosk.systemd import Notifier
@@ -96,7 +96,7 @@ async def test_a_rejected_reload_is_a_problem_everywhere_until_a_good_reload(
 async def test_a_config_file_broken_without_a_reload_is_found_and_cleared_by_the_check(
     server, tmp_path, alsa_file, pins, notify_socket, monkeypatch
 ):
-    monkeypatch.setattr(kiosk.service, "CONFIG_CHECK_EVERY_S", 0.05)
+    monkeypatch.setattr(kiosk.upkeep, "CONFIG_CHECK_EVERY_S", 0.05)
     path = tmp_path / "kiosk.yaml"
     write(path, server.url, tmp_path / "c", GOOD)
     environ, statuses = notify_socket
@@ -112,7 +112,7 @@ async def test_a_config_file_broken_without_a_reload_is_found_and_cleared_by_the
         write(path, server.url, tmp_path / "c", BROKEN)
         await headline_becomes("Needs attention: The settings file has a mistake")
         assert any(s.startswith("reload rejected: audio.preroll_ms") for s in statuses())
-        assert any("fix it before the next restart" in e["text"] for e in service.events_log.recent())
+        assert any("fix it before the next restart" in e["text"] for e in service.parts.event_log.recent())
 
         write(path, server.url, tmp_path / "c", GOOD)  # fixed on disk: the next restart would work again
         await headline_becomes("All good")

@@ -150,7 +150,8 @@ async def test_slowloris_connections_are_closed_after_the_idle_timeout(start):
 
 
 async def test_busy_connections_are_not_evicted(start):
-    runner, port = await start(ConnectionLimits(max_connections=20, max_per_address=2, idle_timeout_s=1.0))
+    limits = ConnectionLimits(max_connections=20, max_per_address=2, idle_timeout_s=1.0)
+    runner, port = await start(limits)
     state = runner.app[SLOW_REQUESTS]
 
     async def get_slow(session: aiohttp.ClientSession) -> int:
@@ -164,7 +165,7 @@ async def test_busy_connections_are_not_evicted(start):
             await wait_until(lambda: state.in_flight == 2, timeout=2)
             [(reader, writer)] = await open_idle_connections(port, 1)
             try:
-                assert await asyncio.wait_for(closed_by_server(reader), timeout=0.5)
+                assert await asyncio.wait_for(closed_by_server(reader), timeout=limits.refuse_after_s + 0.5)
             finally:
                 writer.close()
             assert (runner.guard.refused, runner.guard.evicted) == (1, 0)
@@ -172,6 +173,36 @@ async def test_busy_connections_are_not_evicted(start):
             assert await asyncio.wait_for(slow_requests, timeout=SLOW_S + 2) == [200, 200]
         finally:
             slow_requests.cancel()
+
+
+async def test_a_refused_connection_is_held_a_moment_then_closed(start):
+    # A flood that connects again the moment it is closed is slowed down; only max_connections are held at once.
+    limits = ConnectionLimits(max_connections=2, max_per_address=2, refuse_after_s=0.5)
+    runner, port = await start(limits)
+    state = runner.app[SLOW_REQUESTS]
+
+    async def lifetime(reader: asyncio.StreamReader, began: float) -> float:
+        assert await closed_by_server(reader)
+        return time.monotonic() - began
+
+    async with aiohttp.ClientSession() as session:
+        busy = [asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow")) for _ in range(2)]
+        try:
+            await wait_until(lambda: state.in_flight == 2, timeout=2)
+            began = time.monotonic()
+            refused = await open_idle_connections(port, 3)
+            try:
+                lifetimes = await asyncio.wait_for(
+                    asyncio.gather(*(lifetime(reader, began) for reader, _ in refused)), timeout=2
+                )
+            finally:
+                close_all(refused)
+        finally:
+            for request in busy:
+                request.cancel()
+    short, *held = sorted(lifetimes)
+    assert short < 0.2 and all(0.45 <= t <= 0.8 for t in held), lifetimes
+    assert runner.guard.refused == 3
 
 
 async def test_client_hanging_up_cancels_its_handler(start):

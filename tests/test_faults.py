@@ -11,11 +11,13 @@ from fake_openai import Behaviour, FakeOpenAI, pcm_for
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.announcer import Announcer
+from kiosk.build import build_chain
 from kiosk.cache import PhraseCache
 from kiosk.config import parse_config
 from kiosk.errors import AudioError, CacheError
 from kiosk.player import Player
-from kiosk.service import Service, build_chain
+from kiosk.service import Service
+from kiosk.speech.text import max_audio_s
 from kiosk.systemd import Notifier
 from kiosk.warm import warm
 
@@ -50,6 +52,7 @@ async def speaker(server, tmp_path, alsa_file):
     player.start()
     announcer = Announcer(engines=chain, cache=PhraseCache(cfg.cache.dir, 10**9).open(), player=player)
     await asyncio.wait_for(chain.engines[1].probe(), 60)  # load the voice once, as the service does at start
+    await asyncio.wait_for(chain.primary.preload(), 30)  # the SDK's first import is not the server's slowness
     yield announcer, clock
     await asyncio.to_thread(player.close)
     await chain.aclose()
@@ -93,6 +96,60 @@ async def test_cut_mid_stream_keeps_what_was_heard_then_the_line_is_said_whole(s
     assert len(piper_part) > 22_050  # ...and then the local voice said the whole line
     assert trace.frames >= 8_000 // 2 + 11_025
     assert entries(announcer) == ["piper"]  # nothing partial from OpenAI was cached
+
+
+#: A runaway stream: the line's audio again and again, 8x faster than it plays.
+ENDLESS = Behaviour(endless=True, realtime_factor=8, chunk_sizes=[4800])
+
+
+def heard_s(alsa_file, rate: int) -> float:
+    """Seconds of audio that reached the device at `rate` (the capture file, less the silence padding the end)."""
+    path = alsa_file[1].with_name(f"alsa-{rate}.raw")
+    return len(path.read_bytes()) / 2 / rate if path.exists() else 0.0
+
+
+async def test_an_endless_stream_is_cut_failed_over_and_put_in_back_off(speaker, server, alsa_file):
+    announcer, _ = speaker
+    server.behaviour = ENDLESS
+    started = time.monotonic()
+    trace = await asyncio.wait_for(announcer.say(LINE), 20)
+    took = time.monotonic() - started
+    assert trace.error is None and trace.source == "piper" and not trace.stopped, trace
+    assert "far more audio than the text needs" in trace.failover[0]
+    assert announcer.engines.health["openai"].in_backoff  # at once: a runaway server does it again line after line
+    bound_s = max_audio_s(LINE)
+    openai_s, piper_s = heard_s(alsa_file, 24_000), heard_s(alsa_file, 22_050)
+    print(f"\nendless → piper in {took:.2f} s; OpenAI's {openai_s:.2f} s reached the device (bound {bound_s:g} s)")
+    assert 0 < openai_s <= bound_s  # nothing past the bound (this device has no clock: all that was fed is written)
+    assert took < bound_s / 8 + 6
+    assert trace.duration_ms == pytest.approx((openai_s + piper_s) * 1000, abs=60)  # what was played (less padding)
+    assert entries(announcer) == ["piper"]
+    asked = len(server.requests)
+    second = await say(announcer, "Another line nobody has heard.")
+    assert second.source == "piper" and second.failover == [] and len(server.requests) == asked  # not asked
+
+
+async def test_an_endless_stream_on_the_last_engine_is_silenced_and_reports_what_was_heard(
+    server, tmp_path, pulse_device
+):
+    cfg = config(server.url, tmp_path / "cache", fallback="none")
+    chain = build_chain(cfg)
+    player = Player(file_sink_opener(pulse_device), preroll_ms=120)  # a device that plays in real time
+    player.start()
+    announcer = Announcer(engines=chain, cache=PhraseCache(cfg.cache.dir, 10**9).open(), player=player)
+    try:
+        server.behaviour = ENDLESS
+        trace = await asyncio.wait_for(announcer.say(LINE), 20)
+    finally:
+        await asyncio.to_thread(player.close)
+        await chain.aclose()
+    cut_after_s = max_audio_s(LINE) / 8  # when the bound's worth of audio has arrived
+    print(f"\nendless on the last engine: {trace.duration_ms:.0f} ms heard, line over after {trace.elapsed_ms:.0f} ms")
+    assert trace.source == "openai" and "far more audio than the text needs" in trace.error and not trace.stopped
+    assert chain.health["openai"].in_backoff
+    assert trace.elapsed_ms / 1000 < cut_after_s + 1.5  # silenced at the cut: the 11 s still queued never played
+    assert 500 < trace.duration_ms < (cut_after_s + 0.5) * 1000  # what was heard: not 0, not what was queued
+    assert entries(announcer) == []
 
 
 async def test_quota_exhausted_backs_off_then_a_probe_restores_it(speaker, server):
@@ -206,7 +263,7 @@ async def test_speaker_missing_at_start_then_unplugged_mid_line(server, tmp_path
     service = Service(cfg, open_sink=device.open, pin_factory=MockFactory(), notifier=Notifier({}))
     await asyncio.wait_for(service.start(), 20)
     try:
-        assert "No such device" in service.device_problem  # up and saying so, not crashed
+        assert "No such device" in service.device.problem  # up and saying so, not crashed
         assert "No such device" in (await service.status())["speaker_problem"]
         opens = device.opens
         await asyncio.sleep(1.0)
@@ -214,10 +271,10 @@ async def test_speaker_missing_at_start_then_unplugged_mid_line(server, tmp_path
 
         device.missing, device.busy = False, True
         await asyncio.sleep(0.6)
-        assert "busy" in service.device_problem
+        assert "busy" in service.device.problem
         device.busy = False
         deadline = time.monotonic() + 5
-        while service.device_problem is not None:
+        while service.device.problem is not None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         assert any("speaker back" in e["text"] for e in service.events)
@@ -226,10 +283,10 @@ async def test_speaker_missing_at_start_then_unplugged_mid_line(server, tmp_path
         req = service.play(phrase="welcome", text=None, origin="api")
         await asyncio.wait_for(service.speaker.idle(), 20)
         assert req.state == "failed" and "No such device" in req.trace.error
-        assert service.device_problem is not None
+        assert service.device.problem is not None
         device.fail_writes = False
         deadline = time.monotonic() + 5
-        while service.device_problem is not None:
+        while service.device.problem is not None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         req = service.play(phrase="welcome", text=None, origin="api")

@@ -4,9 +4,11 @@ One Service (API with free text allowed, staff page with a password and a logged
 KIOSK_FUZZ_REQUESTS (default 2000) generated requests, 8 at a time: every route with random methods, path
 suffixes and percent-encodings (invalid UTF-8, encoded lone surrogates), query strings, Host/Origin/Content-Type/
 Cookie/Authorization/Idempotency-Key headers (some as raw bytes aiohttp would not send) and JSON, form, multipart
-or random bodies. A share of staff requests carry the real session and CSRF token, so the form handlers'
-validation is reached. No answer may be a 5xx and no traceback may be logged; afterwards the service is healthy
-and still speaks a configured line through ALSA.
+or random bodies; a few percent also carry a Content-Encoding (the body compressed, not, or damaged),
+Transfer-Encoding (chunked, with or without a flaw, beside Content-Length or not) or Expect header. A share of
+staff requests carry the real session and CSRF token, so the form handlers' validation is reached. No answer may
+be a 5xx and no traceback may be logged; afterwards the service is healthy and still speaks a configured line
+through ALSA.
 
 KIOSK_FUZZ_SEED replays a run (the seed is printed, and named in every failure). KIOSK_FUZZ_DEBUG=1 prints every
 request with its answer. The tests after the fuzzer pin what it found, each with the request that once gave a 5xx
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -25,6 +28,7 @@ import random
 import socket
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -38,7 +42,7 @@ from yarl import URL
 from kiosk.config import load_config
 from kiosk.service import Service
 from kiosk.staff.auth import PasswordFile
-from kiosk.staff.pages import KEY_MASK
+from kiosk.staff.voice import KEY_MASK
 from kiosk.systemd import Notifier
 
 PASSWORD = "correct horse battery"
@@ -147,6 +151,8 @@ class Req:
     raw: bool = False  # force raw asyncio streams (aiohttp would refuse or rewrite something)
     authed: bool = False  # carries the real staff session and CSRF token
     version: bytes = b"HTTP/1.1"  # raw only: HTTP/1.0 lets a request without Host reach the handlers
+    length: bool = True  # raw only: add Content-Length (False: the headers frame the body themselves)
+    half_close: bool = False  # raw only: end the sending side after the request (a body cut short ends there)
 
     def describe(self, limit: int = 400) -> str:
         headers = "; ".join(f"{k.decode('latin-1')}: {v.decode('latin-1')[:120]}" for k, v in self.headers)
@@ -208,12 +214,14 @@ async def _send_raw(port: int, req: Req) -> Answer:
     try:
         head = [req.method.encode() + b" " + req.target + b" " + req.version]
         head += [k + b": " + v for k, v in req.headers]
-        if req.body or req.method in ("POST", "PUT", "PATCH"):
+        if req.length and (req.body or req.method in ("POST", "PUT", "PATCH")):
             head.append(b"Content-Length: " + str(len(req.body)).encode())
         head.append(b"Connection: close")
         writer.write(b"\r\n".join(head) + b"\r\n\r\n" + req.body)
+        if req.half_close:
+            writer.write_eof()
         await writer.drain()
-        status_line = await reader.readline()
+        status_line = await _final_status_line(reader)
         if not status_line:
             return Answer(None, "closed")
         parts = status_line.split()
@@ -226,6 +234,14 @@ async def _send_raw(port: int, req: Req) -> Answer:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def _final_status_line(reader: asyncio.StreamReader) -> bytes:
+    """The status line of the answer, past any interim 1xx (`100 Continue` to `Expect: 100-continue`)."""
+    while (line := await reader.readline()).startswith(b"HTTP/1.1 1"):
+        while (await reader.readline()).strip():  # the interim answer's headers
+            pass
+    return line
 
 
 # -- the generator
@@ -290,6 +306,30 @@ SPEEDS = (
 TIMES = ("22:00", "07:00", "00:00", "23:59", "24:00", "25:00", "7:00", "1320", "", " ", "22:00:00", "noon", "٢٢:٠٠")
 WHOLE = ("0", "50", "100", "101", "-1", "", " 7 ", "nan", "1e3", "٣", "9" * 400, "9" * 5000, "1.5", "0x10")
 IDS = ("welcome", "quartz", "nope", "Bad Id", "", "a" * 64, "a" * 65, "x\n", "-x", "ü", "a/b", "%ff", "gold")
+FRAMING_HEADERS = (b"Content-Encoding", b"Transfer-Encoding", b"Expect")
+CONTENT_ENCODINGS = (b"deflate", b"gzip", b"x-gzip", b"br", b"zstd", b"identity", b"bogus", b"gzip, deflate", b"")
+TRANSFER_ENCODINGS = (
+    b"chunked",
+    b"chunked",
+    b"gzip, chunked",
+    b"chunked, gzip",
+    b"Chunked",
+    b"chunked, chunked",
+    b"gzip",
+)
+EXPECTS = (b"100-continue", b"100-Continue", b"foo", b"", b"100-continue, foo")
+#: One flaw in a chunked body: the chunk inserted, or (cut, trailer) what is done to the end.
+CHUNK_FLAWS = {
+    "size": b"zz\r\nhello\r\n",
+    "no crlf": b"5\r\nhelloXX",
+    "extension": b"5;name=value\r\nhello\r\n",
+    "negative": b"-5\r\nhello\r\n",
+    "huge": b"ffffffffffffffffffff\r\nhello\r\n",
+    "bare lf": b"5\nhello\n",
+    "short": b"9\r\nhello\r\n",
+    "cut": b"",
+    "trailer": b"",
+}
 ENGINES = (
     "openai",
     " auto ",
@@ -724,6 +764,54 @@ class Fuzz:
         req.raw = self.chance(0.25)
         if (not any(k == b"Host" for k, _ in req.headers) and self.chance(0.8)) or self.chance(0.05):
             req.version = b"HTTP/1.0"
+        if self.chance(0.08):
+            self.odd_framing(req)
+
+    # how the body is framed: Content-Encoding, Transfer-Encoding, Expect
+
+    def odd_framing(self, req: Req) -> None:
+        """Headers that change how the body is read; sent raw, as aiohttp's client frames bodies its own way."""
+        req.raw = True
+        kind = self.pick(("encoding", "chunked", "chunked", "expect"))
+        if kind == "expect" or self.chance(0.1):
+            req.headers.append((b"Expect", self.pick(EXPECTS)))
+        if kind == "encoding" or self.chance(0.2):
+            name, req.body = self.encoded(req.body)
+            req.headers.append((b"Content-Encoding", name))
+        if kind == "chunked":
+            req.headers.append((b"Transfer-Encoding", self.pick(TRANSFER_ENCODINGS)))
+            req.body, req.half_close = self.chunked(req.body)
+            req.length = False
+            if self.chance(0.15):  # both framings at once: a request-smuggling classic
+                req.headers.append((b"Content-Length", str(len(req.body)).encode()))
+
+    def encoded(self, body: bytes) -> tuple[bytes, bytes]:
+        """(a Content-Encoding, the body): compressed as it says, or not at all, or compressed and then damaged."""
+        name = self.pick(CONTENT_ENCODINGS)
+        roll = self.rng.random()
+        if roll < 0.05:
+            body = b"0" * 2_000_000  # a small compressed body that inflates past every size limit
+        if roll < 0.45 or roll > 0.75:
+            body = gzip.compress(body) if b"gzip" in name else self.pick((zlib.compress, _raw_deflate))(body)
+        if roll > 0.75 and body:
+            cut = self.rng.randrange(len(body))
+            body = body[:cut] + self.pick((b"", b"\xff", b"junk")) + body[cut + 1 :]
+        return name, body
+
+    def chunked(self, body: bytes) -> tuple[bytes, bool]:
+        """The body as chunks, now and then with one flaw; True when it is cut short (sent, then the end)."""
+        cuts = sorted(self.rng.sample(range(len(body) + 1), min(len(body) + 1, self.rng.randint(0, 3))))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True) if b > a]
+        chunks = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces]
+        end = b"0\r\n\r\n"
+        flaw = self.pick((None, None, None, *CHUNK_FLAWS))
+        if flaw == "cut":
+            return b"".join(chunks)[: self.rng.randrange(sum(map(len, chunks)) + 1)], True
+        if flaw == "trailer":
+            end = b"0\r\nX-Trailer: 1\r\n\r\n"
+        elif flaw in CHUNK_FLAWS:
+            chunks.insert(self.rng.randrange(len(chunks) + 1), CHUNK_FLAWS[flaw])
+        return b"".join(chunks) + end, False
 
     # bodies
 
@@ -887,6 +975,12 @@ class Fuzz:
         return content_type, body
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    """Deflate without the zlib header, as some clients send `Content-Encoding: deflate`."""
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush()
+
+
 # -- the fuzz run
 
 
@@ -940,6 +1034,7 @@ async def test_random_requests_never_get_a_5xx_nor_a_traceback(tmp_path, server,
                     statuses[key] += 1
                     counts["raw" if not _sendable_by_aiohttp(req) else "aiohttp"] += 1
                     counts["authenticated"] += req.authed
+                    counts["framing"] += any(k in FRAMING_HEADERS for k, _ in req.headers)
                     if req.authed:
                         authed_statuses[key] += 1
                     if answer.status is not None and answer.status >= 500:
@@ -959,7 +1054,8 @@ async def test_random_requests_never_get_a_5xx_nor_a_traceback(tmp_path, server,
         elapsed = time.monotonic() - started
         extra = (
             f"seed {SEED}, {sum(statuses.values())} requests in {elapsed:.1f} s "
-            f"({counts['raw']} raw, {counts['aiohttp']} via aiohttp, {counts['authenticated']} authenticated staff)"
+            f"({counts['raw']} raw, {counts['aiohttp']} via aiohttp, {counts['authenticated']} authenticated staff, "
+            f"{counts['framing']} with Content-Encoding, Transfer-Encoding or Expect)"
         )
         for line in tally_lines(statuses, extra):
             print(line)
@@ -1039,7 +1135,7 @@ async def test_login_page_with_an_undecodable_login_cookie(target):
 
 
 async def test_login_post_with_an_undecodable_login_cookie(target):
-    # pages._tokens_match: hmac.compare_digest(given.encode(), expected.encode()) with expected == '\udcff'
+    # common.tokens_match: hmac.compare_digest(given.encode(), expected.encode()) with expected == '\udcff'
     origin = f"http://127.0.0.1:{target.staff_port}".encode()
     req = _staff_raw(
         target,
@@ -1124,6 +1220,103 @@ async def test_a_malformed_request_logs_no_traceback(target, caplog, headers, ve
     assert answer.status == 400
     logged = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
     assert not logged, [f"{r.name}: {r.getMessage()} ({r.exc_info[1]!r})" for r in logged]
+
+
+#: Bodies that cannot be read as their headers frame or encode them: (headers, body, add Content-Length).
+UNREADABLE_BODIES = {
+    "deflate that is not": ([(b"Content-Encoding", b"deflate")], b"hello", True),
+    "gzip that is not": ([(b"Content-Encoding", b"gzip")], b"hello", True),
+    "br": ([(b"Content-Encoding", b"br")], b"hello", True),
+    "gzip that is not, in chunks": (
+        [(b"Content-Encoding", b"gzip"), (b"Transfer-Encoding", b"chunked")],
+        b"5\r\nhello\r\n0\r\n\r\n",
+        False,
+    ),
+    "a chunk size that is not hex": ([(b"Transfer-Encoding", b"chunked")], b"zz\r\nhello\r\n0\r\n\r\n", False),
+    "a chunk without its CRLF": ([(b"Transfer-Encoding", b"chunked")], b"5\r\nhelloXX0\r\n\r\n", False),
+    "chunked, then gzip": ([(b"Transfer-Encoding", b"chunked, gzip")], b"5\r\nhello\r\n0\r\n\r\n", False),
+    "Content-Length and chunked": (
+        [(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"15")],
+        b"5\r\nhello\r\n0\r\n\r\n",
+        False,
+    ),
+}
+EMPTY_JSON = b"{}"
+#: Framings a client may rightly use: (headers, body, add Content-Length, the status /api/stop answers).
+READABLE_BODIES = {
+    "Expect: 100-continue": ([(b"Expect", b"100-continue")], EMPTY_JSON, True, 200),
+    "Expect: foo": ([(b"Expect", b"foo")], EMPTY_JSON, True, 417),
+    "gzip": ([(b"Content-Encoding", b"gzip")], gzip.compress(EMPTY_JSON), True, 200),
+    "deflate": ([(b"Content-Encoding", b"deflate")], zlib.compress(EMPTY_JSON), True, 200),
+    "raw deflate": ([(b"Content-Encoding", b"deflate")], _raw_deflate(EMPTY_JSON), True, 200),
+    "gzip, chunked": ([(b"Transfer-Encoding", b"gzip, chunked")], b"2\r\n{}\r\n0\r\n\r\n", False, 200),
+    "an encoding nobody knows": ([(b"Content-Encoding", b"bogus")], EMPTY_JSON, True, 200),
+}
+
+
+def _body_request(target: Target, where: str, headers: list, body: bytes, length: bool) -> tuple[int, Req]:
+    """A POST carrying `headers` and `body` to one of the places that read a body, as a client may send it."""
+    server, path = where.split(" ")
+    port = target.api_port if server == "api" else target.staff_port
+    req = Req(server, "POST", path.encode(), [(b"Host", b"127.0.0.1:%d" % port)], raw=True, length=length)
+    if server == "api":
+        req.headers.append((b"Content-Type", b"application/json"))
+    else:
+        req.headers += [
+            (b"Origin", b"http://127.0.0.1:%d" % port),
+            (b"Cookie", b"kiosk_session=" + target.session.encode()),
+        ]
+        req.headers.append((b"Content-Type", b"application/x-www-form-urlencoded"))
+    req.headers += headers
+    req.body = body
+    return port, req
+
+
+async def test_a_body_that_cannot_be_read_is_a_400_on_both_servers(target, caplog):
+    # Content-Encoding: deflate with data that is not deflate once gave the API a 500 and a zlib.error traceback
+    # (request.read() raised it); the staff page caught it in its form reader and said 400.
+    caplog.set_level(logging.DEBUG)
+    statuses, answers = {}, {}
+    async with aiohttp.ClientSession() as http:
+        for case, (headers, body, length) in UNREADABLE_BODIES.items():
+            for where in ("api /api/play", "api /api/stop", "staff /login", "staff /lines/add"):
+                port, req = _body_request(target, where, headers, body, length)
+                answer = await send(http, port, req)
+                statuses[case, where], answers[case, where] = answer.status, answer.body[:120]
+    assert statuses == dict.fromkeys(statuses, 400), answers
+    logged = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert not logged, [f"{r.name}: {r.getMessage()} ({r.exc_info[1]!r})" for r in logged]
+    assert json.loads(answers["gzip that is not", "api /api/play"]) == {
+        "error": "the request body could not be read: Can not decode content-encoding: gzip"
+    }
+
+
+async def test_a_body_framed_or_encoded_as_a_client_may_is_read(target, caplog):
+    caplog.set_level(logging.DEBUG)
+    statuses = {}
+    async with aiohttp.ClientSession() as http:
+        for case, (headers, body, length, _) in READABLE_BODIES.items():
+            port, req = _body_request(target, "api /api/stop", headers, body, length)
+            statuses[case] = (await send(http, port, req)).status
+    assert statuses == {case: expected for case, (*_, expected) in READABLE_BODIES.items()}
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+
+
+async def test_a_client_hanging_up_after_expect_100_continue_logs_no_traceback(target, caplog):
+    # aiohttp writes "100 Continue" before any middleware runs; to a client already gone that raised
+    # ClientConnectionResetError, logged at ERROR as "Error handling request" with its traceback.
+    caplog.set_level(logging.DEBUG)
+    head = b"POST /api/stop HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", target.api_port)
+        writer.write(head + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), timeout=2)
+        writer.close()
+    await asyncio.sleep(0.1)  # the server's side of each hang-up
+    logged = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert not logged, [f"{r.name}: {r.getMessage()} ({r.exc_info[1]!r})" for r in logged]
+    assert any("hung up before its 100 Continue" in r.getMessage() for r in caplog.records)
 
 
 async def test_free_text_with_a_nul_under_the_piper_voice(tmp_path, server, alsa_file):

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from kiosk.config import load_config
 from kiosk.service import Service
 from kiosk.staff.auth import PasswordFile
-from kiosk.staff.pages import KEY_MASK
+from kiosk.staff.voice import KEY_MASK
 from kiosk.systemd import Notifier
 from kiosk.web.api import json_depth
 

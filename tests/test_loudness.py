@@ -12,11 +12,11 @@ from fake_openai import Behaviour
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kiosk.build import open_announcer
 from kiosk.cache import PhraseCache
 from kiosk.config import parse_config
 from kiosk.loudness import CEILING_DBTP, MAX_BOOST_DB, Levelled, Leveller, Loudness, level, measure
 from kiosk.pcm import OPENAI_PCM, AudioFormat
-from kiosk.service import open_announcer
 
 TARGET = -18.0
 RATE = OPENAI_PCM.rate

@@ -9,8 +9,8 @@ import wave
 import pytest
 from conftest import file_sink_opener
 
+from kiosk.build import build_engine, open_announcer
 from kiosk.config import parse_config
-from kiosk.service import build_engine, open_announcer
 
 pytest.importorskip("piper", reason="the piper extra is not installed")
 

@@ -72,7 +72,7 @@ async def test_text_that_cannot_be_encoded_is_refused_at_the_door(server, tmp_pa
 async def test_a_line_past_its_time_limit_is_given_up_and_the_next_one_plays(
     server, tmp_path, alsa_file, pins, monkeypatch
 ):
-    monkeypatch.setattr("kiosk.speaker.LINE_LIMIT_BASE_S", 0.5)
+    monkeypatch.setattr("kiosk.speaker.line_limit_s", lambda text: 0.5)
     service = await started(config(server.url, tmp_path / "c"), alsa_file[0], pins)
     try:
         real_say = service.announcer.say
@@ -93,7 +93,7 @@ async def test_a_line_past_its_time_limit_is_given_up_and_the_next_one_plays(
 
 
 async def test_a_wedged_speaker_loop_turns_health_red(server, tmp_path, alsa_file, pins, monkeypatch):
-    monkeypatch.setattr("kiosk.speaker.LINE_LIMIT_BASE_S", 0.2)
+    monkeypatch.setattr("kiosk.speaker.line_limit_s", lambda text: 0.2)
     service = await started(config(server.url, tmp_path / "c"), alsa_file[0], pins)
     release = asyncio.Event()
     try:

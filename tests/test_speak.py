@@ -7,9 +7,9 @@ import pytest
 from conftest import file_sink_opener
 from fake_openai import Behaviour, FakeOpenAI, pcm_for
 
+from kiosk.build import open_announcer
 from kiosk.config import parse_config
 from kiosk.pcm import OPENAI_PCM
-from kiosk.service import open_announcer
 from kiosk.speech.openai_engine import API_TEXT_LIMIT
 
 PERIOD_BYTES = OPENAI_PCM.bytes_for_ms(40)

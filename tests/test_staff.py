@@ -308,7 +308,7 @@ async def test_attacks_that_must_fail(staff, operator):
     assert (await get(http, "/status"))[0] == 303
     await log_in(http)
     token = await csrf_of(http)
-    for path in ("/lines/..%2F..%2Fetc%2Fpasswd/preview.wav", "/static/..%2Fpages.py", "/static/../auth.py"):
+    for path in ("/lines/..%2F..%2Fetc%2Fpasswd/preview.wav", "/static/..%2Fapp.py", "/static/../auth.py"):
         status, body, _ = await get(http, path)
         assert status in (403, 404) and "scrypt" not in body and "def " not in body, path
     tagged = "Gold: !!python/object/apply:os.system ['touch /tmp/kiosk-pwned']"

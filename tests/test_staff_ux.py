@@ -2,14 +2,16 @@
 answers in place, nothing typed lost, honest health, history charts, and axe-core on every page.
 
 Run with -s to see how long each task takes from the tap to the confirmation on screen. Screenshots of every page
-at both sizes land in artifacts/screenshots/; the phone-size ones of status, lines, voice and volume (and login,
-setup) also refresh docs/screenshots/, which README.md shows.
+at both sizes land in artifacts/screenshots/ (ignored by git). With KIOSK_REFRESH_SCREENSHOTS=1 the phone-size ones
+of status, lines, voice and volume (and login, setup) also refresh docs/screenshots/, which README.md shows; the
+default run never changes a tracked file.
 """
 
 import asyncio
 import csv
 import io
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -568,7 +570,7 @@ async def check_page(page, axe, name, size_name):
         small = await page.evaluate(SMALL_TARGETS)
         assert not small, f"tap targets under 44 px on {name}: {small}"
     await shot(page, f"{name}-{size_name}")
-    if size_name == "phone" and name in DOC_PAGES:
+    if size_name == "phone" and name in DOC_PAGES and os.environ.get("KIOSK_REFRESH_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(SHOTS / f"{name}-{size_name}.png", DOCS / f"{name}.png")
 

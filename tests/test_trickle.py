@@ -13,13 +13,15 @@ import pytest
 from conftest import file_sink_opener
 from fake_openai import BYTES_PER_SECOND, Behaviour
 
-from kiosk.announcer import Announcer, _synthesize_within
+from kiosk.announcer import Announcer
+from kiosk.build import build_chain
 from kiosk.cache import PhraseCache
 from kiosk.config import parse_config
 from kiosk.errors import SpeechError
 from kiosk.pcm import AudioFormat
 from kiosk.player import Player
-from kiosk.service import build_chain
+from kiosk.speech.chain import synthesize_within
+from kiosk.speech.text import MAX_AUDIO_S_PER_CHAR, MAX_AUDIO_SLACK_S, max_audio_s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -81,6 +83,7 @@ async def make_kiosk(server, tmp_path, alsa_file):
         announcer = Announcer(engines=chain, cache=PhraseCache(cfg.cache.dir, 10**9).open(), player=player)
         if len(chain.engines) > 1:
             await asyncio.wait_for(chain.engines[1].probe(), 60)  # load the voice once, as the service does
+        await asyncio.wait_for(chain.primary.preload(), 30)  # the SDK's first import is not the server's slowness
         return Kiosk(announcer, player)
 
     yield make
@@ -221,7 +224,7 @@ async def run_rule(engine, lag_limit, deadline=None):
         relayed.extend(chunk)
 
     try:
-        await asyncio.wait_for(_synthesize_within(engine, "text", on_audio, deadline, lag_limit), 10)
+        await asyncio.wait_for(synthesize_within(engine, "text", on_audio, deadline, lag_limit), 10)
         error = None
     except SpeechError as exc:
         error = exc
@@ -252,9 +255,46 @@ async def test_rule_applies_with_no_first_audio_deadline_and_counts_from_the_fir
     assert error is None and relayed == 1200 and not engine.cancelled
 
 
+async def test_rule_an_engine_sending_far_more_audio_than_the_text_needs_is_cut():
+    # "text": 4 characters, so at most 6 s of audio (6000 bytes here); 1 s of audio every 10 ms, without end
+    engine = ScriptedEngine([(0.01, 1000)] * 10_000)
+    error, took, relayed = await run_rule(engine, lag_limit=0.3)
+    assert error is not None and error.kind == "runaway" and engine.cancelled
+    assert str(error) == "scripted: far more audio than the text needs (over 6 s for 4 characters)"
+    assert relayed == 6000 and took < 0.5  # nothing past the bound is passed on
+
+
+async def test_rule_an_engine_that_ends_after_too_much_audio_is_not_a_short_success():
+    engine = ScriptedEngine([(0, 5000), (0, 5000)])  # all at once, then a clean end
+    error, _, relayed = await run_rule(engine, lag_limit=0.3)
+    assert error is not None and error.kind == "runaway" and relayed == 5000
+
+
+async def test_rule_audio_up_to_the_bound_is_fine():
+    engine = ScriptedEngine([(0, 6000)])
+    error, _, relayed = await run_rule(engine, lag_limit=10)
+    assert error is None and relayed == 6000
+
+
+async def test_rule_the_bound_follows_the_engines_speed():
+    engine = ScriptedEngine([(0, 10_000)])
+    engine.identity = lambda: {"engine": "scripted", "speed": 0.5}  # half speed: twice the audio is fine
+    error, _, relayed = await run_rule(engine, lag_limit=10)
+    assert error is None and relayed == 10_000
+
+
+def test_the_bound_grows_with_the_text_and_slower_speech_and_counts_wide_characters_thrice():
+    assert max_audio_s("text") == 4 * MAX_AUDIO_S_PER_CHAR + MAX_AUDIO_SLACK_S
+    assert max_audio_s("  text\n") == max_audio_s("text")
+    assert max_audio_s("text", speed=0.5) == 2 * max_audio_s("text") and max_audio_s("text", speed=2) == max_audio_s(
+        "text"
+    )
+    assert max_audio_s("矿物") == max_audio_s("abcdef")  # an ideograph is a syllable or more
+
+
 async def test_rule_first_audio_deadline_still_comes_first():
     engine = ScriptedEngine([(5, 100)])
     started = time.monotonic()
     with pytest.raises(SpeechError, match=r"scripted: no audio within 0.2 s"):
-        await asyncio.wait_for(_synthesize_within(engine, "text", lambda c: None, 0.2, 0.3), 10)
+        await asyncio.wait_for(synthesize_within(engine, "text", lambda c: None, 0.2, 0.3), 10)
     assert time.monotonic() - started < 0.5 and engine.cancelled

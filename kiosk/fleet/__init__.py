@@ -1,8 +1,9 @@
 """Many speakers, one museum: fleet control through the museum's own MQTT broker (with Home Assistant discovery)
 and OSC show control. No fleet server: each speaker talks to the broker and listens for OSC itself.
 
-`Fleet` is what the service wires in: `jobs(cfg)` gives the supervised children (the MQTT link, the OSC
-listener) for a config, and the service hands it presses, request changes and status changes. The client
+`Fleet` is an adapter: it is handed the app interface (kiosk.app), never the service. `jobs(cfg)` gives the
+supervised children (the MQTT link, the OSC listener) for a config, and the service hands it presses, request
+changes and status changes. The client
 libraries are imported only when their link is configured (kiosk.fleet.mqtt, kiosk.fleet.osc).
 """
 
@@ -22,9 +23,9 @@ from kiosk.fleet.discovery import DeviceInfo
 from kiosk.status import press_to_audio
 
 if TYPE_CHECKING:
+    from kiosk.app import App
     from kiosk.fleet.mqtt import MqttLink
     from kiosk.fleet.osc import OscLink
-    from kiosk.service import Service
     from kiosk.speaker import Request
 
 Job = Callable[[], Coroutine[Any, Any, None]]
@@ -32,9 +33,9 @@ _FINISHED = ("done", "stopped", "failed")
 
 
 class Fleet:
-    def __init__(self, service: Service):
-        self._service = service
-        self.control = Control(service)
+    def __init__(self, app: App):
+        self._app = app
+        self.control = Control(app)
         self.mqtt: MqttLink | None = None
         self.osc: OscLink | None = None
         self._cfg: Config | None = None
@@ -66,7 +67,7 @@ class Fleet:
             control=self.control,
             snapshot=self.snapshot,
             device_info=self.device_info,
-            on_event=self._service.event,
+            on_event=self._app.event,
         )
 
     def _new_osc(self, cfg: Config) -> OscLink:
@@ -126,35 +127,35 @@ class Fleet:
 
     async def snapshot(self) -> dict:
         """The retained status on the broker: small, and only what changes when something worth knowing does."""
-        s = self._service
-        ready = await asyncio.to_thread(s.board.ready_lines)
+        s = self._app
+        ready = await asyncio.to_thread(s.ready_lines)
         self._count_press(0)
         return {
-            "state": "speaking" if s.speaker.speaking else "idle",
+            "state": "speaking" if s.speaking else "idle",
             "lines_ready": len(ready),
             "lines_configured": len(s.cfg.phrases),
             "volume": s.cfg.audio.volume,
             "muted": s.cfg.audio.volume == 0,
             "open": s.cfg.is_open(s.local_time()),
-            "problems": s.board.problems(),
+            "problems": s.problems(),
             "version": __version__,
             "last_press": self.last_press,
             "presses_today": self.presses_today,
             "last_response_ms": self.last_response_ms,
-            "stutters": s.board.underruns_total,
+            "stutters": s.underruns_total,
         }
 
     def device_info(self) -> DeviceInfo:
-        cfg = self._service.cfg
+        cfg = self._app.cfg
         return DeviceInfo(
             version=__version__,
             buttons=cfg.buttons,
             allow_text=cfg.api.allow_text,
-            staff_url=staff_url(cfg, self._service.staff_port),
+            staff_url=staff_url(cfg, self._app.staff_port),
         )
 
     def _count_press(self, count: int = 1) -> None:
-        today = self._service.local_time().date()
+        today = self._app.local_time().date()
         if self._presses_on != today:
             self._presses_on, self.presses_today = today, 0
         self.presses_today += count

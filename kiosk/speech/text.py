@@ -1,8 +1,9 @@
-"""Splitting long text into request-sized pieces at sentence boundaries."""
+"""Text for the engines: request-sized pieces cut at sentence boundaries, and the most audio a line can need."""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])[\"'”’)\]]*\s+")
 _SOFT_BREAK = re.compile(r"[,;:—–]\s+|\s+")
@@ -112,3 +113,24 @@ def _fit_words(part: str, limit: int) -> list[str]:
     if current:
         pieces.append(current)
     return pieces
+
+
+# --- how much audio a line can need --------------------------------------------------------------------------------
+#
+# An engine that keeps sending audio long after its text is said (a model that loops or babbles, silence without
+# end, a server that never closes the stream) is cut at a bound far above any real reading, and treated as a fault.
+# Speech runs at 60-70 ms a character at speed 1; digits and abbreviations said in full run to about 0.3 s a character
+# ("1889": "eighteen eighty-nine"), but only for a few characters of a line. Ideographs, kana and hangul are each a
+# syllable or more, so such a character counts as three.
+
+#: Seconds of audio per character that no reading at speed 1 exceeds (about 3.5 times ordinary speech).
+MAX_AUDIO_S_PER_CHAR = 0.25
+#: Added to every line, for short ones ("Hi.") and a voice's pauses at the start and the end.
+MAX_AUDIO_SLACK_S = 5.0
+_WIDE_CHAR_WEIGHT = 3
+
+
+def max_audio_s(text: str, speed: float = 1.0) -> float:
+    """The most audio any voice can need to say `text` at `speed` (slower speech needs more, faster never less)."""
+    chars = sum(_WIDE_CHAR_WEIGHT if unicodedata.east_asian_width(c) in "WF" else 1 for c in text.strip())
+    return (chars * MAX_AUDIO_S_PER_CHAR + MAX_AUDIO_SLACK_S) / min(1.0, speed)

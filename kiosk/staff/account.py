@@ -31,7 +31,8 @@ def password_change_errors(passwords: PasswordFile, current: str, new: str, repe
 
 
 def settings_file_bytes(settings_path: Path) -> bytes:
-    """The staff settings as a file to keep (a valid, empty one when staff have changed nothing yet)."""
+    """The staff settings as a file to keep (a valid, empty one when staff have changed nothing yet, or when the
+    file could not be read: it is then set aside, see read_staff_settings)."""
     settings = read_staff_settings(settings_path)
     return SETTINGS_HEADER + yaml.safe_dump(settings, allow_unicode=True, sort_keys=False).encode()
 
@@ -46,6 +47,9 @@ def restore_settings(config_path: Path, settings_path: Path, upload: bytes) -> N
 
 
 def write_settings(path: Path, settings: dict) -> None:
+    """Save the staff settings atomically, the previous ones kept as `<file>.bak`. A previous file that cannot be
+    read is set aside first: as the .bak alone it would be lost at the save after this one."""
+    read_staff_settings(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         body = yaml.safe_dump(settings, allow_unicode=True, sort_keys=False).encode()  # lines keep their order

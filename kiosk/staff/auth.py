@@ -25,6 +25,13 @@ from kiosk.fileio import write_atomically
 _N, _R, _P = 2**14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
 MIN_PASSWORD_CHARS = 10
+#: What a stored hash may ask of a login: a file asking more is damaged, not obeyed (scrypt with p = 10^9 would
+#: hold a login for hours; N and r are held to _MAXMEM by scrypt itself).
+_MAX_P, _MAX_R, _MAX_BYTES_B64 = 4, 64, 128
+#: A digest this short (one cut short) would let through other passwords: scrypt's output is a stream, and its first
+#: bytes match for the right password at any length. Ours are 64 bytes; salts 16.
+_MIN_DIGEST, _MIN_SALT = 32, 16
+_MAX_FILE_BYTES = 1024  # a stored hash is some 110 bytes; a larger file is not read into memory
 
 
 def hash_password(password: str) -> str:
@@ -34,23 +41,33 @@ def hash_password(password: str) -> str:
 
 
 def check_password(password: str, stored: str) -> bool:
+    parsed = parse_hash(stored)
+    if parsed is None:
+        return False
+    n, r, p, salt, expected = parsed
     try:
-        scheme, n, r, p, salt, digest = stored.strip().split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(digest)
-        got = hashlib.scrypt(
-            password.encode(),
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=_MAXMEM,
-            dklen=len(expected),
-        )
-    except (ValueError, TypeError):
+        got = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=len(expected))
+    except (ValueError, OverflowError, MemoryError):  # a lone surrogate typed; costs over _MAXMEM
         return False
     return hmac.compare_digest(got, expected)
+
+
+def parse_hash(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """(n, r, p, salt, digest) of a stored scrypt hash; None for anything else, or for costs no login should pay."""
+    try:
+        scheme, n, r, p, salt, digest = stored.strip().split("$")
+        if scheme != "scrypt" or max(len(salt), len(digest)) > _MAX_BYTES_B64:
+            return None
+        costs = int(n), int(r), int(p)
+        salt_bytes, digest_bytes = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+    except ValueError:  # too few or many fields, a number or base64 that is none (binascii.Error is a ValueError)
+        return None
+    n, r, p = costs
+    if not (n > 1 and n & (n - 1) == 0 and 0 < r <= _MAX_R and 0 < p <= _MAX_P):
+        return None
+    if len(salt_bytes) < _MIN_SALT or len(digest_bytes) < _MIN_DIGEST:
+        return None
+    return n, r, p, salt_bytes, digest_bytes
 
 
 def _b64(raw: bytes) -> str:
@@ -70,7 +87,14 @@ class PasswordFile:
         self.path = path
 
     def is_set(self) -> bool:
-        return self.path.exists() and self.path.stat().st_size > 0
+        """Whether the file holds a usable password hash; a damaged one counts as none, so the staff page asks for
+        a new password (`kiosk passwd`) instead of refusing every login."""
+        return self._read()[0] is not None
+
+    def problem(self) -> str | None:
+        """Why the file, where there is one, holds no usable password, in words; None when it does or is absent."""
+        stored, why = self._read()
+        return None if stored is not None or not self.path.exists() else why
 
     def set(self, password: str) -> None:
         problem = password_problem(password)
@@ -84,11 +108,22 @@ class PasswordFile:
             raise ConfigError([f"staff.password_file: cannot write {self.path} ({exc.strerror or exc})"]) from exc
 
     def check(self, password: str) -> bool:
+        stored, _ = self._read()
+        return stored is not None and check_password(password, stored)
+
+    def _read(self) -> tuple[str | None, str]:
+        """(the stored hash, "") or (None, why there is none). Any content, of any size, is only read."""
         try:
-            stored = self.path.read_text(encoding="utf-8")
-        except OSError:
-            return False
-        return check_password(password, stored)
+            with open(self.path, "rb") as f:
+                raw = f.read(_MAX_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return None, "no staff password is set yet"
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+            return None, f"the staff password file {self.path} cannot be read ({getattr(exc, 'strerror', None) or exc})"
+        stored = raw.decode("ascii", "replace")
+        if len(raw) > _MAX_FILE_BYTES or parse_hash(stored) is None:
+            return None, f"the staff password file {self.path} is damaged (it holds no password hash)"
+        return stored, ""
 
 
 def _give_to_directory_owner(path: Path) -> None:

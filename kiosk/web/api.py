@@ -1,8 +1,10 @@
 """The local HTTP API: trigger and stop lines, status, health and metrics. JSON in and out.
 
 Bad input always gets a 4xx JSON answer with a message, never a 5xx: bad JSON, wrong types, unknown fields,
-empty or over-long text, text that cannot be encoded, oversized, deeply nested or slow bodies, a foreign Host or
-Origin, a state-changing call that is not `application/json` (a cross-site form or `text/plain` POST cannot be).
+empty or over-long text, text that cannot be encoded, oversized or deeply nested bodies, a body that cannot be
+decoded (its 400 comes from kiosk.web.server), a foreign Host or Origin, a state-changing call that is not
+`application/json` (a cross-site form or `text/plain` POST cannot be). A body too slow to arrive is cut by the server
+without an answer (`ConnectionLimits.request_timeout_s`); the 408 here is for an app served without that guard.
 Triggers are rate-limited; the speaker's queue is bounded.
 """
 
@@ -204,7 +206,12 @@ async def stream_wav(request: web.Request, backend: Any, line: str, language: st
 
 
 async def send_wav(request: web.Request, fmt: AudioFormat, chunks: AsyncIterator[bytes]) -> web.StreamResponse:
-    """Stream PCM chunks as one WAV; a listener who leaves early is not an error."""
+    """Stream PCM chunks as one WAV; a listener who leaves early is not an error.
+
+    A line that cannot be finished (the chunks raise KioskError) breaks the response off: the connection is closed
+    after what was sent, without the final chunk, so the listener's client (the staff page's fetch, curl, an HTTP
+    library) reports an incomplete body instead of playing a short line as if it were whole. The WAV header cannot
+    say it either way: it went out before the length was known."""
     response = web.StreamResponse(
         headers={
             "Content-Type": "audio/wav",
@@ -221,7 +228,17 @@ async def send_wav(request: web.Request, fmt: AudioFormat, chunks: AsyncIterator
         await response.write_eof()
     except ConnectionResetError:  # the listener left early: not an error; the line is still finished and cached
         log.debug("a listener left before the end of the line")
+    except KioskError as exc:
+        log.warning("a listener got only part of a line: %s", exc)
+        _break_off(request)
     return response
+
+
+def _break_off(request: web.Request) -> None:
+    """End the response without its final chunk: close (not abort), so the audio already written still arrives.
+    aiohttp then finds the transport closing and writes nothing more."""
+    if request.transport is not None:
+        request.transport.close()
 
 
 async def playback(request: web.Request) -> web.Response:

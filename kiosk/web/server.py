@@ -1,72 +1,115 @@
-"""Serve an aiohttp Application with bounded resources: capped connections, idle timeouts, a raised fd limit.
+"""Serve an aiohttp Application with bounded resources: capped connections, request deadlines, a raised fd limit.
 
-A flood of idle or slow ("slowloris") connections must never starve a real client nor exhaust file descriptors:
+A flood of idle or slow ("slowloris") connections, or of bodies sent one byte at a time, must never starve a real
+client nor exhaust file descriptors:
 - aiohttp's own keep-alive timer (`keepalive_timeout`) closes a connection that has not delivered a complete
   request's headers within `idle_timeout_s` of connecting or of its last response. In aiohttp 3.14 the timer is
   armed in `RequestHandler.connection_made` and after each response, `data_received` never pushes it back, and
   `_process_keepalive` closes the connection when the handler is still waiting for a message — so trickling
   header bytes does not keep a connection alive.
-- A `ConnectionGuard` caps the connections per server and per client address. Over a cap it closes the
-  connection that has been idle longest (no request being handled on it) so the newcomer — often a health
-  check from the same address as the flood — is served; if every connection over the cap is busy, it closes
-  the newcomer instead. Each closure is counted, never logged with a traceback.
+- A `ConnectionGuard` caps the connections per server and per client address, and watches every request whose
+  body is still arriving when its handler starts (whichever handler reads it, however it reads it):
+  - the whole request, headers and body, is due within `request_timeout_s` of connecting or of the last response;
+    past that the socket is cut at once (no 408 that would then wait for the rest of the body). Once the answer
+    has begun (a WAV stream, say) the request has been received: the deadline no longer applies;
+  - a body still arriving `body_grace_s` after its headers is slow; an address may have
+    `max_slow_bodies_per_address` of them, and a further one is cut as soon as it turns slow. The grace is a few
+    seconds, not less: each connection cut after living that long is garbage for a full (slow) collection, and
+    the fewer of those a flood makes, the fewer pauses a press meets;
+  - over the per-address cap a newcomer takes the place of its own address's longest-idle or slow connection;
+    at the server's cap it takes the place of a connection of the address holding the most (idle first, then a
+    slow body, then any body still arriving), provided that address holds at least twice as many as the
+    newcomer's will. So a few machines can never take every slot from a new one, and flooding machines, which
+    hold about as many each, never take each other's (which would only have them connect again, at once).
+    A connection whose request has fully arrived and is being answered is never closed; when nothing may go,
+    the newcomer is refused: held unread for `refuse_after_s`, then closed (a machine that connects again the
+    moment it is closed would otherwise cost thousands of connections a second, and their garbage full
+    collections that stall the loop).
+  Each closure is counted, never logged with a traceback.
+- A body that cannot be decoded (a bad `Content-Encoding` or chunk) is the client's fault: a handler that reads it
+  answers 400 saying so, and aiohttp's own attempt to drain it afterwards is logged at INFO in one line.
 - A request aiohttp's parser refuses (no Host, a control character in a header, a line too long) is answered 400
   and logged at INFO in one line: it is the client's mistake, not a fault of the service.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from kiosk.errors import KioskError
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Middleware = Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """How many connections a server keeps open, and how long a connection may take to say something."""
+    """How many connections a server keeps open, and how long a client may take to send a request."""
 
     max_connections: int = 256  # per server
     max_per_address: int = 32  # per client IP
     idle_timeout_s: float = 10.0  # whole request headers due within this long of connecting / of the last response
-    body_timeout_s: float = 10.0  # for handlers that read bodies: wrap request.read() in asyncio.timeout(...)
+    request_timeout_s: float = 10.0  # headers and body due within this long (same clock); then the socket is cut
+    body_grace_s: float = 3.0  # a body still arriving this long after its headers is slow
+    max_slow_bodies_per_address: int = 4  # per client IP; a further slow body is cut
+    refuse_after_s: float = 0.5  # a refused connection is held this long, unread, before it is closed
+    body_timeout_s: float = 10.0  # handlers' own bound on reading a body, for an app served without the guard
 
 
 @dataclass
 class _Connection:
     address: str
     transport: Any  # asyncio.Transport
+    waiting_since: float  # loop time it connected or its last request ended
     requests_in_progress: int = 0
+    receiving: web.BaseRequest | None = None  # a request whose body was still arriving, until its answer begins
+    receiving_since: float = 0.0
+    deadline: float = 0.0
+    check: asyncio.TimerHandle | None = None
+
+    def reading_body(self) -> bool:
+        """True while the body of the request being received is still arriving (and has not failed)."""
+        body = self.receiving.content if self.receiving is not None else None
+        return body is not None and not body.is_eof() and body.exception() is None
+
+    def slow(self, now: float, grace_s: float) -> bool:
+        return self.reading_body() and now - self.receiving_since >= grace_s
+
+    def idle(self) -> bool:
+        return self.requests_in_progress == 0
 
 
 class ConnectionGuard:
     """Enforces `ConnectionLimits` on one aiohttp `web.Server`; its counters are for tests and status.
 
-    `open`: connections tracked now; `peak`: most ever open at once; `evicted`: idle connections closed to make
-    room; `refused`: new connections closed because every connection over the cap was busy.
+    `open`: connections tracked now; `peak`: most ever open at once; `evicted`: connections closed to make room
+    for a newcomer; `refused`: newcomers closed (after `refuse_after_s`) because no connection could make room,
+    and not counted in `open`; `cut`: connections closed
+    because their request's body was too slow (past the request deadline, or one slow body too many).
     """
 
     def __init__(self, limits: ConnectionLimits):
         self.limits = limits
-        self.peak = 0
-        self.evicted = 0
-        self.refused = 0
-        # Insertion order is "idle longest first": a connection moves to the end when a request on it ends.
+        self.peak = self.evicted = self.refused = self.cut = 0
+        self._held = 0  # refused connections not closed yet
         self._connections: dict[RequestHandler, _Connection] = {}
+        # Per address, in "idle longest first" order: a connection moves to the end when a request on it ends.
+        self._by_address: dict[str, dict[RequestHandler, _Connection]] = {}
         self.middleware = self._make_middleware()
 
     @property
     def open(self) -> int:
-        """Connections open now (evicted and refused ones no longer count: their close is already under way)."""
+        """Connections open now (closed ones no longer count: their close is already under way)."""
         return len(self._connections)
 
     def attach(self, server: web.Server) -> None:
@@ -80,60 +123,170 @@ class ConnectionGuard:
             self._admit(handler, transport)
 
         def on_connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
-            self._connections.pop(handler, None)
+            self._forget(handler)
             connection_lost(handler, exc)
 
         server.connection_made = on_connection_made  # type: ignore[method-assign]
         server.connection_lost = on_connection_lost  # type: ignore[method-assign]
 
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """For `app.on_response_prepare`: once the answer begins the request counts as received, so a stream may
+        take as long as it needs."""
+        connection = self._connections.get(request.protocol)
+        if connection is not None:
+            _stop_watching(connection)
+
+    # -- admission
+
     def _admit(self, handler: RequestHandler, transport: Any) -> None:
         address = _peer_address(transport)
-        same_address = [c for c in self._connections if self._connections[c].address == address]
-        if len(same_address) >= self.limits.max_per_address and not self._evict_idlest(same_address):
+        own = len(self._by_address.get(address, ()))
+        if own >= self.limits.max_per_address and not self._make_room(address, any_body=False):
             self._refuse(transport)
             return
-        if len(self._connections) >= self.limits.max_connections and not self._evict_idlest(self._connections):
+        if len(self._connections) >= self.limits.max_connections and not self._make_room_at_cap(address, own):
             self._refuse(transport)
             return
-        self._connections[handler] = _Connection(address, transport)
+        connection = _Connection(address, transport, asyncio.get_running_loop().time())
+        self._connections[handler] = self._by_address.setdefault(address, {})[handler] = connection
         self.peak = max(self.peak, len(self._connections))
 
-    def _evict_idlest(self, candidates: Any) -> bool:
-        """Close the candidate idle longest; False when every candidate is handling a request."""
-        for handler in candidates:
-            connection = self._connections[handler]
-            if connection.requests_in_progress == 0:
-                del self._connections[handler]
-                connection.transport.close()
+    def _make_room_at_cap(self, address: str, own: int) -> bool:
+        """Take a slot from the address holding the most, if it holds at least twice as many as the newcomer's
+        will. Flooding machines, which hold about as many each, thus never take each other's slots (which would
+        only have them connect again at once, and again)."""
+        for other in sorted(self._by_address, key=lambda a: len(self._by_address[a]), reverse=True):
+            if len(self._by_address[other]) < 2 * (own + 1):
+                return False
+            if self._make_room(other, any_body=True):
+                return True
+        return False
+
+    def _make_room(self, address: str, any_body: bool) -> bool:
+        """Close one of `address`'s connections: the longest idle, else the longest slow body, else (`any_body`)
+        any body still arriving. False when none of these is left."""
+        connections = self._by_address.get(address, {})
+        now = asyncio.get_running_loop().time()
+        rules: list[Callable[[_Connection], bool]] = [_Connection.idle, lambda c: c.slow(now, self.limits.body_grace_s)]
+        if any_body:
+            rules.append(_Connection.reading_body)
+        for rule in rules:
+            victim = next((h for h, c in connections.items() if rule(c)), None)
+            if victim is not None:
+                self._close(victim)
                 self.evicted += 1
                 return True
         return False
 
     def _refuse(self, transport: Any) -> None:
-        # aiohttp goes on to start its handler task; the close makes connection_lost cancel it quietly.
-        transport.close()
+        # A flooding machine connects again the moment it is closed: holding it (unread, so it costs nothing but
+        # a descriptor) for a moment makes it cost a connection per refuse_after_s instead of thousands a second.
+        # Only max_connections are held at once; beyond that, or with no hold, the close comes at once. aiohttp
+        # goes on to start its handler task either way; the close makes connection_lost cancel it quietly.
         self.refused += 1
+        if self.limits.refuse_after_s <= 0 or self._held >= self.limits.max_connections:
+            transport.close()
+            return
+        self._held += 1
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(self.limits.refuse_after_s, self._release, transport)
 
-    def _make_middleware(self) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+    def _release(self, transport: Any) -> None:
+        self._held -= 1
+        transport.close()  # no-op if the client has gone already
+
+    def _close(self, handler: RequestHandler) -> None:
+        connection = self._forget(handler)
+        if connection is None:
+            return
+        if connection.reading_body():  # nothing to flush: abort, so no byte more is read nor waited for
+            connection.transport.abort()
+        else:  # an idle connection may still be sending its last answer
+            connection.transport.close()
+
+    def _forget(self, handler: RequestHandler) -> _Connection | None:
+        connection = self._connections.pop(handler, None)
+        if connection is not None:
+            _stop_watching(connection)
+            same_address = self._by_address[connection.address]
+            del same_address[handler]
+            if not same_address:
+                del self._by_address[connection.address]
+        return connection
+
+    # -- requests
+
+    def _make_middleware(self) -> _Middleware:
         @web.middleware
-        async def mark_connection_busy(request: web.Request, handler: _Handler) -> web.StreamResponse:
-            """While a handler runs (a streaming one writes its body meanwhile) its connection is not evictable."""
+        async def watch_requests(request: web.Request, handler: _Handler) -> web.StreamResponse:
+            """While a handler runs its connection is busy; while its body is still arriving it is watched."""
             connection = self._connections.get(request.protocol)
             if connection is None:  # already closed, or not a connection this guard tracks
                 return await handler(request)
             connection.requests_in_progress += 1
+            self._watch(request.protocol, connection, request)
             try:
                 return await handler(request)
             finally:
                 connection.requests_in_progress -= 1
-                self._mark_recently_used(request.protocol)
+                connection.waiting_since = asyncio.get_running_loop().time()
+                self._mark_recently_used(request.protocol, connection)
 
-        return mark_connection_busy
+        return watch_requests
 
-    def _mark_recently_used(self, handler: RequestHandler) -> None:
-        connection = self._connections.pop(handler, None)
-        if connection is not None:
-            self._connections[handler] = connection
+    def _watch(self, handler: RequestHandler, connection: _Connection, request: web.Request) -> None:
+        _stop_watching(connection)
+        if request.content.is_eof():  # the whole body is here (or there is none): nothing to wait for
+            return
+        loop = asyncio.get_running_loop()
+        connection.receiving, connection.receiving_since = request, loop.time()
+        connection.deadline = connection.waiting_since + self.limits.request_timeout_s
+        first_check = min(connection.receiving_since + self.limits.body_grace_s, connection.deadline)
+        connection.check = loop.call_at(first_check, self._check_body, handler)
+
+    def _check_body(self, handler: RequestHandler) -> None:
+        """At the end of the grace, and at the request deadline: cut a body that is one slow body too many for its
+        address, or late."""
+        connection = self._connections.get(handler)
+        if connection is None or not connection.reading_body():
+            return
+        loop = asyncio.get_running_loop()
+        now, grace = loop.time(), self.limits.body_grace_s
+        others = self._by_address[connection.address].values()
+        slow_others = sum(1 for c in others if c is not connection and c.slow(now, grace))
+        if now >= connection.deadline or slow_others >= self.limits.max_slow_bodies_per_address:
+            self._close(handler)
+            self.cut += 1
+        else:
+            connection.check = loop.call_at(connection.deadline, self._check_body, handler)
+
+    def _mark_recently_used(self, handler: RequestHandler, connection: _Connection) -> None:
+        same_address = self._by_address.get(connection.address)
+        if same_address is not None and same_address.pop(handler, None) is not None:
+            same_address[handler] = connection
+
+
+def _stop_watching(connection: _Connection) -> None:
+    if connection.check is not None:
+        connection.check.cancel()
+    connection.receiving = connection.check = None
+
+
+@web.middleware
+async def refuse_unreadable_bodies(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """A body the client sent wrongly (not valid for its `Content-Encoding`, a bad chunk) is a 400 that says so:
+    aiohttp raises it from `request.read()`/`post()`/`json()`, and left alone it would be a 500 with a traceback."""
+    try:
+        return await handler(request)
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        raise web.HTTPBadRequest(text=f"the request body could not be read: {_client_fault(exc)}") from None
+
+
+def _client_fault(exc: BaseException) -> str:
+    """aiohttp's own words for what the client did wrong, in one line."""
+    cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+    text = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
+    return (text.strip().splitlines() or ["malformed"])[0].rstrip(":")
 
 
 class GuardedRunner(web.AppRunner):
@@ -144,9 +297,11 @@ class GuardedRunner(web.AppRunner):
         self.guard = ConnectionGuard(limits)
 
     async def setup(self) -> None:
-        # Outermost middleware, so "busy" spans every other middleware too; it must go in before setup freezes
-        # the app.
+        # They must go in before setup freezes the app. The guard's middleware is outermost, so "busy" spans every
+        # other middleware too; the body check innermost, so that the app's own error middleware shapes its 400.
         self.app.middlewares.insert(0, self.guard.middleware)
+        self.app.middlewares.append(refuse_unreadable_bodies)
+        self.app.on_response_prepare.append(self.guard.on_response_prepare)
         await super().setup()
         assert self.server is not None
         self.guard.attach(self.server)
@@ -179,16 +334,27 @@ async def serve(
 
 
 class _ClientFaults(logging.Filter):
-    """aiohttp logs a request its parser refuses at ERROR with the parser's traceback; one INFO line instead."""
+    """aiohttp logs at ERROR with a traceback what is a client's doing: a request its parser refuses, a body it
+    cannot decode while draining it after the answer, a `100 Continue` to a client that has already hung up. One
+    INFO line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            address = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "refused a malformed request from %s: %s", (address, exc.message)
-            record.exc_info = record.exc_text = None
+        address = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            record.msg, record.args = "refused a malformed request from %s: %s", (address, _client_fault(exc))
+        elif isinstance(exc, ConnectionResetError) and _in_expect_handler(exc):
+            record.msg, record.args = "%s hung up before its 100 Continue", (address,)
+        else:
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = record.exc_text = None
         return True
+
+
+def _in_expect_handler(exc: BaseException) -> bool:
+    # aiohttp answers `Expect: 100-continue` before any middleware runs, so only its traceback tells it apart.
+    return any(frame.f_code.co_name == "handle_expect_header" for frame, _ in traceback.walk_tb(exc.__traceback__))
 
 
 def _request_log() -> logging.Logger:

@@ -1,244 +1,239 @@
-// The status page's history charts, drawn with uPlot (vendored: static/vendor, MIT) from /status/history.json.
-// Each chart has its numbers as a table beside it, for screen readers and for anyone who wants the figures.
-"use strict";
+// The Status page's history charts, drawn with uPlot (vendored: static/vendor, MIT, a classic script the page loads
+// before its modules) from /status/history.json. Each chart has its numbers as a table beside it, for screen
+// readers and for anyone who wants the figures.
 
-(() => {
-  const COLORS = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#8a6d00", "#56b4e9", "#4d5b69"]; // colour-blind safe
-  const MAX_LINES = 6; // more lines than this are summed as "other lines"
-  const REFRESH_MS = 60000;
-  const AXIS = { stroke: "#535d68", grid: { stroke: "#e1e5e9", width: 1 }, ticks: { stroke: "#c5ccd3", width: 1 } };
-  const charts = new Map(); // chart box → { plot, observer }
-  let refreshTimer = null;
-  let pressTimer = null;
+import { make } from "./common.js";
 
-  function make(tag, attributes = {}, text = "") {
-    const el = document.createElement(tag);
-    Object.entries(attributes).forEach(([name, value]) => el.setAttribute(name, value));
-    el.textContent = text;
-    return el;
+const COLORS = ["#0072b2", "#d55e00", "#009e73", "#cc79a7", "#8a6d00", "#56b4e9", "#4d5b69"]; // colour-blind safe
+const MAX_LINES = 6; // more lines than this are summed as "other lines"
+const REFRESH_MS = 60000;
+const AXIS = { stroke: "#535d68", grid: { stroke: "#e1e5e9", width: 1 }, ticks: { stroke: "#c5ccd3", width: 1 } };
+const charts = new Map(); // chart box → { plot, observer }
+let refreshTimer = null;
+let pressTimer = null;
+
+function boxFor(section, name) {
+  return section.querySelector(`[data-chart="${name}"]`);
+}
+
+function plot(box, options, data) {
+  const old = charts.get(box);
+  if (old) {
+    old.plot.destroy();
+    old.observer.disconnect();
   }
+  box.replaceChildren();
+  const width = () => Math.max(240, box.clientWidth);
+  const chart = new uPlot({ width: width(), height: 220, legend: { show: false }, ...options }, data, box);
+  const observer = new ResizeObserver(() => chart.setSize({ width: width(), height: 220 }));
+  observer.observe(box);
+  charts.set(box, { plot: chart, observer });
+}
 
-  function boxFor(section, name) {
-    return section.querySelector(`[data-chart="${name}"]`);
+function nothing(box, text) {
+  const old = charts.get(box);
+  if (old) {
+    old.plot.destroy();
+    old.observer.disconnect();
+    charts.delete(box);
   }
+  box.replaceChildren(make("p", { class: "muted" }, text));
+}
 
-  function plot(box, options, data) {
-    const old = charts.get(box);
-    if (old) {
-      old.plot.destroy();
-      old.observer.disconnect();
-    }
-    box.replaceChildren();
-    const width = () => Math.max(240, box.clientWidth);
-    const chart = new uPlot({ width: width(), height: 220, legend: { show: false }, ...options }, data, box);
-    const observer = new ResizeObserver(() => chart.setSize({ width: width(), height: 220 }));
-    observer.observe(box);
-    charts.set(box, { plot: chart, observer });
+function legend(section, name, entries) {
+  const list = section.querySelector(`[data-legend="${name}"]`);
+  if (!list) return;
+  list.replaceChildren(...entries.map(([label, color]) => {
+    const item = make("li");
+    const swatch = make("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = color; // CSSOM, which the Content-Security-Policy allows (a style attribute it would not)
+    item.append(swatch, label);
+    return item;
+  }));
+}
+
+function table(section, name, caption, head, rows) {
+  const slot = section.querySelector(`[data-table="${name}"]`);
+  if (!slot) return;
+  if (!rows.length) {
+    slot.replaceChildren();
+    return;
   }
-
-  function nothing(box, text) {
-    const old = charts.get(box);
-    if (old) {
-      old.plot.destroy();
-      old.observer.disconnect();
-      charts.delete(box);
-    }
-    box.replaceChildren(make("p", { class: "muted" }, text));
-  }
-
-  function legend(section, name, entries) {
-    const list = section.querySelector(`[data-legend="${name}"]`);
-    if (!list) return;
-    list.replaceChildren(...entries.map(([label, color]) => {
-      const item = make("li");
-      const swatch = make("span", { class: "swatch", "aria-hidden": "true" });
-      swatch.style.background = color; // CSSOM, which the Content-Security-Policy allows (a style attribute it would not)
-      item.append(swatch, label);
-      return item;
-    }));
-  }
-
-  function table(section, name, caption, head, rows) {
-    const slot = section.querySelector(`[data-table="${name}"]`);
-    if (!slot) return;
-    if (!rows.length) {
-      slot.replaceChildren();
-      return;
-    }
-    const details = make("details");
-    details.append(make("summary", {}, "Show the numbers"));
-    const t = make("table");
-    t.append(make("caption", { class: "visually-hidden" }, caption));
-    const headRow = make("tr");
-    head.forEach((text) => headRow.append(make("th", { scope: "col" }, text)));
-    t.append(make("thead"), make("tbody"));
-    t.tHead.append(headRow);
-    rows.forEach((cells) => {
-      const row = make("tr");
-      cells.forEach((text, i) => row.append(i === 0 ? make("th", { scope: "row" }, text) : make("td", { class: "num" }, text)));
-      t.tBodies[0].append(row);
-    });
-    details.append(t);
-    slot.replaceChildren(details);
-  }
-
-  function sum(values) {
-    return values.reduce((a, b) => a + b, 0);
-  }
-
-  function median(values) {
-    const sorted = values.slice().sort((a, b) => a - b);
-    return sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
-  }
-
-  // A dot only where there were presses: thirty dots on the zero line would hide the ones that matter.
-  function daysWithPresses(u, seriesIndex) {
-    return u.data[seriesIndex].flatMap((count, i) => (count > 0 ? [i] : []));
-  }
-
-  function perDay(section, h) {
-    const box = boxFor(section, "per_day");
-    const lines = Object.entries(h.presses_per_day).sort((a, b) => sum(b[1]) - sum(a[1]));
-    if (!lines.length) {
-      nothing(box, "No presses in the last 30 days.");
-      legend(section, "per_day", []);
-      table(section, "per_day", "", [], []);
-      return;
-    }
-    const shown = lines.slice(0, MAX_LINES);
-    const rest = lines.slice(MAX_LINES);
-    if (rest.length) shown.push(["other lines", h.days.map((_, i) => sum(rest.map(([, counts]) => counts[i])))]);
-    const x = h.days.map((day) => new Date(`${day}T00:00:00`).getTime() / 1000);
-    const series = shown.map(([name], i) => ({
-      label: name,
-      stroke: COLORS[i % COLORS.length],
-      width: 2,
-      points: { show: true, size: 6, fill: COLORS[i % COLORS.length], filter: daysWithPresses },
-    }));
-    plot(box, {
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
-      axes: [{ ...AXIS }, { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
-      series: [{}, ...series],
-    }, [x, ...shown.map(([, counts]) => counts)]);
-    legend(section, "per_day", shown.map(([name], i) => [`${name}: ${sum(shown[i][1])}`, COLORS[i % COLORS.length]]));
-    table(section, "per_day", "Presses per line, last 30 days", ["Line", "Presses", "Busiest day"], lines.map(([name, counts]) => {
-      const top = Math.max(...counts);
-      return [name, String(sum(counts)), top ? `${h.days[counts.indexOf(top)]} (${top})` : "–"];
-    }));
-  }
-
-  function byHour(section, h) {
-    const box = boxFor(section, "by_hour");
-    const hours = [...Array(24).keys()];
-    plot(box, {
-      scales: { x: { time: false, range: [-0.5, 23.5] }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
-      axes: [
-        { ...AXIS, incrs: [1, 2, 3, 6], values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? `${t}:00` : "")) },
-        { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] },
-      ],
-      series: [{}, {
-        label: "Presses",
-        stroke: COLORS[0],
-        fill: "rgba(0, 114, 178, 0.7)",
-        width: 0, // no outline: an hour without presses shows nothing
-        paths: uPlot.paths.bars({ size: [0.7, 40] }),
-        points: { show: false },
-      }],
-    }, [hours, h.presses_by_hour]);
-    const rows = hours.filter((hour) => h.presses_by_hour[hour] > 0)
-      .map((hour) => [`${hour}:00–${hour + 1}:00`, String(h.presses_by_hour[hour])]);
-    table(section, "by_hour", "Presses by hour of the day", ["Hour", "Presses"], rows);
-  }
-
-  function response(section, h) {
-    const box = boxFor(section, "response");
-    const points = h.response.filter((p) => p.ms != null);
-    if (!points.length) {
-      nothing(box, "No response times recorded in the last 30 days.");
-      legend(section, "response", []);
-      table(section, "response", "", [], []);
-      return;
-    }
-    const sources = [...new Set(points.map((p) => p.source || "unknown"))];
-    const words = { cache: "saved copy", openai: "OpenAI", piper: "local voice" };
-    const x = points.map((p) => p.time);
-    const data = sources.map((source) => points.map((p) => ((p.source || "unknown") === source ? p.ms : null)));
-    // At least the last day is shown, so that a few presses today are dots in a day, not spread over the chart.
-    const now = Date.now() / 1000;
-    const from = Math.min(x[0], now - 86400);
-    plot(box, {
-      scales: {
-        x: { time: true, range: [from, Math.max(now, x[x.length - 1])] },
-        y: { range: (u, min, max) => [0, Math.max(100, max * 1.1)] },
-      },
-      axes: [{ ...AXIS }, { ...AXIS, values: (u, ticks) => ticks.map((t) => `${t} ms`), size: 70 }],
-      series: [{}, ...sources.map((source, i) => ({
-        label: words[source] || source,
-        stroke: COLORS[i % COLORS.length],
-        paths: () => null, // dots only: each is one press
-        points: { show: true, size: 6, fill: COLORS[i % COLORS.length] },
-      }))],
-    }, [x, ...data]);
-    legend(section, "response", sources.map((source, i) => [words[source] || source, COLORS[i % COLORS.length]]));
-    table(section, "response", "Response time by where the audio came from", ["From", "Presses", "Typical", "Slowest"],
-      sources.map((source, i) => {
-        const values = data[i].filter((v) => v != null);
-        return [words[source] || source, String(values.length), `${Math.round(median(values))} ms`, `${Math.round(Math.max(...values))} ms`];
-      }));
-  }
-
-  function summary(section, h) {
-    const note = section.querySelector("[data-chart-summary]");
-    if (!note) return;
-    if (!h.total) {
-      note.textContent = "No presses recorded in the last 30 days yet (tests from this page are not counted).";
-      return;
-    }
-    const busiest = h.presses_by_hour.indexOf(Math.max(...h.presses_by_hour));
-    const typical = median(h.response.map((p) => p.ms).filter((v) => v != null));
-    note.textContent = `${h.total} presses in the last 30 days (tests from this page not counted). ` +
-      `Busiest hour: ${busiest}:00–${busiest + 1}:00.` +
-      (typical == null ? "" : ` Typical response time: ${Math.round(typical)} ms.`);
-  }
-
-  async function draw() {
-    charts.forEach((chart, box) => {
-      if (box.isConnected) return;
-      chart.plot.destroy(); // its page was replaced
-      chart.observer.disconnect();
-      charts.delete(box);
-    });
-    const section = document.querySelector("[data-history]");
-    if (!section || typeof uPlot === "undefined") return;
-    try {
-      const reply = await fetch(section.dataset.history, {
-        credentials: "same-origin",
-        cache: "no-store",
-        headers: { "X-Kiosk-Poll": "idle" },
-        signal: AbortSignal.timeout(8000),
-      });
-      if (!reply.ok) return;
-      const h = await reply.json();
-      if (!section.isConnected) return;
-      summary(section, h);
-      perDay(section, h);
-      byHour(section, h);
-      response(section, h);
-      section.dataset.drawn = String(h.total);
-    } catch (err) {
-      // the headline says when the speaker does not answer; the charts are drawn again on the next refresh
-    }
-  }
-
-  function schedule() {
-    clearInterval(refreshTimer);
-    refreshTimer = setInterval(draw, REFRESH_MS);
-    draw();
-  }
-
-  document.addEventListener("kiosk:page", schedule);
-  document.addEventListener("kiosk:pressed", () => {
-    clearTimeout(pressTimer);
-    pressTimer = setTimeout(draw, 1500); // the history is written about once a second
+  const details = make("details");
+  details.append(make("summary", {}, "Show the numbers"));
+  const t = make("table");
+  t.append(make("caption", { class: "visually-hidden" }, caption));
+  const headRow = make("tr");
+  head.forEach((text) => headRow.append(make("th", { scope: "col" }, text)));
+  t.append(make("thead"), make("tbody"));
+  t.tHead.append(headRow);
+  rows.forEach((cells) => {
+    const row = make("tr");
+    cells.forEach((text, i) => row.append(i === 0 ? make("th", { scope: "row" }, text) : make("td", { class: "num" }, text)));
+    t.tBodies[0].append(row);
   });
-})();
+  details.append(t);
+  slot.replaceChildren(details);
+}
+
+function sum(values) {
+  return values.reduce((a, b) => a + b, 0);
+}
+
+function median(values) {
+  const sorted = values.slice().sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
+}
+
+// A dot only where there were presses: thirty dots on the zero line would hide the ones that matter.
+function daysWithPresses(u, seriesIndex) {
+  return u.data[seriesIndex].flatMap((count, i) => (count > 0 ? [i] : []));
+}
+
+function perDay(section, h) {
+  const box = boxFor(section, "per_day");
+  const lines = Object.entries(h.presses_per_day).sort((a, b) => sum(b[1]) - sum(a[1]));
+  if (!lines.length) {
+    nothing(box, "No presses in the last 30 days.");
+    legend(section, "per_day", []);
+    table(section, "per_day", "", [], []);
+    return;
+  }
+  const shown = lines.slice(0, MAX_LINES);
+  const rest = lines.slice(MAX_LINES);
+  if (rest.length) shown.push(["other lines", h.days.map((_, i) => sum(rest.map(([, counts]) => counts[i])))]);
+  const x = h.days.map((day) => new Date(`${day}T00:00:00`).getTime() / 1000);
+  const series = shown.map(([name], i) => ({
+    label: name,
+    stroke: COLORS[i % COLORS.length],
+    width: 2,
+    points: { show: true, size: 6, fill: COLORS[i % COLORS.length], filter: daysWithPresses },
+  }));
+  plot(box, {
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
+    axes: [{ ...AXIS }, { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
+    series: [{}, ...series],
+  }, [x, ...shown.map(([, counts]) => counts)]);
+  legend(section, "per_day", shown.map(([name], i) => [`${name}: ${sum(shown[i][1])}`, COLORS[i % COLORS.length]]));
+  table(section, "per_day", "Presses per line, last 30 days", ["Line", "Presses", "Busiest day"], lines.map(([name, counts]) => {
+    const top = Math.max(...counts);
+    return [name, String(sum(counts)), top ? `${h.days[counts.indexOf(top)]} (${top})` : "–"];
+  }));
+}
+
+function byHour(section, h) {
+  const box = boxFor(section, "by_hour");
+  const hours = [...Array(24).keys()];
+  plot(box, {
+    scales: { x: { time: false, range: [-0.5, 23.5] }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
+    axes: [
+      { ...AXIS, incrs: [1, 2, 3, 6], values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? `${t}:00` : "")) },
+      { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] },
+    ],
+    series: [{}, {
+      label: "Presses",
+      stroke: COLORS[0],
+      fill: "rgba(0, 114, 178, 0.7)",
+      width: 0, // no outline: an hour without presses shows nothing
+      paths: uPlot.paths.bars({ size: [0.7, 40] }),
+      points: { show: false },
+    }],
+  }, [hours, h.presses_by_hour]);
+  const rows = hours.filter((hour) => h.presses_by_hour[hour] > 0)
+    .map((hour) => [`${hour}:00–${hour + 1}:00`, String(h.presses_by_hour[hour])]);
+  table(section, "by_hour", "Presses by hour of the day", ["Hour", "Presses"], rows);
+}
+
+function response(section, h) {
+  const box = boxFor(section, "response");
+  const points = h.response.filter((p) => p.ms != null);
+  if (!points.length) {
+    nothing(box, "No response times recorded in the last 30 days.");
+    legend(section, "response", []);
+    table(section, "response", "", [], []);
+    return;
+  }
+  const sources = [...new Set(points.map((p) => p.source || "unknown"))];
+  const words = { cache: "saved copy", openai: "OpenAI", piper: "local voice" };
+  const x = points.map((p) => p.time);
+  const data = sources.map((source) => points.map((p) => ((p.source || "unknown") === source ? p.ms : null)));
+  // At least the last day is shown, so that a few presses today are dots in a day, not spread over the chart.
+  const now = Date.now() / 1000;
+  const from = Math.min(x[0], now - 86400);
+  plot(box, {
+    scales: {
+      x: { time: true, range: [from, Math.max(now, x[x.length - 1])] },
+      y: { range: (u, min, max) => [0, Math.max(100, max * 1.1)] },
+    },
+    axes: [{ ...AXIS }, { ...AXIS, values: (u, ticks) => ticks.map((t) => `${t} ms`), size: 70 }],
+    series: [{}, ...sources.map((source, i) => ({
+      label: words[source] || source,
+      stroke: COLORS[i % COLORS.length],
+      paths: () => null, // dots only: each is one press
+      points: { show: true, size: 6, fill: COLORS[i % COLORS.length] },
+    }))],
+  }, [x, ...data]);
+  legend(section, "response", sources.map((source, i) => [words[source] || source, COLORS[i % COLORS.length]]));
+  table(section, "response", "Response time by where the audio came from", ["From", "Presses", "Typical", "Slowest"],
+    sources.map((source, i) => {
+      const values = data[i].filter((v) => v != null);
+      return [words[source] || source, String(values.length), `${Math.round(median(values))} ms`, `${Math.round(Math.max(...values))} ms`];
+    }));
+}
+
+function summary(section, h) {
+  const note = section.querySelector("[data-chart-summary]");
+  if (!note) return;
+  if (!h.total) {
+    note.textContent = "No presses recorded in the last 30 days yet (tests from this page are not counted).";
+    return;
+  }
+  const busiest = h.presses_by_hour.indexOf(Math.max(...h.presses_by_hour));
+  const typical = median(h.response.map((p) => p.ms).filter((v) => v != null));
+  note.textContent = `${h.total} presses in the last 30 days (tests from this page not counted). ` +
+    `Busiest hour: ${busiest}:00–${busiest + 1}:00.` +
+    (typical == null ? "" : ` Typical response time: ${Math.round(typical)} ms.`);
+}
+
+async function draw() {
+  charts.forEach((chart, box) => {
+    if (box.isConnected) return;
+    chart.plot.destroy(); // its page was replaced
+    chart.observer.disconnect();
+    charts.delete(box);
+  });
+  const section = document.querySelector("[data-history]");
+  if (!section || typeof uPlot === "undefined") return;
+  try {
+    const reply = await fetch(section.dataset.history, {
+      credentials: "same-origin",
+      cache: "no-store",
+      headers: { "X-Kiosk-Poll": "idle" },
+      signal: AbortSignal.timeout(8000),
+    });
+    if (!reply.ok) return;
+    const h = await reply.json();
+    if (!section.isConnected) return;
+    summary(section, h);
+    perDay(section, h);
+    byHour(section, h);
+    response(section, h);
+    section.dataset.drawn = String(h.total);
+  } catch (err) {
+    // the headline says when the speaker does not answer; the charts are drawn again on the next refresh
+  }
+}
+
+function schedule() {
+  clearInterval(refreshTimer);
+  refreshTimer = setInterval(draw, REFRESH_MS);
+  draw();
+}
+
+// A button was pressed: it is in the history about a second later.
+export function drawSoon() {
+  clearTimeout(pressTimer);
+  pressTimer = setTimeout(draw, 1500); // the history is written about once a second
+}
+
+document.addEventListener("kiosk:page", schedule);

@@ -1,0 +1,72 @@
+"""The speaker's live parts, as the service built them.
+
+One object that the service fills at start and changes in place on a reload, so that whoever reads it — the app
+interface (kiosk.app), the status board (kiosk.status), the presses (kiosk.presses) — always sees the current
+engine, cache and config. Only the service replaces its parts; the others read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiosk.announcer import Announcer
+from kiosk.buttons import Buttons
+from kiosk.cache import PhraseCache
+from kiosk.config import Config
+from kiosk.device import DeviceKeeper
+from kiosk.events import EventLog
+from kiosk.history import History
+from kiosk.languages import LanguageChoice
+from kiosk.player import Player
+from kiosk.ratelimit import RateLimiter
+from kiosk.schedule import Scheduler
+from kiosk.speaker import Speaker
+from kiosk.speech import SpeechEngine
+from kiosk.speech.chain import EngineChain
+from kiosk.supervisor import Supervisor
+
+
+@dataclass(eq=False)
+class Parts:
+    """What the service is made of now. The fields after `supervisor` are set by `Service.start`."""
+
+    cfg: Config
+    config_path: Path | None
+    history: History
+    event_log: EventLog
+    supervisor: Supervisor
+    language_choice: LanguageChoice
+    device: DeviceKeeper = field(init=False)
+    cache: PhraseCache = field(init=False)
+    engines: EngineChain = field(init=False)
+    voices: dict[str, EngineChain] = field(init=False)
+    player: Player = field(init=False)
+    announcer: Announcer = field(init=False)
+    speaker: Speaker = field(init=False)
+    limiter: RateLimiter = field(init=False)
+    scheduler: Scheduler = field(init=False)
+    buttons: Buttons | None = None
+    gain: float = 1.0  # software gain where the device has no mixer
+    api_token: str | None = None
+    api_key: str | None = None
+    port: int | None = None
+    staff_port: int | None = None
+    config_problem: str | None = None  # the config file on disk, when it cannot be used
+    engine_state: dict = field(default_factory=lambda: {"reachable": None, "error": None, "checked_at": None})
+    warm: dict = field(
+        default_factory=lambda: {
+            "total": 0,
+            "done": 0,
+            "failed": 0,
+            "running": False,
+            "text": "not started",
+            "errors": [],
+        }
+    )
+    last_pressed: dict[int, float] = field(default_factory=dict)  # GPIO pin → wall-clock time of its last press
+
+    @property
+    def engine(self) -> SpeechEngine:
+        """The voice that speaks lines first (the others stand in when it fails)."""
+        return self.engines.primary

@@ -1,0 +1,40 @@
+"""How one line was spoken: the trace `kiosk say --trace` prints, the status page shows and the history keeps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+# Speech runs at about 60-70 ms of audio per character; erring long only makes a slow stream wait a little more.
+SPEECH_S_PER_CHAR = 0.075
+
+
+@dataclass
+class Trace:
+    """How one line was spoken; printed by `kiosk say --trace` and kept for the status page."""
+
+    source: str  # "cache", or the engine that spoke it
+    engine: str  # the engine whose voice was heard (for the cache: the one that made the entry)
+    key: str  # phrase cache key (first 16 hex digits)
+    text_chars: int
+    first_byte_ms: float | None  # the engine's first audio byte after the request; None from the cache
+    first_audio_ms: float | None  # first frame accepted by the audio device after the request
+    frames: int  # audio frames played (without the silence that pads the last period)
+    underruns: int  # device underruns recovered during playback
+    duration_ms: float  # length of the audio played
+    elapsed_ms: float  # request to the last frame played
+    cached: bool  # this request stored a new cache entry
+    stopped: bool  # playback was stopped before the end
+    error: str | None = None
+    failover: list[str] = field(default_factory=list)  # engines that failed before the one that spoke
+    first_sound_ms: float | None = None  # first frame of the chime or of the speech, whichever came first
+    loudness_lufs: float | None = None  # the line's loudness as played (before the staff volume); None: unmeasured
+    language: str | None = None  # the language heard (None: the exhibit offers no languages)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def failure(cls, engine: str, text_chars: int, error: str, elapsed_ms: float | None) -> Trace:
+        """The trace of a line that failed before or outside the announcer's own accounting."""
+        return cls("none", engine, "", text_chars, None, None, 0, 0, 0.0, elapsed_ms or 0.0, False, False, error)
