@@ -109,10 +109,11 @@ class Announcer:
             await asyncio.wait(tasks, timeout=timeout)
 
     def recheck_cache(self) -> None:
-        """Clear `cache_problem` once the cache can be written again (blocking: call from a thread)."""
-        if self.cache_problem is not None and self.cache.writable():
+        """Look whether the cache can be written: `cache_problem` says why not, and clears once it can again
+        (blocking: call from a thread)."""
+        was, self.cache_problem = self.cache_problem, self.cache.write_problem()
+        if was is not None and self.cache_problem is None:
             log.info("the phrase cache can be written again")
-            self.cache_problem = None
 
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""

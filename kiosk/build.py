@@ -18,7 +18,7 @@ from kiosk.alsa_output import AlsaOutput
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
 from kiosk.chime import Chime, load_chime
-from kiosk.config import AudioConfig, Config, resolve_api_key
+from kiosk.config import AudioConfig, Config, OpenAIConfig, resolve_api_key
 from kiosk.errors import ConfigError, KioskError, SpeechError
 from kiosk.loudness import Leveller
 from kiosk.pcm import AudioFormat
@@ -51,13 +51,21 @@ def new_cache(cfg: Config) -> PhraseCache:
     return PhraseCache(cfg.cache.dir, int(cfg.cache.max_mb * 1_000_000), loudness_lufs=cfg.audio.loudness_lufs)
 
 
+def api_key_or_none(openai: OpenAIConfig) -> str | None:
+    """The OpenAI key; None when there is none or its file cannot be read (the service reports that)."""
+    try:
+        return resolve_api_key(openai)
+    except ConfigError:
+        return None
+
+
 def piper_installed() -> bool:
     return importlib.util.find_spec("piper") is not None
 
 
 def build_engine(cfg: Config) -> SpeechEngine:
     """OpenAI when a key is configured; otherwise the local Piper voice if it is installed ("auto")."""
-    key = resolve_api_key(cfg.openai)
+    key = api_key_or_none(cfg.openai)
     choice = cfg.speech.engine
     if choice == "auto":
         choice = "openai" if key or not piper_installed() else "piper"
@@ -90,7 +98,7 @@ def build_voices(cfg: Config, clock=time.monotonic) -> dict[str, EngineChain]:
     """The engines of each language after the first (the default, spoken by build_chain's): OpenAI with the
     language's own voice and instructions where given, then the language's local Piper voice where one is set. A
     language without a local voice needs the network until its lines are cached."""
-    key = resolve_api_key(cfg.openai)
+    key = api_key_or_none(cfg.openai)
     voices = {}
     for n, lang in enumerate(cfg.languages[1:], start=1):
         hint = f"or give {lang.spoken_name} a local voice: languages[{n}].piper_voice"

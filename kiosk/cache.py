@@ -350,20 +350,20 @@ class PhraseCache:
                 removed += 1
         return removed
 
-    def writable(self, probe_bytes: int = WRITE_PROBE_BYTES) -> bool:
-        """Whether a line could be kept now: a probe of `probe_bytes` is written, synced and removed (a full disk
-        that was freed, a directory made writable again)."""
+    def write_problem(self, probe_bytes: int = WRITE_PROBE_BYTES) -> str | None:
+        """Why a line could not be kept now (a full disk, a read-only directory), or None: a probe of `probe_bytes`
+        is written, synced and removed."""
         probe = self.root / f".write-probe.{os.getpid()}{TEMP_SUFFIX}"
         try:
             with open(probe, "wb") as f:
                 f.write(bytes(probe_bytes))
                 f.flush()
                 os.fsync(f.fileno())
-        except OSError:
-            return False
+        except OSError as exc:
+            return f"the phrase cache {self.root} cannot be written: {exc.strerror or exc}"
         finally:
-            _remove(probe)
-        return True
+            _remove(probe, quiet=True)
+        return None
 
     def total_bytes(self) -> int:
         return sum(_size(p) for p in self.entries())
@@ -573,14 +573,15 @@ def _size(path: Path) -> int:
     return st.st_size if st else 0
 
 
-def _remove(path: Path) -> bool:
-    """Remove a file the cache is done with; False (and said so) when it cannot be, e.g. a directory in its place:
-    what the cache gives up on is never a reason to fail a line or the start."""
+def _remove(path: Path, *, quiet: bool = False) -> bool:
+    """Remove a file the cache is done with; False (and said so, unless `quiet`) when it cannot be, e.g. a directory
+    in its place: what the cache gives up on is never a reason to fail a line or the start."""
     try:
         path.unlink()
     except FileNotFoundError:
         return True
     except OSError as exc:
-        log.warning("cannot remove %s: %s", path, exc.strerror or exc)
+        if not quiet:
+            log.warning("cannot remove %s: %s", path, exc.strerror or exc)
         return False
     return True

@@ -53,6 +53,7 @@ class Parts:
     port: int | None = None
     staff_port: int | None = None
     config_problem: str | None = None  # the config file on disk, when it cannot be used
+    secret_problems: list[str] = field(default_factory=list)  # a key or token file that cannot be read
     engine_state: dict = field(default_factory=lambda: {"reachable": None, "error": None, "checked_at": None})
     warm: dict = field(
         default_factory=lambda: {

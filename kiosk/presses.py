@@ -7,15 +7,17 @@ the app interface, so that a press is refused, counted and recorded as any other
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from kiosk.app import App
+from kiosk.buttons import Buttons
 from kiosk.config import ButtonConfig
 from kiosk.parts import Parts
-from kiosk.speaker import Rejected
+from kiosk.speaker import Rejected, Request
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,30 @@ class Presses:
         self._app = app
         self._parts = parts
         self._on_pressed = on_pressed
+
+    def connect(self, configs: tuple[ButtonConfig, ...], *, pin_factory=None) -> None:
+        """(Re)connect the configured buttons (none: no GPIO is touched); a wiring problem is reported, not raised."""
+        parts = self._parts
+        if parts.buttons:
+            parts.buttons.close()
+        parts.buttons = None
+        if not configs:
+            return
+        loop = asyncio.get_running_loop()
+        parts.buttons = Buttons(configs, self.press, loop=loop, pin_factory=pin_factory)
+        if parts.buttons.error:
+            log.error("%s", parts.buttons.error)
+            self._app.event(parts.buttons.error)
+        elif parts.buttons.simulated:
+            log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
+
+    def request_changed(self, req: Request) -> None:
+        """A button's LED is lit while its line plays (a queued press changes nothing); any activity holds off the
+        attract mode."""
+        self._parts.scheduler.activity()
+        buttons = self._parts.buttons
+        if buttons and req.origin.startswith("button:") and req.state != "queued":
+            buttons.light(int(req.origin.split(":")[1]), req.state == "playing")
 
     def press(self, button: ButtonConfig) -> None:
         """A button was pressed (outside its cooldown); called on the event loop."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,8 @@ from kiosk.alsa_output import set_volume
 from kiosk.announcer import Announcer
 from kiosk.app import App
 from kiosk.build import build_chain, build_player, build_voices, new_announcer, open_cache
-from kiosk.buttons import Buttons
 from kiosk.cache import PhraseCache
-from kiosk.config import ButtonConfig, Config, load_config, read_secret_file, resolve_api_key
+from kiosk.config import Config, load_config, read_secret_file, resolve_api_key
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError
 from kiosk.events import EventLog
@@ -37,9 +37,9 @@ from kiosk.player import Player, SinkOpener
 from kiosk.presses import Presses
 from kiosk.ratelimit import RateLimiter
 from kiosk.schedule import Scheduler
-from kiosk.speaker import Request, Speaker
+from kiosk.speaker import Speaker
 from kiosk.staff.app import make_staff_app
-from kiosk.status import WRITER_STUCK_S, StatusBoard, outcome_of
+from kiosk.status import WRITER_STUCK_S, StatusBoard
 from kiosk.supervisor import Supervisor
 from kiosk.systemd import Notifier
 from kiosk.upkeep import Upkeep
@@ -122,20 +122,25 @@ class Service:
 
     async def start(self) -> None:
         p, cfg = self.parts, self.parts.cfg
-        p.api_token, p.api_key = _token(cfg), resolve_api_key(cfg.openai)
+        self._read_secrets(cfg)
         await p.history.open()
         p.event_log.load(await p.history.recent_events())
+        p.history.on_notice = self.app.event  # a damaged database set aside while running
         p.cache = await self._open_cache(cfg)
         p.engines, p.voices = build_chain(cfg), build_voices(cfg)
         p.player = self._new_player(cfg)
         p.announcer = await self._new_announcer(cfg)
         p.announcer.pin_lines(cfg.all_lines())
+        await asyncio.to_thread(p.announcer.recheck_cache)  # a read-only or full cache is told at once
+        if p.announcer.cache_problem:
+            self.app.event(f"{p.announcer.cache_problem}; lines already cached still play where readable")
         p.speaker = Speaker(p.announcer, queue_limit=cfg.speech.queue_limit)
-        p.speaker.on_change(self._on_request_change)
+        for listener in (self.presses.request_changed, self.board.request_changed, self.fleet.request_changed):
+            p.speaker.on_change(listener)
         p.limiter = RateLimiter(cfg.api.rate_limit_per_min)
         await p.device.open()
         await self._apply_volume(cfg)
-        self._start_buttons(cfg.buttons)
+        self.presses.connect(cfg.buttons, pin_factory=self._pin_factory)
         p.port = await self._serve(make_app(self.app, self.hosts), cfg.api.bind, cfg.api.port)
         if cfg.staff.enabled:
             staff_app = make_staff_app(self.app, clock=self._clock, hosts=self.hosts)
@@ -145,6 +150,27 @@ class Service:
         self._start_fleet(cfg)
         self.app.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {p.engine.name}")
         self.notifier.ready(self.upkeep.status_text())
+
+    def _read_secrets(self, cfg: Config) -> None:
+        """The API token and the OpenAI key. A damaged file is a problem on the status, never a reason not to
+        start: without its key the speaker plays what is cached and the local voice speaks the rest; without its
+        token the API refuses every call rather than open up."""
+        p = self.parts
+        p.secret_problems = []
+        try:
+            p.api_token = _token(cfg)
+        except ConfigError as exc:
+            p.api_token = secrets.token_urlsafe(32)  # a token nobody has: every call is refused
+            p.secret_problems.append(
+                f"The API token cannot be read ({exc.problems[0]}); show controls are refused until it is fixed."
+            )
+        try:
+            p.api_key = resolve_api_key(cfg.openai)
+        except ConfigError as exc:
+            p.api_key = None
+            p.secret_problems.append(
+                f"The OpenAI key cannot be read ({exc.problems[0]}); lines not ready offline use the local voice."
+            )
 
     def _start_upkeep(self) -> None:
         p, upkeep, run = self.parts, self.upkeep, self.parts.supervisor.start
@@ -221,9 +247,7 @@ class Service:
         self.hosts.configure(new.hostnames)
         p.history.keep_days = new.history.keep_days
         p.limiter = RateLimiter(new.api.rate_limit_per_min)
-        if p.buttons:
-            p.buttons.close()
-        self._start_buttons(new.buttons)
+        self.presses.connect(new.buttons, pin_factory=self._pin_factory)
         self._start_fleet(new)
         if (old.api.bind, old.api.port, old.history.file) != (new.api.bind, new.api.port, new.history.file):
             log.warning("api.bind, api.port and history.file changes take effect after a restart")
@@ -242,6 +266,7 @@ class Service:
             p.player = self._new_player(new)
             await asyncio.to_thread(old_player.close, 1.0)
         p.announcer = await self._new_announcer(new)
+        await asyncio.to_thread(p.announcer.recheck_cache)
         p.speaker.announcer = p.announcer
         await p.device.open()
         for chain in old_chains:
@@ -269,19 +294,6 @@ class Service:
         player.start()
         return player
 
-    def _start_buttons(self, configs: tuple[ButtonConfig, ...]) -> None:
-        p = self.parts
-        p.buttons = None
-        if not configs:
-            return
-        loop = asyncio.get_running_loop()
-        p.buttons = Buttons(configs, self.presses.press, loop=loop, pin_factory=self._pin_factory)
-        if p.buttons.error:
-            log.error("%s", p.buttons.error)
-            self.app.event(p.buttons.error)
-        elif p.buttons.simulated:
-            log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
-
     async def _serve(self, app: web.Application, bind: str, port: int) -> int:
         runner, bound_port = await serve(app, bind, port, self._limits)
         self._runners.append(runner)
@@ -291,19 +303,6 @@ class Service:
         """The device's mixer where it has one; otherwise software gain on every playback."""
         control = await asyncio.to_thread(set_volume, cfg.audio.device, cfg.audio.volume)
         self.parts.gain = 1.0 if control else cfg.audio.volume / 100
-
-    def _on_request_change(self, req: Request) -> None:
-        p = self.parts
-        p.scheduler.activity()
-        if p.buttons and req.origin.startswith("button:") and req.state != "queued":
-            p.buttons.light(int(req.origin.split(":")[1]), req.state == "playing")  # a queued press changes nothing
-        self.board.metrics.speaking.set(1 if p.speaker.speaking else 0)
-        if req.state in ("done", "stopped", "failed", "dropped"):
-            p.history.record(outcome_of(req))
-        if req.state in ("done", "stopped", "failed") and req.trace is not None:
-            self.board.finished(req)
-            p.device.playback_failed()
-        self.fleet.request_changed(req)
 
 
 async def _all_within(timeout: float, *steps) -> None:

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from datetime import datetime
 
 from kiosk import __version__
+from kiosk.config import staff_settings_problem
 from kiosk.history import Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.parts import Parts
 from kiosk.speaker import Request
+from kiosk.staff.auth import PasswordFile
 from kiosk.warm import ready_ids, translated
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,17 @@ class StatusBoard:
         self._started = time.monotonic()
         self.metrics = Metrics()
         self.underruns_total = 0
+
+    def request_changed(self, req: Request) -> None:
+        """Every request's outcome goes to the history; a line that ended is counted, and a failed playback tells
+        the device keeper to look at the device."""
+        s = self._parts
+        self.metrics.speaking.set(1 if s.speaker.speaking else 0)
+        if req.state in ("done", "stopped", "failed", "dropped"):
+            s.history.record(outcome_of(req))
+        if req.state in _FINISHED and req.trace is not None:
+            self.finished(req)
+            s.device.playback_failed()
 
     def finished(self, req: Request) -> None:
         """Count a line that has ended (metrics, event log)."""
@@ -144,6 +157,7 @@ class StatusBoard:
             )
         if s.device.problem:
             problems.append(f"Speaker missing or failing: {s.device.problem}. Retrying.")
+        problems += s.secret_problems + self._file_problems()
         for engine in s.engines.state():
             if engine["in_backoff"]:
                 name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
@@ -160,6 +174,15 @@ class StatusBoard:
         for _, reported in self._reporters:
             problems += reported()
         return problems + s.supervisor.problems()
+
+    def _file_problems(self) -> list[str]:
+        """Files staff depend on that could not be used: the saved settings (set aside), the password file."""
+        staff = self._parts.cfg.staff
+        found = [staff_settings_problem(staff.settings_file)]
+        if staff.enabled:
+            why = PasswordFile(staff.password_file).problem()
+            found.append(f"The staff password cannot be read ({why}); set a new one." if why else None)
+        return [p for p in found if p]
 
     def ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""

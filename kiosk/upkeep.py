@@ -153,7 +153,7 @@ class Upkeep:
         while True:
             await asyncio.sleep(CACHE_CHECK_EVERY_S)
             announcer = self._parts.announcer
-            if announcer.cache_problem is not None:
+            if announcer.cache_problem is not None:  # only then: a healthy cache is not written to every 30 s
                 await asyncio.to_thread(announcer.recheck_cache)
             if time.monotonic() - flushed_at >= USAGE_FLUSH_S:
                 flushed_at = time.monotonic()

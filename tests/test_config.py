@@ -2,8 +2,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kiosk.config import Config, load_config, parse_config, resolve_api_key
+from kiosk.config import Config, load_config, parse_config, resolve_api_key, staff_settings_problem
 from kiosk.errors import ConfigError
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "kiosk.yaml"
@@ -120,13 +121,17 @@ def test_staff_settings_cannot_reach_operator_keys(tmp_path):
         f"staff:\n  settings_file: {settings}\nbuttons:\n  - pin: 17\n    phrase: a\nphrases:\n  a: A.\n"
     )
     settings.write_text("api:\n  bind: 0.0.0.0\nopenai:\n  base_url: http://evil\nbutton_phrases:\n  5: a\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(operator)
+    with pytest.raises(ConfigError) as info:  # as the staff page checks settings before it saves them
+        load_config(operator, staff_settings=yaml.safe_load(settings.read_text()))
     assert info.value.problems == [
         f"{settings}: api: cannot be set from the staff page",
         f"{settings}: openai.base_url: cannot be set from the staff page",
         f"{settings}: button_phrases.5: no button on GPIO 5 in the config",
     ]
+    cfg = load_config(operator)  # at a start: the operator's config alone, the staff's file kept for a human
+    assert cfg.api.bind == "127.0.0.1" and cfg.openai.base_url is None and not settings.exists()
+    assert [p.name.startswith("staff.yaml.corrupt-") for p in tmp_path.iterdir() if p != operator] == [True]
+    assert "could not be used" in staff_settings_problem(settings)
 
 
 def test_quiet_hours_on_weekdays_overnight_and_never_empty():
