@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from kiosk.cache import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, PhraseCache, cache_key
+from kiosk.cache import PhraseCache
+from kiosk.cache_entry import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, cache_key
 from kiosk.chime import Chime
 from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.listen import Syntheses, once

@@ -24,16 +24,26 @@ All methods block on disk I/O: call them from a worker thread, not the event loo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
+from kiosk.cache_entry import (
+    CachedAudio,
+    CorruptEntry,
+    Entry,
+    EntryInfo,
+    entry_info,
+    is_moment,
+    make_header,
+    parse_json,
+    read_info,
+)
 from kiosk.errors import CacheError
 from kiosk.fileio import TEMP_SUFFIX, write_atomically
 from kiosk.loudness import Levelled, level, measure
@@ -46,125 +56,10 @@ SUFFIX = ".pcm"
 USAGE_FILE = "usage.json"
 #: A second of speech: enough to tell a cache that can keep lines again from one with a few bytes to spare.
 WRITE_PROBE_BYTES = 48_000
-#: Audio is verified in blocks of this size: 1.4 s at 24 kHz, the most that is read ahead of the speaker.
-BLOCK_BYTES = 64 * 1024
 #: The last-used times are saved at most this often (besides evictions and close()).
 USAGE_FLUSH_S = 3 * 3600.0
-_MAX_HEADER = 1 << 20
 #: An index larger than this (some 180 000 entries) is not one this cache wrote: it is ignored, never parsed.
 _MAX_USAGE_BYTES = 16 << 20
-#: Times outside [0, this] (the year 5138) are not times an entry was made or used: `time.localtime` may refuse them.
-_LATEST_TIME = 1e11
-_VERSION = 2
-_LEGACY_VERSION = 1
-_DIGEST_BYTES = 16
-
-
-def cache_key(identity: dict, fmt: AudioFormat, text: str) -> str:
-    """A hash of everything that shapes the audio: engine identity (engine, model, voice, ...), format, text."""
-    material = {"identity": identity, "format": [fmt.rate, fmt.channels, fmt.sample_width], "text": text}
-    return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-def block_digest(block: bytes) -> str:
-    return hashlib.blake2b(block, digest_size=_DIGEST_BYTES).hexdigest()
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    key: str
-    text: str
-    engine: str
-    fmt: AudioFormat
-    length: int
-    created: float
-    last_used: float
-    levelled: Levelled | None = None  # None: measured at the entry's next rewrite
-
-    @property
-    def duration_s(self) -> float:
-        return self.length / self.fmt.frame_bytes / self.fmt.rate
-
-
-@dataclass(frozen=True)
-class Entry:
-    info: EntryInfo
-    pcm: bytes
-
-
-class CorruptEntry(Exception):
-    pass
-
-
-class CachedAudio:
-    """An open entry whose header and first block are verified; later blocks are verified as they are read.
-
-    `read_block(i)` returns block i (BLOCK_BYTES of audio, the last one shorter) or raises CorruptEntry. `pcm` reads
-    and verifies the rest at once, for callers that want the whole line. Close it when done (`with` works).
-    """
-
-    def __init__(self, path: Path, key: str):
-        self.key = key
-        self._file = open(path, "rb")  # noqa: SIM115 - kept open while the line plays; see close()
-        try:
-            self.info, header, self._offset = _parse_header(self._file, key)
-            self.legacy = header["v"] == _LEGACY_VERSION
-            self.identity: dict = header["identity"]  # what a rewrite keeps (see PhraseCache.migrate)
-            #: The entry is worth rewriting (see PhraseCache.migrate); set by the cache that opened it.
-            self.outdated = self.legacy or self.info.levelled is None
-            size = os.fstat(self._file.fileno()).st_size
-            if size != self._offset + self.info.length:
-                raise CorruptEntry(f"holds {size - self._offset} audio bytes, header says {self.info.length}")
-            if self.legacy:
-                self._whole: bytes | None = self._read_legacy(header)
-                self._digests: list[str] = []
-            else:
-                self._whole = None
-                self._digests = _digests(header, self.info.length)
-            self.first_block = self.read_block(0) if self.block_count else b""
-        except BaseException:
-            self._file.close()
-            raise
-
-    @property
-    def block_count(self) -> int:
-        return -(-self.info.length // BLOCK_BYTES)
-
-    def read_block(self, index: int) -> bytes:
-        if self._whole is not None:
-            return self._whole[index * BLOCK_BYTES : (index + 1) * BLOCK_BYTES]
-        self._file.seek(self._offset + index * BLOCK_BYTES)
-        block = self._file.read(min(BLOCK_BYTES, self.info.length - index * BLOCK_BYTES))
-        if block_digest(block) != self._digests[index]:
-            raise CorruptEntry(f"audio block {index} of {self.block_count} does not match its hash")
-        return block
-
-    def blocks(self) -> Iterator[bytes]:
-        for index in range(self.block_count):
-            yield self.first_block if index == 0 else self.read_block(index)
-
-    @property
-    def pcm(self) -> bytes:
-        try:
-            return b"".join(self.blocks())
-        finally:
-            self.close()
-
-    def _read_legacy(self, header: dict) -> bytes:
-        self._file.seek(self._offset)
-        pcm = self._file.read(self.info.length)
-        if hashlib.sha256(pcm).hexdigest() != header.get("sha256"):
-            raise CorruptEntry("audio does not match its SHA-256")
-        return pcm
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> CachedAudio:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class PhraseCache:
@@ -254,11 +149,11 @@ class PhraseCache:
     def put(self, key: str, pcm: bytes, *, fmt: AudioFormat, text: str, identity: dict) -> EntryInfo:
         """Commit an entry atomically (temp, fsync, rename, directory fsync), then evict down to the cap."""
         pcm, levelled = self._levelled(pcm, fmt, engine_lufs=None)
-        header = _header(key, pcm, fmt, text, identity, created=self._clock(), levelled=levelled)
+        header = make_header(key, pcm, fmt, text, identity, created=self._clock(), levelled=levelled)
         self._write(key, header, pcm)
         self._touch(key)
         self.evict()
-        return _info(header, self._clock())
+        return entry_info(header, self._clock())
 
     def _levelled(self, pcm: bytes, fmt: AudioFormat, *, engine_lufs: float | None) -> tuple[bytes, Levelled]:
         """The audio to store and its record: levelled to the target, or as it is without one. `engine_lufs`: the
@@ -290,7 +185,7 @@ class PhraseCache:
         info = audio.info
         before = info.levelled
         pcm, levelled = self._levelled(pcm, info.fmt, engine_lufs=before.engine_lufs if before else None)
-        new = _header(key, pcm, info.fmt, info.text, audio.identity, created=info.created, levelled=levelled)
+        new = make_header(key, pcm, info.fmt, info.text, audio.identity, created=info.created, levelled=levelled)
         self._write(key, new, pcm)
         log.info("cache entry %s rewritten with block hashes and its loudness", key[:12])
         return True
@@ -315,7 +210,7 @@ class PhraseCache:
         infos = []
         for path in self.entries():
             try:
-                info = _read_info(path)
+                info = read_info(path)
             except (CorruptEntry, OSError):
                 continue
             infos.append(replace(info, last_used=self.last_used(path.stem, info.created)))
@@ -338,7 +233,7 @@ class PhraseCache:
                 continue
             if outdated and self.migrate(path.stem):
                 self.migrated += 1
-                info = _read_info(path)
+                info = read_info(path)
             ok.append(info)
         return ok, removed
 
@@ -427,104 +322,6 @@ class PhraseCache:
         return self._saved
 
 
-def _header(
-    key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *, created: float, levelled: Levelled
-) -> dict:
-    return {
-        "v": _VERSION,
-        "key": key,
-        "length": len(pcm),
-        "block": BLOCK_BYTES,
-        "hash": f"blake2b-{8 * _DIGEST_BYTES}",
-        "blocks": [block_digest(pcm[i : i + BLOCK_BYTES]) for i in range(0, len(pcm), BLOCK_BYTES)],
-        "format": [fmt.rate, fmt.channels, fmt.sample_width],
-        "engine": identity.get("engine", "?"),
-        "identity": identity,
-        "text": text,
-        "created": created,
-        "loudness": levelled.as_json(),
-    }
-
-
-def _read_info(path: Path) -> EntryInfo:
-    with open(path, "rb") as f:
-        return _parse_header(f, path.stem)[0]
-
-
-def _parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
-    """(info, header, offset of the audio) of the entry open as `f` (positioned at its start)."""
-    line = f.readline(_MAX_HEADER)
-    if not line.endswith(b"\n"):
-        raise CorruptEntry("header is truncated")
-    try:
-        header = _json(line)
-        info = _info(header)
-    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # any JSON, of any shape, from a bad sector
-        raise CorruptEntry(f"header is unreadable ({exc})") from exc
-    if header.get("v") not in (_VERSION, _LEGACY_VERSION) or header.get("key") != key:
-        raise CorruptEntry("header does not belong to this entry")
-    if not isinstance(header.get("identity"), dict):
-        raise CorruptEntry("header lacks the engine's identity")
-    return info, header, len(line)
-
-
-def _digests(header: dict, length: int) -> list[str]:
-    digests = header.get("blocks")
-    if header.get("block") != BLOCK_BYTES or not isinstance(digests, list):
-        raise CorruptEntry("header lacks the block hashes")
-    if len(digests) != -(-length // BLOCK_BYTES) or not all(isinstance(d, str) for d in digests):
-        raise CorruptEntry(f"header has {len(digests)} block hashes for {length} audio bytes")
-    return digests
-
-
-def _info(header: dict, last_used: float | None = None) -> EntryInfo:
-    """The entry a header describes (last used when it was made, unless said); ValueError, KeyError or TypeError
-    for a header no writer of the cache made."""
-    rate, channels, width = header["format"]
-    created = _moment(header["created"])
-    return EntryInfo(
-        key=header["key"],
-        text=_text(header["text"]),
-        engine=_text(header["engine"]),
-        fmt=AudioFormat(_whole(rate, 1, 768_000), _whole(channels, 1, 32), _whole(width, 1, 4)),
-        length=_whole(header["length"], 0, 1 << 40),
-        created=created,
-        last_used=created if last_used is None else last_used,
-        levelled=Levelled.from_json(header.get("loudness")),
-    )
-
-
-def _json(data: bytes) -> object:
-    """json.loads, with nesting too deep for the parser a ValueError like any other malformed JSON."""
-    try:
-        return json.loads(data)
-    except RecursionError as exc:
-        raise ValueError("nested too deeply") from exc
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, not {type(value).__name__}")
-    value.encode("utf-8")  # a lone surrogate (UnicodeEncodeError, a ValueError) cannot be printed or logged
-    return value
-
-
-def _whole(value: object, lo: int, hi: int) -> int:
-    if type(value) is not int or not lo <= value <= hi:
-        raise ValueError(f"expected a whole number from {lo} to {hi}")
-    return value
-
-
-def _moment(value: object) -> float:
-    if not _is_moment(value):
-        raise ValueError("expected a time")
-    return float(value)
-
-
-def _is_moment(value: object) -> bool:
-    return type(value) in (int, float) and 0 <= value <= _LATEST_TIME  # NaN and infinities fail the comparison
-
-
 def _is_key(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
@@ -537,8 +334,8 @@ def _read_usage(path: Path) -> dict[str, float]:
             data = f.read(_MAX_USAGE_BYTES + 1)
         if len(data) > _MAX_USAGE_BYTES:
             raise ValueError(f"larger than {_MAX_USAGE_BYTES} bytes")
-        saved = _json(data)["used"]
-        return {key: float(at) for key, at in saved.items() if _is_key(key) and _is_moment(at)}
+        saved = parse_json(data)["used"]
+        return {key: float(at) for key, at in saved.items() if _is_key(key) and is_moment(at)}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

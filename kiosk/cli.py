@@ -21,7 +21,8 @@ from kiosk import __version__, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
 from kiosk.build import build_cache, build_chain, build_player, build_voices, open_announcer
-from kiosk.cache import EntryInfo, PhraseCache
+from kiosk.cache import PhraseCache
+from kiosk.cache_entry import EntryInfo
 from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
 from kiosk.loudness import Leveller

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import logging
 import os
 import sqlite3
@@ -33,12 +31,13 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from kiosk.history_csv import iso_time, outcomes_csv
+
 log = logging.getLogger(__name__)
 
 #: Rows kept in memory before they are written even though the interval has not passed.
 MAX_PENDING = 1000
 PURGE_EVERY_S = 24 * 3600
-CSV_COLUMNS = ("time", "origin", "line", "source", "response_ms", "outcome", "error", "text_chars", "language")
 _MAX_PLOT_POINTS = 2000
 #: SQLite's result codes (the low byte of sqlite_errorcode): SQL that does not fit the tables found, and a file
 #: that is damaged or is no database at all.
@@ -174,16 +173,11 @@ class History:
         return await self._in_db_thread(self._outcomes, self._clock() - days * 86400)
 
     async def csv(self, days: int) -> str:
-        """The last `days` days as CSV, oldest first; times in ISO 8601 with the local offset."""
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for row in await self.outcomes(days):
-            writer.writerow([_iso(row.time), *(_cell(getattr(row, c)) for c in CSV_COLUMNS[1:])])
-        return out.getvalue()
+        """The last `days` days as CSV, oldest first (kiosk.history_csv)."""
+        return outcomes_csv(await self.outcomes(days))
 
     async def as_json(self, days: int) -> list[dict]:
-        return [{**asdict(row), "time": _iso(row.time)} for row in await self.outcomes(days)]
+        return [{**asdict(row), "time": iso_time(row.time)} for row in await self.outcomes(days)]
 
     async def summary(self, days: int = 30) -> dict:
         """What the staff page charts: presses per day per line, presses by hour of day, response times, and when
@@ -201,7 +195,7 @@ class History:
                 counts[index] += 1
             by_hour[moment.hour] += 1
         timed = [(r.time, r.response_ms, r.source) for r in rows if r.response_ms is not None]
-        last_used = {r.origin: _iso(r.time) for r in rows}
+        last_used = {r.origin: iso_time(r.time) for r in rows}
         return {
             "days": dates,
             "presses_per_day": per_line,
@@ -393,15 +387,3 @@ class _transaction:
             return
         with contextlib.suppress(sqlite3.Error):  # the error that ended the transaction is the one that matters
             self._db.execute("ROLLBACK")
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds")
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -336,6 +337,9 @@ async def run_service(cfg: Config, *, config_path: Path, overrides: dict) -> int
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     await service.start()
+    # What start built (the SDK, engines, templates) lives as long as the process: moved out of the collector's
+    # way, each full collection scans only what came later, so the event loop pauses less for it.
+    gc.freeze()
     log.info("kiosk %s running; API on http://%s:%s", __version__, cfg.api.bind, service.parts.port)
     await stopping.wait()
     log.info("stopping")

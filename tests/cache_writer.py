@@ -6,7 +6,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from kiosk.cache import PhraseCache, cache_key
+from kiosk.cache import PhraseCache
+from kiosk.cache_entry import cache_key
 from kiosk.pcm import OPENAI_PCM
 
 IDENTITY = {"engine": "crash-test"}

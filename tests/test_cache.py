@@ -12,7 +12,8 @@ import pytest
 from cache_writer import LINES, expected_pcm, key_for
 from conftest import Clock
 
-from kiosk.cache import BLOCK_BYTES, PhraseCache, cache_key
+from kiosk.cache import PhraseCache
+from kiosk.cache_entry import BLOCK_BYTES, cache_key
 from kiosk.pcm import OPENAI_PCM, AudioFormat
 
 IDENTITY = {"engine": "openai", "model": "m", "voice": "v", "instructions": "", "speed": 1.0}

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import file_sink_opener
 
-import kiosk.cache
+import kiosk.cache_entry
 from kiosk.alsa_output import AlsaOutput
 from kiosk.announcer import Announcer
-from kiosk.cache import BLOCK_BYTES, USAGE_FILE, CachedAudio, PhraseCache
+from kiosk.cache import USAGE_FILE, PhraseCache
+from kiosk.cache_entry import BLOCK_BYTES, CachedAudio
 from kiosk.errors import SpeechError
 from kiosk.pcm import OPENAI_PCM
 from kiosk.player import Player
@@ -80,8 +81,8 @@ def test_opening_an_entry_verifies_only_its_first_block(tmp_path, monkeypatch):
     key = "a" * 64
     cache.put(key, pcm, fmt=OPENAI_PCM, text="long", identity={"engine": "x"})
     hashed: list[int] = []
-    real = kiosk.cache.block_digest
-    monkeypatch.setattr(kiosk.cache, "block_digest", lambda block: hashed.append(len(block)) or real(block))
+    real = kiosk.cache_entry.block_digest
+    monkeypatch.setattr(kiosk.cache_entry, "block_digest", lambda block: hashed.append(len(block)) or real(block))
     with cache.open_entry(key) as entry:
         assert hashed == [BLOCK_BYTES] and entry.first_block == pcm[:BLOCK_BYTES]
         assert entry.block_count == 11

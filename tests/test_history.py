@@ -13,7 +13,8 @@ import pytest
 from conftest import Clock
 from test_service import BUTTONS, config, press, started, wait_idle
 
-from kiosk.history import CSV_COLUMNS, MAX_PENDING, History, Outcome
+from kiosk.history import MAX_PENDING, History, Outcome
+from kiosk.history_csv import CSV_COLUMNS
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 DAY = 86400.0

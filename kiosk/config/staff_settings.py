@@ -1,0 +1,126 @@
+"""The staff page's settings, laid over the operator's file (which is never written): what staff may set, where
+the settings file is, and what becomes of one that cannot be used (set aside, and told on the status).
+Reading the file is kiosk.config.loader's (`read_staff_settings`), with the same bounds as the config file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kiosk.config.fields import _INVALID, _kind, _scalar, _show, _str
+from kiosk.config.web import StaffConfig
+
+log = logging.getLogger("kiosk.config")  # the name the config's log lines have always had
+#: Staff settings that cannot be used are renamed `<file>.corrupt-<time>`: kept for a human, out of the way of saves.
+SET_ASIDE = ".corrupt-"
+
+
+#: What the staff page may set, laid over the operator's file: section → keys (None: the whole section).
+STAFF_SETTABLE: dict[str, set[str] | None] = {
+    "phrases": None,
+    "quiet_hours": None,
+    "schedule": None,
+    "speech": {"engine"},
+    "openai": {"model", "voice", "instructions", "speed"},
+    "piper": {"voice"},
+    "audio": {"volume"},
+    "button_phrases": None,
+}
+
+
+def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[str]) -> dict:
+    """The operator's config with the staff settings laid over it (the operator's file itself is never written).
+
+    `button_phrases` ({pin: phrase id}) re-assigns the lines of buttons the operator's file defines.
+    """
+    merged = dict(base)
+    for section, value in staff.items():
+        keys = STAFF_SETTABLE.get(section, set())
+        if section not in STAFF_SETTABLE:
+            problems.append(f"{source}: {_show(section)}: cannot be set from the staff page")
+        elif section == "button_phrases":
+            merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems)
+        elif keys is None:
+            merged[section] = value
+        elif isinstance(value, dict):
+            for key in set(value) - keys:
+                problems.append(f"{source}: {section}.{_show(key)}: cannot be set from the staff page")
+            section_base = base.get(section) if isinstance(base.get(section), dict) else {}
+            merged[section] = {**section_base, **{k: v for k, v in value.items() if k in keys}}
+        else:
+            problems.append(f"{source}: {section}: must be a mapping of keys, not {_kind(value)}")
+    return merged
+
+
+def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[str]) -> Any:
+    if not isinstance(assignment, dict) or not isinstance(buttons, list):
+        if assignment:
+            problems.append(f"{source}: button_phrases: needs buttons in the config and a mapping of pin: line")
+        return buttons
+    assignment = {_str(pin): phrase for pin, phrase in assignment.items()}
+    pins = {_str(b.get("pin")) for b in buttons if isinstance(b, dict)}
+    for pin in sorted(set(assignment) - pins):
+        problems.append(f"{source}: button_phrases.{_show(pin)}: no button on GPIO {_show(pin)} in the config")
+    return [
+        {**b, "phrase": assignment[_str(b.get("pin"))]}
+        if isinstance(b, dict) and _str(b.get("pin")) in assignment and b.get("action") != "stop"
+        else b
+        for b in buttons
+    ]
+
+
+def staff_settings_path(operator_data: dict) -> Path:
+    """Where the staff settings are kept: the operator's staff.settings_file when it is a usable path (a bad one
+    is reported by validation), else the default."""
+    staff = operator_data.get("staff") if isinstance(operator_data.get("staff"), dict) else {}
+    raw = staff.get("settings_file")
+    path = _INVALID if raw is None else _scalar(Path, raw, "", {}, [])
+    return StaffConfig.settings_file if path is _INVALID else path
+
+
+def set_aside_staff_settings(path: Path, reason: str) -> Path | None:
+    """Rename staff settings that cannot be used to `<file>.corrupt-<time>` (kept whole for a human to recover);
+    the new name, or None when `path` is no regular file (a directory is the operator's to fix: never moved) or
+    cannot be renamed. Logged either way."""
+    shown = _show(path, 1000)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            log.error("staff settings %s cannot be used (%s); it is not a file, and is left as it is", shown, reason)
+            return None
+        aside = _aside_name(path)
+        os.rename(path, aside)
+    except (OSError, ValueError) as exc:
+        log.error("staff settings %s cannot be used (%s) nor set aside (%s)", shown, reason, exc)
+        return None
+    log.error("staff settings %s cannot be used (%s); kept as %s, the config file is used alone", shown, reason, aside)
+    return aside
+
+
+def _aside_name(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}{SET_ASIDE}{stamp}"), 1
+    while aside.exists():  # one set aside earlier in the same second is never written over
+        n += 1
+        aside = path.with_name(f"{path.name}{SET_ASIDE}{stamp}-{n}")
+    return aside
+
+
+def staff_settings_problem(path: Path) -> str | None:
+    """For the status, in plain words: staff settings set aside next to `path` (the newest named) and not yet dealt
+    with, or a settings path that is no file; None when there is nothing to say."""
+    try:
+        if path.exists() and not path.is_file():
+            return f"The staff's settings file {_show(path, 200)} is not a file: staff changes cannot be saved"
+        kept = sorted(name for name in os.listdir(path.parent) if name.startswith(f"{path.name}{SET_ASIDE}"))
+    except (OSError, ValueError):
+        return None
+    if not kept:
+        return None
+    return (
+        f"The staff's saved settings could not be used, so the speaker runs on its config file alone; they were "
+        f"kept as {_show(path.parent / kept[-1], 200)} for someone to recover (remove that file once done)"
+    )
