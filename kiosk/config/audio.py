@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kiosk.config.fields import _bounded, _NONEMPTY
+from kiosk.config.fields import _NONEMPTY, _bounded
 
 
 @dataclass(frozen=True)

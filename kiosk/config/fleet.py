@@ -9,7 +9,6 @@ from pathlib import Path
 
 from kiosk.config.fields import _bounded
 
-
 #: One MQTT topic level naming a speaker or a group: lowercase, so that a topic is spelled one way.
 _TOPIC_LEVEL = {
     "pattern": re.compile(r"[a-z0-9][a-z0-9_-]{0,63}"),

@@ -9,7 +9,6 @@ from datetime import datetime
 
 from kiosk.config.fields import _CLOCK_TIME, _NONEMPTY, _bounded
 
-
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 

@@ -1,6 +1,10 @@
 """The whole configuration: `Config`, one frozen dataclass holding every section, and what the rest of the kiosk
 asks of it (a line in a language, whether the museum is open, the quiet-hours volume, command-line overrides)."""
 
+# Each section's default is one shared instance: safe, since every section is a frozen dataclass (ruff cannot see
+# that through an import).
+# ruff: noqa: RUF009
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +45,7 @@ class Config:
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)
     languages: tuple[LanguageConfig, ...] = ()  # empty: one language, unnamed
     phrases: dict[str, str] = field(default_factory=dict)  # id → the line in the default language
-    #: id → {language: text} in the other languages (given as maps under `phrases:`; see _split_translations).
+    #: id → {language: text} in the other languages (given as maps under `phrases:`; see phrases._split_translations).
     translations: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property

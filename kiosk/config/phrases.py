@@ -9,7 +9,6 @@ from typing import Any
 
 from kiosk.config.fields import _INVALID, _cannot_encode, _kind, _show, _str, unencodable_at
 
-
 MAX_TEXT_CHARS = 20_000
 PHRASE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # used with fullmatch: `$` would let "welcome\n" through
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiosk.config.fields import _bounded, _choice, _NONEMPTY
+from kiosk.config.fields import _NONEMPTY, _bounded, _choice
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kiosk.config.fields import _bounded, _choice
 
-
+#: What `hostnames:` (a top-level key, see Config.hostnames) accepts: one host name, lowercase.
 _HOSTNAME = {
     "pattern": re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"),
     "pattern_help": "a host name (lowercase letters, digits, '-' and '.')",
