@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib.util
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -18,7 +19,7 @@ from kiosk.alsa_output import AlsaOutput
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
 from kiosk.chime import Chime, load_chime
-from kiosk.config import AudioConfig, Config, OpenAIConfig, resolve_api_key
+from kiosk.config import AudioConfig, Config, OpenAIConfig, read_secret_file, resolve_api_key
 from kiosk.errors import ConfigError, KioskError, SpeechError
 from kiosk.loudness import Leveller
 from kiosk.pcm import AudioFormat
@@ -192,3 +193,30 @@ def _chime(cfg: Config, fmt: AudioFormat, on_event: Callable[[str], None]) -> Ch
     except ConfigError as exc:
         on_event(f"no chime: {exc.problems[0]}")
         return None
+
+
+def api_token(cfg: Config) -> str | None:
+    """The API's bearer token where one is configured; raises ConfigError when its file cannot be read."""
+    return read_secret_file(cfg.api.token_file, "api.token_file") if cfg.api.token_file else None
+
+
+def read_secrets(cfg: Config) -> tuple[str | None, str | None, list[str]]:
+    """(API token, OpenAI key, problems). A damaged file is a problem for the status, never a reason not to start:
+    without its key the speaker plays what is cached and the local voice speaks the rest; without its token the
+    API refuses every call rather than open up."""
+    problems = []
+    try:
+        token = api_token(cfg)
+    except ConfigError as exc:
+        token = secrets.token_urlsafe(32)  # a token nobody has: every call is refused
+        problems.append(
+            f"The API token cannot be read ({exc.problems[0]}); show controls are refused until it is fixed."
+        )
+    try:
+        key = resolve_api_key(cfg.openai)
+    except ConfigError as exc:
+        key = None
+        problems.append(
+            f"The OpenAI key cannot be read ({exc.problems[0]}); lines not ready offline use the local voice."
+        )
+    return token, key, problems

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import secrets
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +23,9 @@ from kiosk import __version__
 from kiosk.alsa_output import set_volume
 from kiosk.announcer import Announcer
 from kiosk.app import App
-from kiosk.build import build_chain, build_player, build_voices, new_announcer, open_cache
+from kiosk.build import api_token, build_chain, build_player, build_voices, new_announcer, open_cache, read_secrets
 from kiosk.cache import PhraseCache
-from kiosk.config import Config, load_config, read_secret_file, resolve_api_key
+from kiosk.config import Config, load_config, resolve_api_key
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError
 from kiosk.events import EventLog
@@ -41,7 +40,7 @@ from kiosk.schedule import Scheduler
 from kiosk.speaker import Speaker
 from kiosk.staff.app import make_staff_app
 from kiosk.status import WRITER_STUCK_S, StatusBoard
-from kiosk.supervisor import Supervisor
+from kiosk.supervisor import Supervisor, all_within
 from kiosk.systemd import Notifier
 from kiosk.upkeep import Upkeep
 from kiosk.web.api import make_app
@@ -123,7 +122,7 @@ class Service:
 
     async def start(self) -> None:
         p, cfg = self.parts, self.parts.cfg
-        self._read_secrets(cfg)
+        p.api_token, p.api_key, p.secret_problems = read_secrets(cfg)
         await p.history.open()
         p.event_log.load(await p.history.recent_events())
         p.history.on_notice = self.app.event  # a damaged database set aside while running
@@ -152,27 +151,6 @@ class Service:
         self.app.event(f"started: {len(cfg.phrases)} lines, {len(cfg.buttons)} buttons, engine {p.engine.name}")
         self.notifier.ready(self.upkeep.status_text())
 
-    def _read_secrets(self, cfg: Config) -> None:
-        """The API token and the OpenAI key. A damaged file is a problem on the status, never a reason not to
-        start: without its key the speaker plays what is cached and the local voice speaks the rest; without its
-        token the API refuses every call rather than open up."""
-        p = self.parts
-        p.secret_problems = []
-        try:
-            p.api_token = _token(cfg)
-        except ConfigError as exc:
-            p.api_token = secrets.token_urlsafe(32)  # a token nobody has: every call is refused
-            p.secret_problems.append(
-                f"The API token cannot be read ({exc.problems[0]}); show controls are refused until it is fixed."
-            )
-        try:
-            p.api_key = resolve_api_key(cfg.openai)
-        except ConfigError as exc:
-            p.api_key = None
-            p.secret_problems.append(
-                f"The OpenAI key cannot be read ({exc.problems[0]}); lines not ready offline use the local voice."
-            )
-
     def _start_upkeep(self) -> None:
         p, upkeep, run = self.parts, self.upkeep, self.parts.supervisor.start
         run("speaker", lambda: p.speaker.run(beat=lambda: p.supervisor.beat("speaker")), stale_after_s=5.0)
@@ -196,8 +174,8 @@ class Service:
         p.speaker.stop()
         if p.buttons:
             p.buttons.close()
-        await _all_within(STOP_ROUND_S, p.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners))
-        await _all_within(
+        await all_within(STOP_ROUND_S, p.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners))
+        await all_within(
             STOP_ROUND_S,
             asyncio.to_thread(p.player.close, STOP_ROUND_S),
             *(chain.aclose() for chain in (p.engines, *p.voices.values())),
@@ -212,7 +190,7 @@ class Service:
         p = self.parts
         try:
             new = (await asyncio.to_thread(load_config, p.config_path)).with_overrides(**self._overrides)
-            new_token = _token(new)
+            new_token = api_token(new)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload rejected: %s", problem)
@@ -228,6 +206,7 @@ class Service:
             self.notifier.ready(f"reload failed: {exc}")  # systemd waits for READY after RELOADING
             return False
         p.api_token, p.cfg = new_token, new
+        p.secret_problems = []  # the reload read both files
         self.upkeep.config_accepted()
         self.notifier.ready(self.upkeep.status_text())
         self.upkeep.start_warm()
@@ -304,21 +283,6 @@ class Service:
         """The device's mixer where it has one; otherwise software gain on every playback."""
         control = await asyncio.to_thread(set_volume, cfg.audio.device, cfg.audio.volume)
         self.parts.gain = 1.0 if control else cfg.audio.volume / 100
-
-
-async def _all_within(timeout: float, *steps) -> None:
-    """Run `steps` at the same time for at most `timeout` seconds; what is not done by then is abandoned."""
-    tasks = [asyncio.ensure_future(step) for step in steps]
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("while stopping: %s", task.exception())
-
-
-def _token(cfg: Config) -> str | None:
-    return read_secret_file(cfg.api.token_file, "api.token_file") if cfg.api.token_file else None
 
 
 async def run_service(cfg: Config, *, config_path: Path, overrides: dict) -> int:

@@ -159,3 +159,14 @@ class Supervisor:
         )
         with contextlib.suppress(Exception):  # the event log must not take the supervisor down with it
             self._on_event(f"{child.name} failed ({child.last_error}); restarting it")
+
+
+async def all_within(timeout: float, *steps) -> None:
+    """Run `steps` at the same time for at most `timeout` seconds; what is not done by then is abandoned."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("while stopping: %s", task.exception())

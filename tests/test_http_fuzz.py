@@ -1320,7 +1320,7 @@ async def test_a_client_hanging_up_after_expect_100_continue_logs_no_traceback(t
 
 
 async def test_free_text_with_a_nul_under_the_piper_voice(tmp_path, server, alsa_file):
-    # text_problem() (kiosk/config.py) refuses empty, over-long and unencodable text but not "\0"; PiperEngine
+    # text_problem() (kiosk/config/phrases.py) refuses empty, over-long and unencodable text but not "\0"; PiperEngine
     # then fails with "piper: synthesis failed: embedded null character" and stream_wav answers 503 "cannot speak
     # this line now". Found by the fuzzer after it switched the voice to Piper; a staff line with a NUL is
     # accepted the same way (and fails at every press).
