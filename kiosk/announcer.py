@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from kiosk.cache import PhraseCache
 from kiosk.cache_entry import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, cache_key
-from kiosk.chime import Chime
+from kiosk.chime import Chime, beep
 from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.listen import Syntheses, once
 from kiosk.loudness import Levelled, Leveller, linear
@@ -71,6 +71,7 @@ class Announcer:
         self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
         self.chime = chime  # played at once for a line that is not ready offline
         self._chime_playback: Playback | None = None
+        self._beep_playback: Playback | None = None  # a volume press's tone (kiosk.presses)
         self.leveller = leveller  # matched loudness; None plays every line as its engine made it
         self._clock = clock
         self._current: Playback | None = None
@@ -118,7 +119,7 @@ class Announcer:
 
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""
-        for playback in (self._chime_playback, self._current):
+        for playback in (self._chime_playback, self._current, self._beep_playback):
             if playback is not None:
                 playback.stop()
 
@@ -143,6 +144,21 @@ class Announcer:
             rang_ms = round((chime.stats.first_audio_at - started) * 1000, 1)
             trace.first_sound_ms = min(rang_ms, trace.first_audio_ms or rang_ms)
         return trace
+
+    @property
+    def last_beep(self) -> Playback | None:
+        return self._beep_playback
+
+    def beep(self, kind: str, gain: float) -> Playback:
+        """A volume press's tone (kiosk.chime.beep), in the voice's format so the device stays open; a beep still
+        playing is cut for it, so presses in a row never pile tones up behind each other."""
+        if self._beep_playback is not None:
+            self._beep_playback.stop()
+        fmt = self.engine.fmt
+        playback = self._beep_playback = self.player.play(fmt, streamed=False, gain=gain)
+        playback.feed(beep(fmt.rate, kind))
+        playback.finish()
+        return playback
 
     def _ring(self, gain: float) -> Playback | None:
         """The chime, at once: the player plays it to its end, then the speech queued behind it."""

@@ -9,6 +9,7 @@ of the parts they use.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ VOICE_SAMPLE = "Welcome to the museum. This is how I sound when I tell you about
 class App:
     """What anything outside the core may ask of the speaker."""
 
+    settings_lock: asyncio.Lock  # see __init__
+
     def __init__(
         self,
         parts: Parts,
@@ -45,6 +48,9 @@ class App:
         self._reload = reload
         self._now = now
         self._listeners: list[Callable[[], None]] = []
+        #: Held from reading the staff settings file to reloading it, by the staff page, MQTT and OSC alike, so
+        #: that two changes made at once are both kept.
+        self.settings_lock = asyncio.Lock()
 
     # -- the settings
 
@@ -110,6 +116,12 @@ class App:
         return parts.speaker.request(
             text, origin=origin, policy=policy, phrase=phrase, gain=parts.gain * volume, language=language
         )
+
+    def beep(self, kind: str, volume: float = 1.0) -> None:
+        """A volume press's short tone (`ok` or `limit`, kiosk.chime.beep) at `volume` (a share of the staff's
+        volume), played at once; the caller makes sure no line is playing."""
+        parts = self._parts
+        parts.announcer.beep(kind, parts.gain * volume)
 
     def refused(self, origin: str, phrase: str | None, reason: str) -> None:
         """A request not spoken, counted and kept in the history with why."""

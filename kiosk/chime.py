@@ -8,6 +8,7 @@ The chime is made or read once and kept in memory.
 from __future__ import annotations
 
 import array
+import functools
 import math
 import os
 import stat
@@ -21,6 +22,9 @@ from kiosk.pcm import AudioFormat
 
 SOFT_S = 0.35
 _SOFT_TONES = ((880.0, 0.16), (1318.5, 0.08))  # A5 and E6, a fifth apart: a doorbell, not an alarm
+BEEP_S = 0.15  # a volume press's tone: short enough that presses in a row each get theirs
+_BEEP_TONES = ((1318.5, 0.24),)  # E6 alone
+_LIMIT_TONES = ((196.0, 0.3), (207.7, 0.1))  # G3 with a rough neighbour: a "bonk", nothing changed
 _MAX_WAV_S = 3.0
 _RATES = (8_000, 192_000)  # the rates a chime may have, in Hz
 
@@ -43,13 +47,27 @@ def load_chime(setting: str, fmt: AudioFormat) -> Chime | None:
 
 def soft_chime(rate: int) -> bytes:
     """Two decaying sine tones with a 5 ms fade-in (no click), as 16-bit little-endian mono."""
-    frames = int(rate * SOFT_S)
+    return _tones(rate, _SOFT_TONES, SOFT_S, decay=9)
+
+
+@functools.lru_cache(maxsize=8)
+def beep(rate: int, kind: str) -> bytes:
+    """The short tone confirming a visitor's volume press: `ok`, one bell tone (the chime's upper one); `limit`, a
+    low, dull "bonk" (the press changed nothing). 16-bit little-endian mono at `rate`, made once."""
+    if kind == "limit":
+        return _tones(rate, _LIMIT_TONES, BEEP_S, decay=20)
+    return _tones(rate, _BEEP_TONES, BEEP_S, decay=20)
+
+
+def _tones(rate: int, tones: tuple[tuple[float, float], ...], seconds: float, *, decay: float) -> bytes:
+    """Decaying sine tones (frequency, level) with a 5 ms fade-in (no click)."""
+    frames = int(rate * seconds)
     fade_in = int(rate * 0.005)
     samples = array.array("h", bytes(2 * frames))
     for n in range(frames):
         t = n / rate
-        envelope = math.exp(-t * 9) * min(1.0, n / fade_in)
-        value = sum(level * math.sin(2 * math.pi * freq * t) for freq, level in _SOFT_TONES)
+        envelope = math.exp(-t * decay) * min(1.0, n / fade_in)
+        value = sum(level * math.sin(2 * math.pi * freq * t) for freq, level in tones)
         samples[n] = int(32767 * envelope * value)
     if sys.byteorder == "big":
         samples.byteswap()

@@ -2,7 +2,9 @@
 
 One object that the service fills at start and changes in place on a reload, so that whoever reads it — the app
 interface (kiosk.app), the status board (kiosk.status), the presses (kiosk.presses) — always sees the current
-engine, cache and config. Only the service replaces its parts; the others read them.
+engine, cache and config. The service builds and replaces the parts; the core's helpers keep their own state here
+too (the presses: the buttons and when each was last pressed; the upkeep tasks: warm progress, the engines'
+reachability, the config file's problem). Adapters never see it: they get the app.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from kiosk.speaker import Speaker
 from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
 from kiosk.supervisor import Supervisor
+from kiosk.visitor import VisitorVolume
 
 
 @dataclass(eq=False)
 class Parts:
-    """What the service is made of now. The fields after `supervisor` are set by `Service.start`."""
+    """What the service is made of now. The fields without a default are set as the service is built and started."""
 
     cfg: Config
     config_path: Path | None
@@ -37,6 +40,7 @@ class Parts:
     event_log: EventLog
     supervisor: Supervisor
     language_choice: LanguageChoice
+    visitor_volume: VisitorVolume
     device: DeviceKeeper = field(init=False)
     cache: PhraseCache = field(init=False)
     engines: EngineChain = field(init=False)

@@ -1,5 +1,6 @@
-"""What a press means: a button's line (in the visitor's language, at the hour's volume), stop, the next language,
-the closed line out of hours; and a scheduled announcement or an invitation.
+"""What a press means: a button's line (in the visitor's language, at the hour's volume and the visitor's), stop, the
+next language, the visitor's volume up or down (kiosk.visitor), the last line again, the closed line out of hours;
+and a scheduled announcement or an invitation (never at the visitor's volume).
 
 The buttons (kiosk.buttons) and the scheduler (kiosk.schedule) call in here; the line goes to the speaker through
 the app interface, so that a press is refused, counted and recorded as any other request is.
@@ -29,6 +30,8 @@ class Presses:
         self._app = app
         self._parts = parts
         self._on_pressed = on_pressed
+        #: (phrase, language) of the last line a speak button had spoken, for a replay button.
+        self._last_line: tuple[str, str | None] | None = None
 
     def connect(self, configs: tuple[ButtonConfig, ...], *, pin_factory=None) -> None:
         """(Re)connect the configured buttons (none: no GPIO is touched); a wiring problem is reported, not raised."""
@@ -66,6 +69,7 @@ class Presses:
         self._parts.last_pressed[button.pin] = time.time()
         app.metrics.presses.labels(str(button.pin)).inc()
         self._on_pressed(button)
+        self._parts.visitor_volume.touch(self._reset_s("volume_up", "volume_down"))
         if button.action == "stop":
             app.stop_speaking()
             return
@@ -82,20 +86,48 @@ class Presses:
             return
         choice = self._parts.language_choice
         chosen = button.language or choice.current  # before the touch: a lapsed choice is over
-        choice.touch(self._language_reset_s())
-        text, language = cfg.text_for(button.phrase, chosen)
+        choice.touch(self._reset_s("language"))
+        volume = 1.0 if quiet is None else quiet / 100
+        if button.action in ("volume_up", "volume_down"):
+            self._volume(button, volume)
+            return
+        if button.action == "replay":
+            if self._last_line is None or self._last_line[0] not in cfg.phrases:  # none yet, or gone on a reload
+                log.info("button %d: replay, but no line has been spoken to a visitor yet", button.pin)
+                return
+            phrase = self._last_line[0]
+            text, language = cfg.text_for(phrase, self._last_line[1])
+        else:
+            phrase = button.phrase
+            text, language = cfg.text_for(phrase, chosen)
         try:
             app.say(
                 text,
                 origin=f"button:{button.pin}",
                 policy=button.when_busy,
-                phrase=button.phrase,
+                phrase=phrase,
                 language=language,
-                volume=1.0 if quiet is None else quiet / 100,
+                volume=volume * self._parts.visitor_volume.share(cfg.audio),
             )
         except Rejected as exc:
-            self._app.refused(f"button:{button.pin}", button.phrase, exc.reason)
+            self._app.refused(f"button:{button.pin}", phrase, exc.reason)
             log.info("button %d: %s", button.pin, exc)
+            return
+        self._last_line = (phrase, language)
+
+    def _volume(self, button: ButtonConfig, volume: float) -> None:
+        """A volume button: the visitor's volume one step up or down, confirmed at once by a tone at the new level
+        (a low one at the limit: nothing changed). While a line plays the tone is left out rather than played over
+        or after it: the change is heard on the next line."""
+        audio = self._parts.cfg.audio
+        if audio.volume == 0:
+            log.info("button %d: the speaker is muted by staff; the visitor's volume stays", button.pin)
+            return
+        visitor = self._parts.visitor_volume
+        step = visitor.step(button.action == "volume_up", audio, button.reset_s)
+        log.info("button %d: %s, visitor volume %d%%", button.pin, button.action, step.level)
+        if not self._app.speaking:
+            self._app.beep("ok" if step.moved else "limit", volume * visitor.share(audio))
 
     def _next_language(self, button: ButtonConfig) -> None:
         """A language button: the next offered language, announced by its name in its own voice, its position
@@ -108,9 +140,9 @@ class Presses:
         with contextlib.suppress(Rejected):
             self._app.say(name, origin=f"button:{button.pin}", policy="restart", language=code)
 
-    def _language_reset_s(self) -> float:
-        """How long a visitor's language choice lasts: the language button's setting."""
-        return next((b.reset_s for b in self._parts.cfg.buttons if b.action == "language"), 120)
+    def _reset_s(self, *actions: str) -> float:
+        """How long a visitor's language or volume lasts: the setting of the first button with one of `actions`."""
+        return next((b.reset_s for b in self._parts.cfg.buttons if b.action in actions), 120)
 
     def _closed(self, button: ButtonConfig) -> None:
         """A press while the museum is closed: the closed line where one is set, else nothing."""

@@ -43,6 +43,7 @@ from kiosk.status import WRITER_STUCK_S, StatusBoard
 from kiosk.supervisor import Supervisor, all_within
 from kiosk.systemd import Notifier
 from kiosk.upkeep import Upkeep
+from kiosk.visitor import VisitorVolume
 from kiosk.web.api import make_app
 from kiosk.web.hosts import HostNames
 from kiosk.web.server import ConnectionLimits, serve
@@ -75,7 +76,7 @@ class Service:
         self._pin_factory = pin_factory
         self.notifier = notifier or Notifier()
         self._limits = limits or ConnectionLimits()
-        self._clock = clock  # for session and lockout expiry on the staff page
+        self._clock = clock  # session and lockout expiry on the staff page, the visitor's language choice
         self.hosts = HostNames(cfg.hostnames)
         history = History(cfg.history.file, keep_days=cfg.history.keep_days, write_every_s=cfg.history.write_every_s)
         events = EventLog(history)
@@ -86,6 +87,7 @@ class Service:
             event_log=events,
             supervisor=Supervisor(on_event=lambda text: self.app.event(text)),
             language_choice=LanguageChoice([lang.code for lang in cfg.languages], clock=clock),
+            visitor_volume=VisitorVolume(clock=clock),
         )
         self.board = StatusBoard(p, on_event=lambda text: self.app.event(text), now=now, writer_stuck_s=writer_stuck_s)
         self.app = App(p, self.board, reload=self.reload, now=now)

@@ -3,6 +3,7 @@ the topic contract, and the `mqtt:` and `osc:` config sections."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -34,6 +35,7 @@ class FakeBackend:
         self.played: list[tuple] = []
         self.retry_after: float | None = None
         self.events: list[str] = []
+        self.settings_lock = asyncio.Lock()
 
     def play(self, *, phrase, text, origin, language=None):
         if phrase is not None and phrase not in self.cfg.phrases:

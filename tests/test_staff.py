@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from datetime import datetime
 
 import aiohttp
@@ -12,7 +13,7 @@ import yaml
 from conftest import Clock, file_sink_opener
 from gpiozero.pins.mock import MockFactory
 
-from kiosk.config import load_config
+from kiosk.config import load_config, read_staff_settings
 from kiosk.service import Service
 from kiosk.staff.auth import PasswordFile
 from kiosk.systemd import Notifier
@@ -319,3 +320,28 @@ async def test_attacks_that_must_fail(staff, operator):
     assert (await post(http, "/lines/add", big))[0] == 413
     _, _, headers = await get(http, "/lines")
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+async def test_a_staff_save_and_an_mqtt_volume_at_once_are_both_kept(staff, monkeypatch):
+    """Both read the staff settings, change one thing, write them back and reload: one at a time, or the later writer
+    would put back what it read before the other's change (the new line, or the volume, would be lost)."""
+    service, http, _, _ = staff
+    PasswordFile(service.cfg.staff.password_file).set(PASSWORD)
+    await log_in(http)
+    token = await csrf_of(http)
+    staff_has_read, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def slow_read(path):  # the staff page's read takes a while (an SD card under load); runs in a worker thread
+        settings = read_staff_settings(path)
+        loop.call_soon_threadsafe(staff_has_read.set)
+        time.sleep(0.3)
+        return settings
+
+    monkeypatch.setattr("kiosk.staff.common.read_staff_settings", slow_read)
+    staff_save = asyncio.create_task(post(http, "/lines/add", {"csrf": token, "id": "amber", "text": "Amber glows."}))
+    await asyncio.wait_for(staff_has_read.wait(), timeout=5)
+    await asyncio.wait_for(service.fleet.control.payload("volume", b"30", "mqtt"), timeout=10)
+    assert (await asyncio.wait_for(staff_save, timeout=10))[0] == 303
+    saved = settings_of(service)
+    assert saved["phrases"]["amber"] == "Amber glows." and saved["audio"]["volume"] == 30
+    assert service.cfg.phrases["amber"] == "Amber glows." and service.cfg.audio.volume == 30

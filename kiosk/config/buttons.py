@@ -15,9 +15,11 @@ class ButtonConfig:
     pin: int | None = _required(None, 0, 53)
     name: str = ""  # what staff call it, e.g. "Entrance case" (shown on the staff page)
     phrase: str | None = None
-    action: str = _choice("speak", "stop", "language")  # language: cycles through the offered languages
+    # language: cycles through the offered languages; volume_up / volume_down: the visitor's volume (kiosk.visitor);
+    # replay: the last line a button spoke, again
+    action: str = _choice("speak", "stop", "language", "volume_up", "volume_down", "replay")
     language: str | None = None  # a speak button fixed to one language; otherwise the visitor's choice
-    reset_s: int = _bounded(120, 5, 3600)  # a language button: back to the default after this long unused
+    reset_s: int = _bounded(120, 5, 3600)  # a language or volume button: back to the default after this long unused
     pull_up: bool = True
     bounce_ms: int = _bounded(50, 0, 1000)
     cooldown_ms: int = _bounded(1500, 0, 600_000)

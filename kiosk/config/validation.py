@@ -95,6 +95,12 @@ def _cross_check(cfg: Config) -> list[str]:
     problems = []
     if not _is_loopback(cfg.api.bind) and cfg.api.token_file is None:
         problems.append(f"api.token_file: required when api.bind ({_show(cfg.api.bind)}) is not a loopback address")
+    audio = cfg.audio
+    if audio.visitor_volume_min > audio.visitor_volume_max:
+        problems.append(
+            f"audio.visitor_volume_min: must not be above audio.visitor_volume_max "
+            f"({audio.visitor_volume_min} > {audio.visitor_volume_max})"
+        )
     for i, quiet in enumerate(cfg.quiet_hours):
         if quiet.start == quiet.end:
             problems.append(f"quiet_hours[{i}].end: the same as the start ({quiet.start}), so it would never apply")

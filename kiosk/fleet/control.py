@@ -34,10 +34,12 @@ VOLUME_PROBLEM = "'volume' must be a whole number from 0 to 100"
 
 
 class Backend(Protocol):
-    """What the commands need from the service."""
+    """What the commands need of the speaker: the part of kiosk.app.App they use."""
 
     cfg: Config
     config_path: Path | None
+
+    settings_lock: asyncio.Lock
 
     def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
     def stop_speaking(self) -> bool: ...
@@ -50,7 +52,6 @@ class Control:
     def __init__(self, backend: Backend):
         self._backend = backend
         self._keys = IdempotencyKeys()
-        self._saving = asyncio.Lock()  # one settings write at a time, whichever way the commands came
         self._unmuted: int | None = None  # the volume before muting, restored by unmuting
 
     # -- from an MQTT payload
@@ -148,7 +149,7 @@ class Control:
         backend = self._backend
         if backend.config_path is None:
             raise CommandError(409, "the volume cannot be saved: this speaker was started without a config file")
-        async with self._saving:
+        async with backend.settings_lock:  # one settings write at a time, whichever way it came
             path = backend.cfg.staff.settings_file
             try:
                 settings = await asyncio.to_thread(read_staff_settings, path)

@@ -73,9 +73,11 @@ async def upload_settings(request: web.Request) -> web.Response:
     finally:
         upload.file.close()
     backend = request.app[BACKEND]
-    try:
-        await asyncio.to_thread(account.restore_settings, backend.config_path, backend.cfg.staff.settings_file, data)
-    except ConfigError as exc:
-        return await account_page(request, {"settings": "; ".join(exc.problems[:5])}, status=400)
-    await backend.reload()
+    async with backend.settings_lock:  # not between another writer's read and its write
+        try:
+            path = backend.cfg.staff.settings_file
+            await asyncio.to_thread(account.restore_settings, backend.config_path, path, data)
+        except ConfigError as exc:
+            return await account_page(request, {"settings": "; ".join(exc.problems[:5])}, status=400)
+        await backend.reload()
     return await account_page(request, notice="Settings restored; the previous ones are kept as a .bak file.")

@@ -1,7 +1,8 @@
-"""What the staff pages get from the service: one Protocol, so that no staff module needs kiosk.service."""
+"""What the staff pages get: the part of kiosk.app.App they use, one Protocol, so no staff module needs the service."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -9,11 +10,12 @@ from kiosk.config import Config
 
 
 class StaffBackend(Protocol):
-    """What the staff pages need from the service: everything any staff module reads from `request.app[BACKEND]`
-    (or hands on, as the Lines page does to stream_wav, which calls `listen`)."""
+    """What the staff pages need of the speaker (kiosk.app.App): everything any staff module reads from
+    `request.app[BACKEND]` (or hands on, as the Lines page does to stream_wav, which calls `listen`)."""
 
     cfg: Config
     config_path: Path
+    settings_lock: asyncio.Lock  # held from reading the staff settings to reloading them
 
     async def status(self) -> dict: ...
     async def reload(self) -> bool: ...

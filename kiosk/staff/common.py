@@ -32,6 +32,14 @@ _templates = jinja2.Environment(
     autoescape=True,  # every value is HTML-escaped unless a template says otherwise (none does)
     undefined=jinja2.StrictUndefined,
 )
+#: What a button that does not speak a line of its own does, as the Buttons lists say it.
+_templates.globals["button_does"] = {
+    "stop": "Stops whatever is playing.",
+    "language": "Changes the visitor's language.",
+    "volume_up": "Turns the volume up for the visitor (within the range set in the config).",
+    "volume_down": "Turns the volume down for the visitor (within the range set in the config).",
+    "replay": "Says the last line again.",
+}
 
 
 BACKEND = web.AppKey("staff_backend", StaffBackend)
@@ -108,17 +116,18 @@ async def save_changes(
     Invalid: the form again with each problem beside its field, and nothing saved.
     """
     backend = request.app[BACKEND]
-    settings_path = backend.cfg.staff.settings_file
-    settings = {**await asyncio.to_thread(read_staff_settings, settings_path), **changes}
-    try:
-        await asyncio.to_thread(load_config, backend.config_path, settings)
-    except ConfigError as exc:
-        return await page(request, _field_errors(exc.problems, error_field), values, 400)
-    try:
-        await asyncio.to_thread(account.write_settings, settings_path, settings)
-    except ConfigError as exc:  # a read-only or full disk: the speaker's fault, not the form's
-        return await page(request, {error_field or "form": exc.problems[0]}, values, 503)
-    await backend.reload()
+    async with backend.settings_lock:  # read, change, write, reload: never interleaved with MQTT's or OSC's
+        settings_path = backend.cfg.staff.settings_file
+        settings = {**await asyncio.to_thread(read_staff_settings, settings_path), **changes}
+        try:
+            await asyncio.to_thread(load_config, backend.config_path, settings)
+        except ConfigError as exc:
+            return await page(request, _field_errors(exc.problems, error_field), values, 400)
+        try:
+            await asyncio.to_thread(account.write_settings, settings_path, settings)
+        except ConfigError as exc:  # a read-only or full disk: the speaker's fault, not the form's
+            return await page(request, {error_field or "form": exc.problems[0]}, values, 503)
+        await backend.reload()
     raise web.HTTPSeeOther(done)
 
 

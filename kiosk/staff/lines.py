@@ -281,7 +281,7 @@ async def assign_buttons(request: web.Request) -> web.Response:
     form, cfg = request[FORM], request.app[BACKEND].cfg
     assignment, errors = {}, {}
     for button in cfg.buttons:
-        if button.action == "stop":
+        if button.action != "speak":  # only a speak button says a line of its own
             continue
         choice = str(form.get(f"button.{button.pin}", button.phrase or ""))
         if choice not in cfg.phrases:

@@ -49,7 +49,7 @@ ApiError = CommandError
 
 
 class Backend(Protocol):
-    """What the API needs from the service."""
+    """What the API needs of the speaker: the part of kiosk.app.App it uses (its tests' fakes implement it)."""
 
     def play(self, *, phrase: str | None, text: str | None, origin: str, language: str | None = None) -> Request: ...
     def line_text(
