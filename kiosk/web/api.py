@@ -14,7 +14,6 @@ import asyncio
 import hmac
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -290,24 +289,3 @@ async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
-
-
-class RateLimiter:
-    """Token bucket: bursts of up to `burst`, refilled at `per_minute`."""
-
-    def __init__(self, per_minute: int, burst: int = 10, clock: Callable[[], float] = time.monotonic):
-        self._rate = per_minute / 60
-        self._capacity = float(min(burst, per_minute))
-        self._tokens = self._capacity
-        self._clock = clock
-        self._at = clock()
-
-    def take(self) -> float | None:
-        """None when allowed; otherwise the seconds until the next request would be."""
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return None
-        return (1 - self._tokens) / self._rate
