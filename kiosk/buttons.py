@@ -1,4 +1,4 @@
-"""GPIO push buttons and their LEDs. The only module that imports gpiozero.
+"""GPIO push buttons and their LEDs, and the PIR motion sensor. The only module that imports gpiozero.
 
 gpiozero calls `when_pressed` on its own thread; each press is handed to the event loop with
 call_soon_threadsafe and all decisions (cooldown, policy) are made there.
@@ -12,11 +12,11 @@ import time
 import warnings
 from collections.abc import Callable
 
-from gpiozero import LED, Button, Device
+from gpiozero import LED, Button, Device, MotionSensor
 from gpiozero.exc import BadPinFactory, GPIOZeroError
 from gpiozero.pins.mock import MockFactory
 
-from kiosk.config import ButtonConfig
+from kiosk.config import ButtonConfig, PresenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,46 @@ class Buttons:
                 log.warning("closing %s failed: %s", device, exc)
         self._devices.clear()
         self._leds.clear()
+
+
+class PresenceSensor:
+    """A PIR motion sensor (its output high while it sees movement); `on_motion` runs on the event loop each time
+    it starts to. Which motion is a new visitor is decided in kiosk.presses."""
+
+    def __init__(
+        self,
+        cfg: PresenceConfig,
+        on_motion: Callable[[], None],
+        *,
+        loop: asyncio.AbstractEventLoop,
+        pin_factory=None,
+        sample_rate: float = 20,
+    ):
+        self._sensor: MotionSensor | None = None
+        self.error: str | None = None
+        try:
+            # One sample decides (a PIR module smooths its own output); sampled 20 times a second by gpiozero.
+            self._sensor = MotionSensor(cfg.pin, queue_len=1, sample_rate=sample_rate, pin_factory=pin_factory)
+            self._sensor.when_motion = lambda: loop.call_soon_threadsafe(on_motion)
+            # Its first sample (within 1/sample_rate s) only sets the state: someone already there is no approach.
+            # Waited for here, so that `active` never blocks the event loop.
+            self._sensor.value  # noqa: B018
+        except (BadPinFactory, GPIOZeroError, OSError) as exc:
+            self.close()
+            self.error = f"GPIO unavailable, presence sensor disabled: {exc}"
+
+    @property
+    def active(self) -> bool:
+        """Whether the sensor sees movement now."""
+        return self._sensor is not None and bool(self._sensor.motion_detected)
+
+    def close(self) -> None:
+        sensor, self._sensor = self._sensor, None
+        if sensor is not None:
+            try:
+                sensor.close()
+            except Exception as exc:  # closing must not stop a shutdown or a reload
+                log.warning("closing %s failed: %s", sensor, exc)
 
 
 def pin_factory_report() -> tuple[str | None, str]:

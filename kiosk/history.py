@@ -181,10 +181,13 @@ class History:
 
     async def summary(self, days: int = 30) -> dict:
         """What the staff page charts: presses per day per line, presses by hour of day, response times, and when
-        each origin (each button) was last used. Staff tests are left out of the counts."""
-        rows = [r for r in await self.outcomes(days) if r.origin != "staff"]
+        each origin (each button) was last used; visitors seen by the motion sensor per day (`approaches`). Staff
+        tests and the motion sensor's rows are left out of the press counts."""
+        everything = await self.outcomes(days)
+        rows = [r for r in everything if r.origin not in ("staff", "presence")]
         today = datetime.fromtimestamp(self._clock()).date()
         dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
+        approach_days = [_day(r.time) for r in everything if r.origin == "presence" and r.outcome == "approach"]
         per_line: dict[str, list[int]] = {}
         by_hour = [0] * 24
         for row in rows:
@@ -200,6 +203,7 @@ class History:
             "days": dates,
             "presses_per_day": per_line,
             "presses_by_hour": by_hour,
+            "approaches": [approach_days.count(day) for day in dates],
             "response": [{"time": t, "ms": ms, "source": s} for t, ms, s in timed[-_MAX_PLOT_POINTS:]],
             "last_used": last_used,
             "total": len(rows),
@@ -348,6 +352,10 @@ def _prepare(db: sqlite3.Connection) -> None:
 
 class _NotHistory(sqlite3.DatabaseError):
     """A database whose tables the history cannot use: set aside like a damaged one."""
+
+
+def _day(at: float) -> str:
+    return datetime.fromtimestamp(at).date().isoformat()
 
 
 def _damaged(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiosk.announcer import Announcer
-from kiosk.buttons import Buttons
+from kiosk.buttons import Buttons, PresenceSensor
 from kiosk.cache import PhraseCache
 from kiosk.config import Config
 from kiosk.device import DeviceKeeper
@@ -51,6 +51,7 @@ class Parts:
     limiter: RateLimiter = field(init=False)
     scheduler: Scheduler = field(init=False)
     buttons: Buttons | None = None
+    presence: PresenceSensor | None = None  # the motion sensor, where `presence:` sets a pin
     gain: float = 1.0  # software gain where the device has no mixer
     api_token: str | None = None
     api_key: str | None = None

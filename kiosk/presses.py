@@ -1,6 +1,7 @@
 """What a press means: a button's line (in the visitor's language, at the hour's volume and the visitor's), stop, the
 next language, the visitor's volume up or down (kiosk.visitor), the last line again, the closed line out of hours;
-and a scheduled announcement or an invitation (never at the visitor's volume).
+and a scheduled announcement or an invitation (never at the visitor's volume); a visitor approaching the exhibit
+(the motion sensor): counted in the history and invited.
 
 The buttons (kiosk.buttons) and the scheduler (kiosk.schedule) call in here; the line goes to the speaker through
 the app interface, so that a press is refused, counted and recorded as any other request is.
@@ -15,8 +16,9 @@ import time
 from collections.abc import Callable
 
 from kiosk.app import App
-from kiosk.buttons import Buttons
-from kiosk.config import ButtonConfig
+from kiosk.buttons import Buttons, PresenceSensor
+from kiosk.config import ButtonConfig, PresenceConfig
+from kiosk.history import Outcome
 from kiosk.parts import Parts
 from kiosk.speaker import Rejected, Request
 
@@ -26,19 +28,35 @@ log = logging.getLogger(__name__)
 class Presses:
     """Turns a button press or a scheduled line into a request; `on_pressed(button)` hears of every press."""
 
-    def __init__(self, app: App, parts: Parts, *, on_pressed: Callable[[ButtonConfig], None] = lambda b: None):
+    def __init__(
+        self,
+        app: App,
+        parts: Parts,
+        *,
+        on_pressed: Callable[[ButtonConfig], None] = lambda b: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._app = app
         self._parts = parts
         self._on_pressed = on_pressed
+        self._clock = clock
+        self._last_approach: float | None = None  # on `clock`: when the motion sensor last saw a new visitor
         #: (phrase, language) of the last line a speak button had spoken, for a replay button.
         self._last_line: tuple[str, str | None] | None = None
 
-    def connect(self, configs: tuple[ButtonConfig, ...], *, pin_factory=None) -> None:
-        """(Re)connect the configured buttons (none: no GPIO is touched); a wiring problem is reported, not raised."""
+    def connect(
+        self, configs: tuple[ButtonConfig, ...], *, pin_factory=None, presence: PresenceConfig | None = None
+    ) -> None:
+        """(Re)connect the configured buttons and motion sensor (none: no GPIO is touched); a wiring problem is
+        reported, not raised."""
         parts = self._parts
-        if parts.buttons:
-            parts.buttons.close()
-        parts.buttons = None
+        self.disconnect()
+        if presence is not None and presence.enabled:
+            loop = asyncio.get_running_loop()
+            parts.presence = PresenceSensor(presence, self.approached, loop=loop, pin_factory=pin_factory)
+            if parts.presence.error:
+                log.error("%s", parts.presence.error)
+                self._app.event(parts.presence.error)
         if not configs:
             return
         loop = asyncio.get_running_loop()
@@ -48,6 +66,35 @@ class Presses:
             self._app.event(parts.buttons.error)
         elif parts.buttons.simulated:
             log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
+
+    def disconnect(self) -> None:
+        """Let go of the buttons and the motion sensor (a reload, the end)."""
+        parts = self._parts
+        for device in (parts.buttons, parts.presence):
+            if device:
+                device.close()
+        parts.buttons = parts.presence = None
+
+    def approached(self) -> None:
+        """The motion sensor saw movement; called on the event loop. A new visitor (none within `quiet_s`) is
+        counted in the history and, while open, outside quiet hours and with nothing playing, invited."""
+        try:
+            self._approached()
+        except Exception:  # like a press: the next approach works
+            log.exception("handling the motion sensor failed")
+
+    def _approached(self) -> None:
+        cfg, now = self._parts.cfg, self._clock()
+        if self._last_approach is not None and now - self._last_approach < cfg.presence.quiet_s:
+            return
+        self._last_approach = now
+        self._parts.history.record(Outcome(time.time(), "presence", None, None, None, "approach"))
+        invite, moment = cfg.presence.invite, self._app.local_time()
+        if invite is None or not cfg.is_open(moment) or cfg.quiet_volume(moment) is not None or self._app.speaking:
+            return
+        text, language = cfg.text_for(invite)
+        with contextlib.suppress(Rejected):
+            self._app.say(text, origin="presence", policy="ignore", phrase=invite, language=language)
 
     def request_changed(self, req: Request) -> None:
         """A button's LED is lit while its line plays (a queued press changes nothing); any activity holds off the

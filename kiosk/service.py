@@ -94,7 +94,7 @@ class Service:
         self.fleet = Fleet(self.app)  # MQTT and OSC (kiosk.fleet): off unless configured
         self.app.on_status_change(self.fleet.status_changed)
         self.board.add_reporter(self.fleet.status, self.fleet.problems)
-        self.presses = Presses(self.app, p, on_pressed=self.fleet.pressed)
+        self.presses = Presses(self.app, p, on_pressed=self.fleet.pressed, clock=clock)
         self.upkeep = Upkeep(p, self.app, self.notifier)
         p.device = DeviceKeeper(
             player=lambda: p.player,
@@ -142,7 +142,7 @@ class Service:
         p.limiter = RateLimiter(cfg.api.rate_limit_per_min)
         await p.device.open()
         await self._apply_volume(cfg)
-        self.presses.connect(cfg.buttons, pin_factory=self._pin_factory)
+        self.presses.connect(cfg.buttons, pin_factory=self._pin_factory, presence=cfg.presence)
         p.port = await self._serve(make_app(self.app, self.hosts), cfg.api.bind, cfg.api.port)
         if cfg.staff.enabled:
             staff_app = make_staff_app(self.app, clock=self._clock, hosts=self.hosts)
@@ -174,8 +174,7 @@ class Service:
         p = self.parts
         self.notifier.stopping()
         p.speaker.stop()
-        if p.buttons:
-            p.buttons.close()
+        self.presses.disconnect()
         await all_within(STOP_ROUND_S, p.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners))
         await all_within(
             STOP_ROUND_S,
@@ -229,7 +228,7 @@ class Service:
         self.hosts.configure(new.hostnames)
         p.history.keep_days = new.history.keep_days
         p.limiter = RateLimiter(new.api.rate_limit_per_min)
-        self.presses.connect(new.buttons, pin_factory=self._pin_factory)
+        self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence)
         self._start_fleet(new)
         if (old.api.bind, old.api.port, old.history.file) != (new.api.bind, new.api.port, new.history.file):
             log.warning("api.bind, api.port and history.file changes take effect after a restart")

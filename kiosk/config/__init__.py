@@ -9,7 +9,7 @@ and a value that would only fail later (NaN, a lone surrogate, a NUL in a path) 
 One room per job, each importing only the ones before it:
 
     fields          the field machinery: bounds in metadata, value checks, how a value is shown, "did you mean"
-    audio, speech, buttons, hours, web, fleet, storage, phrases
+    audio, speech, buttons, presence, hours, web, fleet, storage, phrases
                     the sections' dataclasses (phrases: also the lines, languages and the checks on any text)
     secrets         `Secret`, key and token files
     model           `Config`, the whole, with its methods
@@ -49,6 +49,7 @@ from kiosk.config.phrases import PHRASE_ID as PHRASE_ID
 from kiosk.config.phrases import LanguageConfig as LanguageConfig
 from kiosk.config.phrases import phrase_problem as phrase_problem
 from kiosk.config.phrases import text_problem as text_problem
+from kiosk.config.presence import PresenceConfig as PresenceConfig
 from kiosk.config.secrets import MAX_SECRET_BYTES as MAX_SECRET_BYTES
 from kiosk.config.secrets import Secret as Secret
 from kiosk.config.secrets import read_secret_file as read_secret_file

@@ -17,6 +17,7 @@ from kiosk.config.buttons import ButtonConfig
 from kiosk.config.fleet import MqttConfig, OscConfig
 from kiosk.config.hours import Announcement, AttractConfig, OpeningHours, QuietHours
 from kiosk.config.phrases import LanguageConfig
+from kiosk.config.presence import PresenceConfig
 from kiosk.config.speech import OpenAIConfig, PiperConfig, SpeechConfig
 from kiosk.config.storage import CacheConfig, HistoryConfig
 from kiosk.config.web import _HOSTNAME, ApiConfig, StaffConfig
@@ -40,6 +41,7 @@ class Config:
     closed_phrase: str | None = None  # said when a button is pressed while closed; None: presses do nothing
     schedule: tuple[Announcement, ...] = ()
     attract: AttractConfig = AttractConfig()
+    presence: PresenceConfig = PresenceConfig()  # a motion sensor at the exhibit; off unless a pin is set
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
     #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)

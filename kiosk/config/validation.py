@@ -110,6 +110,7 @@ def _cross_check(cfg: Config) -> list[str]:
     named = [("closed_phrase", cfg.closed_phrase)] if cfg.closed_phrase else []
     named += [(f"schedule[{i}].phrase", a.phrase) for i, a in enumerate(cfg.schedule)]
     named += [(f"attract.phrases[{i}]", pid) for i, pid in enumerate(cfg.attract.phrases)]
+    named += [("presence.invite", cfg.presence.invite)] if cfg.presence.invite is not None else []
     for where, pid in named:
         if pid not in cfg.phrases:
             problems.append(f"{where}: no line '{_show(pid)}' in phrases{_suggest(pid, cfg.phrases)}")
@@ -129,6 +130,8 @@ def _cross_check(cfg: Config) -> list[str]:
             if pin in used:
                 problems.append(f"{where}.{role}: GPIO {pin} is already used by {used[pin]}")
             used[pin] = f"{where}.{role}"
+    if cfg.presence.pin in used:
+        problems.append(f"presence.pin: GPIO {cfg.presence.pin} is already used by {used[cfg.presence.pin]}")
     return problems + _fleet_problems(cfg)
 
 
