@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -187,23 +187,23 @@ class History:
         rows = [r for r in everything if r.origin not in ("staff", "presence")]
         today = datetime.fromtimestamp(self._clock()).date()
         dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
-        approach_days = [_day(r.time) for r in everything if r.origin == "presence" and r.outcome == "approach"]
+        approaches = Counter(_day(r.time) for r in everything if r.origin == "presence" and r.outcome == "approach")
+        day_index = {day: n for n, day in enumerate(dates)}
         per_line: dict[str, list[int]] = {}
         by_hour = [0] * 24
         for row in rows:
-            moment = datetime.fromtimestamp(row.time)
             counts = per_line.setdefault(row.line or "(text)", [0] * days)
-            index = dates.index(moment.date().isoformat()) if moment.date().isoformat() in dates else None
+            index = day_index.get(_day(row.time))
             if index is not None:
                 counts[index] += 1
-            by_hour[moment.hour] += 1
+            by_hour[datetime.fromtimestamp(row.time).hour] += 1
         timed = [(r.time, r.response_ms, r.source) for r in rows if r.response_ms is not None]
         last_used = {r.origin: iso_time(r.time) for r in rows}
         return {
             "days": dates,
             "presses_per_day": per_line,
             "presses_by_hour": by_hour,
-            "approaches": [approach_days.count(day) for day in dates],
+            "approaches": [approaches[day] for day in dates],
             "response": [{"time": t, "ms": ms, "source": s} for t, ms, s in timed[-_MAX_PLOT_POINTS:]],
             "last_used": last_used,
             "total": len(rows),

@@ -28,6 +28,7 @@ from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
 from kiosk.supervisor import Supervisor
 from kiosk.visitor import VisitorVolume
+from kiosk.warm import new_progress
 
 
 @dataclass(eq=False)
@@ -60,16 +61,7 @@ class Parts:
     config_problem: str | None = None  # the config file on disk, when it cannot be used
     secret_problems: list[str] = field(default_factory=list)  # a key or token file that cannot be read
     engine_state: dict = field(default_factory=lambda: {"reachable": None, "error": None, "checked_at": None})
-    warm: dict = field(
-        default_factory=lambda: {
-            "total": 0,
-            "done": 0,
-            "failed": 0,
-            "running": False,
-            "text": "not started",
-            "errors": [],
-        }
-    )
+    warm: dict = field(default_factory=new_progress)
     last_pressed: dict[int, float] = field(default_factory=dict)  # GPIO pin → wall-clock time of its last press
 
     @property

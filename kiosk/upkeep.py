@@ -21,7 +21,7 @@ from kiosk.errors import ConfigError, KioskError
 from kiosk.parts import Parts
 from kiosk.speech.openai_engine import OpenAIEngine
 from kiosk.systemd import Notifier
-from kiosk.warm import warm
+from kiosk.warm import new_progress, warm
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,7 @@ class Upkeep:
         """Synthesize, in the background, every configured line the cache lacks in the current voice."""
         parts = self._parts
         # A fresh record per run, set before the task starts: a cancelled run finishing late cannot touch it.
-        progress = {
-            "total": len(parts.cfg.all_lines()),
-            "done": 0,
-            "failed": 0,
-            "running": True,
-            "text": "starting",
-            "errors": [],
-        }
-        parts.warm = progress
+        progress = parts.warm = new_progress(len(parts.cfg.all_lines()), running=True)
         parts.supervisor.start("warm", lambda: self._warm(progress), restart=False)
 
     async def _warm(self, progress: dict) -> None:

@@ -17,6 +17,18 @@ from kiosk.errors import KioskError
 log = logging.getLogger(__name__)
 
 
+def new_progress(total: int = 0, *, running: bool = False) -> dict:
+    """A fresh progress record for `warm` (what the staff page's Voice progress bar reads)."""
+    return {
+        "total": total,
+        "done": 0,
+        "failed": 0,
+        "running": running,
+        "text": "starting" if running else "not started",
+        "errors": [],
+    }
+
+
 async def warm(announcer: Announcer, lines: list[str | tuple[str, str | None]], progress: dict) -> None:
     """Make the lines (texts, or (text, language)) ready offline, each in its language's voice, updating
     `progress` (total, done, failed, running, text, errors)."""
