@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from kiosk.cache import PhraseCache
 from kiosk.cache_entry import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, cache_key
+from kiosk.captions.lines import Feed, LineCaption
+from kiosk.captions.timing import align, estimate
 from kiosk.chime import Chime, beep
 from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.listen import Syntheses, once
@@ -62,6 +64,7 @@ class Announcer:
         chime: Chime | None = None,
         leveller: Leveller | None = None,
         voices: Mapping[str, EngineChain] | None = None,
+        captions: Feed | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.engines = engines  # the default language's voice
@@ -71,8 +74,9 @@ class Announcer:
         self._io = io  # threads for cache reads and writes (None: asyncio's default pool)
         self.chime = chime  # played at once for a line that is not ready offline
         self._chime_playback: Playback | None = None
-        self._beep_playback: Playback | None = None  # a volume press's tone (kiosk.presses)
+        self.last_beep: Playback | None = None  # a volume press's tone (kiosk.presses)
         self.leveller = leveller  # matched loudness; None plays every line as its engine made it
+        self.captions = captions  # told when each line is heard, for the live captions
         self._clock = clock
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
@@ -119,7 +123,7 @@ class Announcer:
 
     def stop(self) -> None:
         """Silence what is playing now (within one period)."""
-        for playback in (self._chime_playback, self._current, self._beep_playback):
+        for playback in (self._chime_playback, self._current, self.last_beep):
             if playback is not None:
                 playback.stop()
 
@@ -128,15 +132,22 @@ class Announcer:
         `Trace.error`, never raised."""
         started = self._clock()
         text = text.strip()
+        caption = LineCaption(self.captions, text, language)
+        try:
+            return await self._say(text, started, gain, language, caption)
+        finally:
+            caption.end()
+
+    async def _say(self, text: str, started: float, gain: float, language: str | None, caption: LineCaption) -> Trace:
         for key in self.keys_for(text, language):
             entry = await self._lookup(key)
             if entry is not None:
-                trace = await self._play_cached(entry, started, gain)
+                trace = await self._play_cached(entry, started, gain, caption)
                 trace.language = language
                 return trace
         chime = self._ring(gain)
         try:
-            trace = await self._play_streamed(text, started, gain, self.chain_for(language))
+            trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption)
             trace.language = language
         finally:
             self._chime_playback = None
@@ -145,17 +156,13 @@ class Announcer:
             trace.first_sound_ms = min(rang_ms, trace.first_audio_ms or rang_ms)
         return trace
 
-    @property
-    def last_beep(self) -> Playback | None:
-        return self._beep_playback
-
     def beep(self, kind: str, gain: float) -> Playback:
         """A volume press's tone (kiosk.chime.beep), in the voice's format so the device stays open; a beep still
         playing is cut for it, so presses in a row never pile tones up behind each other."""
-        if self._beep_playback is not None:
-            self._beep_playback.stop()
+        if self.last_beep is not None:
+            self.last_beep.stop()
         fmt = self.engine.fmt
-        playback = self._beep_playback = self.player.play(fmt, streamed=False, gain=gain)
+        playback = self.last_beep = self.player.play(fmt, streamed=False, gain=gain)
         playback.feed(beep(fmt.rate, kind))
         playback.finish()
         return playback
@@ -209,11 +216,12 @@ class Announcer:
             log.warning("phrase cache unreadable, asking the engine instead: %s", exc)
             return None
 
-    async def _play_cached(self, entry: CachedAudio, started: float, gain: float) -> Trace:
+    async def _play_cached(self, entry: CachedAudio, started: float, gain: float, caption: LineCaption) -> Trace:
         """Play a cached line block by block, each verified just before it is fed; the first plays at once."""
         level_db = self._level_db(entry.info.levelled, entry.info.engine)
         playback = self._start(entry.info.fmt, streamed=False, gain=gain * linear(level_db))
         playback.whole_periods = True
+        caption.attach(playback, entry.info.words or estimate(entry.info.text, entry.info.duration_s))
         attempt = _Attempt([playback])
         try:
             attempt.error = await self._feed_cached(entry, playback)
@@ -250,7 +258,9 @@ class Announcer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _play_streamed(self, text: str, started: float, gain: float, chain: EngineChain) -> Trace:
+    async def _play_streamed(
+        self, text: str, started: float, gain: float, chain: EngineChain, caption: LineCaption
+    ) -> Trace:
         attempts = chain.attempts()
         if not attempts:
             reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in chain.state())
@@ -260,7 +270,7 @@ class Announcer:
         errors: list[str] = []
         heard = _Attempt()
         for engine, deadline in attempts:
-            attempt = await self._attempt(chain, engine, text, gain, deadline)
+            attempt = await self._attempt(chain, engine, text, gain, deadline, caption)
             attempt.playbacks[:0] = heard.playbacks  # what an earlier engine got heard counts in the trace
             attempt.silenced[:0] = heard.silenced
             attempt.first_byte_at = heard.first_byte_at or attempt.first_byte_at
@@ -275,7 +285,13 @@ class Announcer:
         return trace
 
     async def _attempt(
-        self, chain: EngineChain, engine: SpeechEngine, text: str, gain: float, deadline: float | None
+        self,
+        chain: EngineChain,
+        engine: SpeechEngine,
+        text: str,
+        gain: float,
+        deadline: float | None,
+        caption: LineCaption,
     ) -> _Attempt:
         """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
         attempt = _Attempt()
@@ -286,6 +302,7 @@ class Announcer:
             if not attempt.playbacks:
                 attempt.first_byte_at = self._clock()
                 playback = self._start(engine.fmt, streamed=True, gain=gain * linear(level_db), text=text)
+                caption.attach(playback, estimate(text, len(text) * SPEECH_S_PER_CHAR))  # until the audio is in
                 attempt.playbacks.append(playback)
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
@@ -309,6 +326,9 @@ class Announcer:
             stored = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
             attempt.cached = stored is not None
             attempt.loudness_lufs = _as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)
+            caption.retime(
+                stored.words if stored and stored.words else await self._in_io(align, text, audio, engine.fmt)
+            )
         for playback in attempt.playbacks:
             audio_error = await self._finish(playback)
             attempt.error = attempt.error or audio_error
@@ -359,25 +379,14 @@ class Announcer:
                 self._current = None
 
     def _trace(self, source, engine, key, chars, started, attempt: _Attempt, failover: list[str]) -> Trace:
-        def ms(at: float | None) -> float | None:
-            return None if at is None else round((at - started) * 1000, 1)
-
-        playbacks = attempt.playbacks
-        firsts = [p.stats.first_audio_at for p in playbacks if p.stats.first_audio_at is not None]
-        return Trace(
-            source=source,
-            engine=engine,
-            key=key[:16],
-            text_chars=chars,
-            first_byte_ms=ms(attempt.first_byte_at),
-            first_audio_ms=ms(min(firsts)) if firsts else None,
-            first_sound_ms=ms(min(firsts)) if firsts else None,
-            frames=sum(p.stats.frames for p in playbacks),
-            underruns=sum(p.stats.underruns for p in playbacks),
-            duration_ms=round(sum(p.stats.frames / p.fmt.rate for p in playbacks) * 1000, 1),
-            elapsed_ms=ms(self._clock()),
+        return Trace.played(
+            (source, engine, key, chars),
+            attempt.playbacks,
+            started=started,
+            ended=self._clock(),
+            first_byte_at=attempt.first_byte_at,
             cached=attempt.cached,
-            stopped=any(p.stats.stopped for p in playbacks if p not in attempt.silenced),
+            silenced=attempt.silenced,
             error=attempt.error,
             failover=failover,
         )

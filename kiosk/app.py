@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kiosk.build import BUNDLED_VOICE, build_local_voice, piper_installed
+from kiosk.captions.feed import CaptionFeed
 from kiosk.config import Config, text_problem
 from kiosk.errors import KioskError, SpeechError
 from kiosk.history import Outcome
@@ -69,6 +70,11 @@ class App:
     @property
     def api_token(self) -> str | None:
         return self._parts.api_token
+
+    @property
+    def captions(self) -> CaptionFeed:
+        """What the live captions show now (kiosk.captions)."""
+        return self._parts.captions
 
     @property
     def staff_port(self) -> int | None:

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from kiosk.alsa_output import AlsaOutput
 from kiosk.announcer import Announcer
 from kiosk.cache import PhraseCache
+from kiosk.captions.lines import Feed
 from kiosk.chime import Chime, load_chime
 from kiosk.config import AudioConfig, Config, OpenAIConfig, read_secret_file, resolve_api_key
 from kiosk.errors import ConfigError, KioskError, SpeechError
@@ -174,6 +175,7 @@ async def new_announcer(
     *,
     io: Executor,
     on_event: Callable[[str], None],
+    captions: Feed | None = None,
 ) -> Announcer:
     """The service's announcer: its chime (one that cannot be read is reported and left out) and its leveller."""
     return Announcer(
@@ -184,6 +186,7 @@ async def new_announcer(
         chime=_chime(cfg, engines.primary.fmt, on_event),
         leveller=await asyncio.to_thread(build_leveller, cfg, cache),
         voices=voices,
+        captions=captions,
     )
 
 

@@ -44,6 +44,7 @@ from kiosk.cache_entry import (
     parse_json,
     read_info,
 )
+from kiosk.captions.timing import align
 from kiosk.errors import CacheError
 from kiosk.fileio import TEMP_SUFFIX, write_atomically
 from kiosk.loudness import Levelled, level, measure
@@ -120,7 +121,7 @@ class PhraseCache:
 
     def _outdated(self, audio: CachedAudio) -> bool:
         levelled = audio.info.levelled
-        if audio.legacy or levelled is None:
+        if audio.legacy or levelled is None or audio.info.words is None:
             return True
         return self.loudness_lufs is not None and levelled.target_lufs != self.loudness_lufs
 
@@ -149,7 +150,8 @@ class PhraseCache:
     def put(self, key: str, pcm: bytes, *, fmt: AudioFormat, text: str, identity: dict) -> EntryInfo:
         """Commit an entry atomically (temp, fsync, rename, directory fsync), then evict down to the cap."""
         pcm, levelled = self._levelled(pcm, fmt, engine_lufs=None)
-        header = make_header(key, pcm, fmt, text, identity, created=self._clock(), levelled=levelled)
+        words = tuple(align(text, pcm, fmt))
+        header = make_header(key, pcm, fmt, text, identity, created=self._clock(), levelled=levelled, words=words)
         self._write(key, header, pcm)
         self._touch(key)
         self.evict()
@@ -184,10 +186,16 @@ class PhraseCache:
             return False
         info = audio.info
         before = info.levelled
-        pcm, levelled = self._levelled(pcm, info.fmt, engine_lufs=before.engine_lufs if before else None)
-        new = make_header(key, pcm, info.fmt, info.text, audio.identity, created=info.created, levelled=levelled)
+        if audio.legacy or before is None or before.target_lufs != self.loudness_lufs:
+            pcm, levelled = self._levelled(pcm, info.fmt, engine_lufs=before.engine_lufs if before else None)
+        else:  # only the word times are missing: the audio stays as it is
+            levelled = before
+        words = tuple(align(info.text, pcm, info.fmt))
+        new = make_header(
+            key, pcm, info.fmt, info.text, audio.identity, created=info.created, levelled=levelled, words=words
+        )
         self._write(key, new, pcm)
-        log.info("cache entry %s rewritten with block hashes and its loudness", key[:12])
+        log.info("cache entry %s rewritten with block hashes, its loudness and word times", key[:12])
         return True
 
     def _write(self, key: str, header: dict, pcm: bytes) -> None:

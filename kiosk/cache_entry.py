@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiosk.captions.timing import Word
 from kiosk.loudness import Levelled
 from kiosk.pcm import AudioFormat
 
@@ -48,6 +49,7 @@ class EntryInfo:
     created: float
     last_used: float
     levelled: Levelled | None = None  # None: measured at the entry's next rewrite
+    words: tuple[Word, ...] | None = None  # when each word is said (captions); None: worked out at the next rewrite
 
     @property
     def duration_s(self) -> float:
@@ -79,7 +81,7 @@ class CachedAudio:
             self.legacy = header["v"] == LEGACYVERSION
             self.identity: dict = header["identity"]  # what a rewrite keeps (see PhraseCache.migrate)
             #: The entry is worth rewriting (see PhraseCache.migrate); set by the cache that opened it.
-            self.outdated = self.legacy or self.info.levelled is None
+            self.outdated = self.legacy or self.info.levelled is None or self.info.words is None
             size = os.fstat(self._file.fileno()).st_size
             if size != self._offset + self.info.length:
                 raise CorruptEntry(f"holds {size - self._offset} audio bytes, header says {self.info.length}")
@@ -136,7 +138,15 @@ class CachedAudio:
 
 
 def make_header(
-    key: str, pcm: bytes, fmt: AudioFormat, text: str, identity: dict, *, created: float, levelled: Levelled
+    key: str,
+    pcm: bytes,
+    fmt: AudioFormat,
+    text: str,
+    identity: dict,
+    *,
+    created: float,
+    levelled: Levelled,
+    words: tuple[Word, ...],
 ) -> dict:
     return {
         "v": VERSION,
@@ -151,6 +161,7 @@ def make_header(
         "text": text,
         "created": created,
         "loudness": levelled.as_json(),
+        "words": [word.as_json() for word in words],
     }
 
 
@@ -199,7 +210,25 @@ def entry_info(header: dict, last_used: float | None = None) -> EntryInfo:
         created=created,
         last_used=created if last_used is None else last_used,
         levelled=Levelled.from_json(header.get("loudness")),
+        words=_words(header.get("words"), header["text"]),
     )
+
+
+def _words(raw: object, text: str) -> tuple[Word, ...] | None:
+    """The word times a header holds; None when it holds none, or any that do not fit its text (a bad sector, a
+    hand edit): they are then worked out again."""
+    if not isinstance(raw, list):
+        return None
+    words = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            return None
+        if not all(type(n) is int and 0 <= n < 1 << 31 for n in item[1:]):
+            return None
+        words.append(Word(item[0], item[1], item[2]))
+    if "".join(w.text for w in words).strip() != text.strip():
+        return None
+    return tuple(words)
 
 
 def parse_json(data: bytes) -> object:

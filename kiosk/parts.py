@@ -15,6 +15,7 @@ from pathlib import Path
 from kiosk.announcer import Announcer
 from kiosk.buttons import Buttons, PresenceSensor
 from kiosk.cache import PhraseCache
+from kiosk.captions.feed import CaptionFeed
 from kiosk.config import Config
 from kiosk.device import DeviceKeeper
 from kiosk.events import EventLog
@@ -42,6 +43,7 @@ class Parts:
     supervisor: Supervisor
     language_choice: LanguageChoice
     visitor_volume: VisitorVolume
+    captions: CaptionFeed  # what the live captions show now
     device: DeviceKeeper = field(init=False)
     cache: PhraseCache = field(init=False)
     engines: EngineChain = field(init=False)
@@ -58,6 +60,7 @@ class Parts:
     api_key: str | None = None
     port: int | None = None
     staff_port: int | None = None
+    captions_port: int | None = None
     config_problem: str | None = None  # the config file on disk, when it cannot be used
     secret_problems: list[str] = field(default_factory=list)  # a key or token file that cannot be read
     engine_state: dict = field(default_factory=lambda: {"reachable": None, "error": None, "checked_at": None})

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _END = object()
 _IDLE_WAKE_S = 0.5
+#: The device counts as having run dry when a write comes this much later than the audio before it ran out.
+_DRY_S = 0.02
 
 
 class AudioSink(Protocol):
@@ -90,6 +92,10 @@ class Playback:
         #: Write only whole periods until the end (a source that feeds well ahead, such as the cache, block by
         #: block): the device then gets the very bytes it would get were the line fed in one piece.
         self.whole_periods = False
+        #: Called from the writer thread with the monotonic time the first sample was heard: at the first write,
+        #: and again each time the device ran dry and the rest of the audio was heard that much later (captions).
+        self.on_heard: Callable[[float], None] | None = None
+        self._heard_from: float | None = None
 
     def feed(self, chunk: bytes) -> None:
         if chunk:
@@ -285,6 +291,20 @@ class Player:
                 del pending[:period_bytes]
                 self._write(sink, playback, chunk)
 
+    def _track_heard(self, playback: Playback) -> None:
+        """Before a write: when the first sample was heard, moved on by however long the device has been dry (all
+        that was written before has played by now), for `playback.on_heard`."""
+        now = self._clock()
+        if playback._heard_from is None:
+            playback._heard_from = now
+        else:
+            played_out_at = playback._heard_from + playback.stats.frames / playback.fmt.rate
+            if now - played_out_at < _DRY_S:
+                return
+            playback._heard_from += now - played_out_at
+        if playback.on_heard is not None:
+            playback.on_heard(playback._heard_from)
+
     def _may_start(self, playback: Playback, arrivals: Arrivals) -> bool:
         if playback.preroll is None:
             return arrivals.first_at is not None
@@ -295,6 +315,7 @@ class Player:
             return
         padding = b"\x00" * (pad_to - len(audio)) if pad_to > len(audio) else b""
         samples = audio if playback.gain == 1.0 else scale(audio, playback.gain, playback.fmt.sample_width)
+        self._track_heard(playback)
         playback.stats.underruns += sink.write(samples + padding)
         playback.stats.frames += len(audio) // playback.fmt.frame_bytes
         if playback.stats.first_audio_at is None:

@@ -25,6 +25,8 @@ from kiosk.announcer import Announcer
 from kiosk.app import App
 from kiosk.build import api_token, build_chain, build_player, build_voices, new_announcer, open_cache, read_secrets
 from kiosk.cache import PhraseCache
+from kiosk.captions.feed import CaptionFeed
+from kiosk.captions.web import make_captions_app
 from kiosk.config import Config, load_config, resolve_api_key
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError
@@ -88,6 +90,7 @@ class Service:
             supervisor=Supervisor(on_event=lambda text: self.app.event(text)),
             language_choice=LanguageChoice([lang.code for lang in cfg.languages], clock=clock),
             visitor_volume=VisitorVolume(clock=clock),
+            captions=CaptionFeed(title=cfg.captions.title, prompt=cfg.captions.prompt),
         )
         self.board = StatusBoard(p, on_event=lambda text: self.app.event(text), now=now, writer_stuck_s=writer_stuck_s)
         self.app = App(p, self.board, reload=self.reload, now=now)
@@ -147,6 +150,8 @@ class Service:
         if cfg.staff.enabled:
             staff_app = make_staff_app(self.app, clock=self._clock, hosts=self.hosts)
             p.staff_port = await self._serve(staff_app, cfg.staff.bind, cfg.staff.port)
+        if cfg.captions.enabled:
+            p.captions_port = await self._serve_captions(cfg)
         self.upkeep.start_warm()
         self._start_upkeep()
         self._start_fleet(cfg)
@@ -226,12 +231,14 @@ class Service:
         await self._apply_volume(new)
         p.speaker.queue_limit = new.speech.queue_limit
         self.hosts.configure(new.hostnames)
+        p.captions.configure(title=new.captions.title, prompt=new.captions.prompt)
         p.history.keep_days = new.history.keep_days
         p.limiter = RateLimiter(new.api.rate_limit_per_min)
         self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence)
         self._start_fleet(new)
-        if (old.api.bind, old.api.port, old.history.file) != (new.api.bind, new.api.port, new.history.file):
-            log.warning("api.bind, api.port and history.file changes take effect after a restart")
+        servers = ("api.bind", "api.port", "history.file", "captions.enabled", "captions.bind", "captions.port")
+        if any(_setting(old, key) != _setting(new, key) for key in servers):
+            log.warning("%s changes take effect after a restart", ", ".join(servers))
 
     async def _replace_voice(self, old: Config, new: Config, new_key: str | None) -> None:
         """New engines, cache and (where the audio settings changed) player; nothing uses the old ones after."""
@@ -267,13 +274,23 @@ class Service:
     async def _new_announcer(self, cfg: Config) -> Announcer:
         p = self.parts
         return await new_announcer(
-            cfg, p.engines, p.voices, p.cache, p.player, io=self._audio_io, on_event=self.app.event
+            cfg, p.engines, p.voices, p.cache, p.player, io=self._audio_io, on_event=self.app.event, captions=p.captions
         )
 
     def _new_player(self, cfg: Config) -> Player:
         player = build_player(cfg.audio, self._open_sink)
         player.start()
         return player
+
+    async def _serve_captions(self, cfg: Config) -> int | None:
+        """The public captions server; the speaker starts without it when its port is taken (and says so)."""
+        app = make_captions_app(self.app, hosts=self.hosts)
+        try:
+            return await self._serve(app, cfg.captions.bind, cfg.captions.port)
+        except OSError as exc:
+            where = f"{cfg.captions.bind}:{cfg.captions.port}"
+            self.app.event(f"live captions are off: cannot listen on {where} ({exc.strerror or exc})")
+            return None
 
     async def _serve(self, app: web.Application, bind: str, port: int) -> int:
         runner, bound_port = await serve(app, bind, port, self._limits)
@@ -284,6 +301,11 @@ class Service:
         """The device's mixer where it has one; otherwise software gain on every playback."""
         control = await asyncio.to_thread(set_volume, cfg.audio.device, cfg.audio.volume)
         self.parts.gain = 1.0 if control else cfg.audio.volume / 100
+
+
+def _setting(cfg: Config, dotted: str) -> object:
+    section, key = dotted.split(".")
+    return getattr(getattr(cfg, section), key)
 
 
 async def run_service(cfg: Config, *, config_path: Path, overrides: dict) -> int:

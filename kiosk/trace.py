@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiosk.player import Playback
 
 # Speech runs at about 60-70 ms of audio per character; erring long only makes a slow stream wait a little more.
 SPEECH_S_PER_CHAR = 0.075
@@ -38,3 +43,43 @@ class Trace:
     def failure(cls, engine: str, text_chars: int, error: str, elapsed_ms: float | None) -> Trace:
         """The trace of a line that failed before or outside the announcer's own accounting."""
         return cls("none", engine, "", text_chars, None, None, 0, 0, 0.0, elapsed_ms or 0.0, False, False, error)
+
+    @classmethod
+    def played(
+        cls,
+        what: tuple[str, str, str, int],
+        playbacks: Sequence[Playback],
+        *,
+        started: float,
+        ended: float,
+        first_byte_at: float | None,
+        cached: bool,
+        silenced: Sequence[Playback],
+        error: str | None,
+        failover: list[str],
+    ) -> Trace:
+        """The trace of a line the announcer played as `playbacks`: `what` is (source, engine, key, text length);
+        `silenced` playbacks were stopped by the announcer itself (a runaway voice), not by anyone's stop."""
+
+        def ms(at: float | None) -> float | None:
+            return None if at is None else round((at - started) * 1000, 1)
+
+        source, engine, key, chars = what
+        firsts = [p.stats.first_audio_at for p in playbacks if p.stats.first_audio_at is not None]
+        return cls(
+            source=source,
+            engine=engine,
+            key=key[:16],
+            text_chars=chars,
+            first_byte_ms=ms(first_byte_at),
+            first_audio_ms=ms(min(firsts)) if firsts else None,
+            first_sound_ms=ms(min(firsts)) if firsts else None,
+            frames=sum(p.stats.frames for p in playbacks),
+            underruns=sum(p.stats.underruns for p in playbacks),
+            duration_ms=round(sum(p.stats.frames / p.fmt.rate for p in playbacks) * 1000, 1),
+            elapsed_ms=ms(ended),
+            cached=cached,
+            stopped=any(p.stats.stopped for p in playbacks if p not in silenced),
+            error=error,
+            failover=failover,
+        )

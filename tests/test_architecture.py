@@ -15,7 +15,16 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "kiosk"
 
 #: The adapters: each is handed the app interface (kiosk.app), never the service.
-ADAPTERS = ("kiosk.web", "kiosk.staff", "kiosk.fleet", "kiosk.buttons", "kiosk.schedule")
+ADAPTERS = (
+    "kiosk.web",
+    "kiosk.captions.web",
+    "kiosk.captions.live",
+    "kiosk.captions.transcript",
+    "kiosk.staff",
+    "kiosk.fleet",
+    "kiosk.buttons",
+    "kiosk.schedule",
+)
 
 #: Vendor and hardware libraries, each behind one module of ours.
 VENDORS = {
@@ -27,6 +36,8 @@ VENDORS = {
     "pythonosc": "kiosk.fleet.osc",
     "pyebur128": "kiosk.loudness",
     "prometheus_client": "kiosk.metrics",
+    "aiohttp_sse": "kiosk.captions.live",
+    "segno": "kiosk.staff.label",
 }
 
 MAX_LINES = 400

@@ -9,7 +9,7 @@ and a value that would only fail later (NaN, a lone surrogate, a NUL in a path) 
 One room per job, each importing only the ones before it:
 
     fields          the field machinery: bounds in metadata, value checks, how a value is shown, "did you mean"
-    audio, speech, buttons, presence, hours, web, fleet, storage, phrases
+    audio, speech, buttons, presence, captions, hours, web, fleet, storage, phrases
                     the sections' dataclasses (phrases: also the lines, languages and the checks on any text)
     secrets         `Secret`, key and token files
     model           `Config`, the whole, with its methods
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from kiosk.config.audio import AudioConfig as AudioConfig
 from kiosk.config.buttons import ButtonConfig as ButtonConfig
+from kiosk.config.captions import CaptionsConfig as CaptionsConfig
 from kiosk.config.fields import unencodable_at as unencodable_at
 from kiosk.config.fleet import MqttConfig as MqttConfig
 from kiosk.config.fleet import OscConfig as OscConfig

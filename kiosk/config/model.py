@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kiosk.config.audio import AudioConfig
 from kiosk.config.buttons import ButtonConfig
+from kiosk.config.captions import CaptionsConfig
 from kiosk.config.fleet import MqttConfig, OscConfig
 from kiosk.config.hours import Announcement, AttractConfig, OpeningHours, QuietHours
 from kiosk.config.phrases import LanguageConfig
@@ -42,6 +43,7 @@ class Config:
     schedule: tuple[Announcement, ...] = ()
     attract: AttractConfig = AttractConfig()
     presence: PresenceConfig = PresenceConfig()  # a motion sensor at the exhibit; off unless a pin is set
+    captions: CaptionsConfig = CaptionsConfig()  # the public captions and transcript pages
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
     #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.
     hostnames: tuple[str, ...] = field(default=(), metadata=_HOSTNAME)

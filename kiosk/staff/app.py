@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from kiosk.staff import account_page, lines, login, schedule, status_page, voice, volume
+from kiosk.staff import account_page, label, lines, login, schedule, status_page, voice, volume
 from kiosk.staff.auth import LoginLimiter, PasswordChecker, Sessions
 from kiosk.staff.backend import StaffBackend
 from kiosk.staff.common import (
@@ -42,7 +42,7 @@ from kiosk.web.hosts import HostNames
 log = logging.getLogger(__name__)
 
 #: Every page of the staff app, each with its own `routes`.
-PAGES = (login, status_page, lines, voice, volume, schedule, account_page)
+PAGES = (login, status_page, lines, voice, volume, schedule, account_page, label)
 
 
 def make_staff_app(

@@ -1,0 +1,233 @@
+"""When each word of a line is said: from the text alone, and better from the line's audio.
+
+Neither OpenAI's speech API nor the local voice says when a word is spoken, so the time is worked out here:
+
+1. The text is split into words (each keeps the spaces after it, so the words joined are the text again; Chinese and
+   Japanese characters are a word each) and sentences.
+2. Each word is weighed by its syllables (vowel groups; digits, which are read out long, count more), with a pause
+   after a comma or a sentence's end weighing as much as one or two syllables.
+3. The audio is searched for its pauses (10 ms windows quieter than 30 dB under the line's loud parts, for 80 ms or
+   more) and for where speech begins and ends.
+4. Pauses are matched to the boundaries between words, longest pause first: each to the boundary that the weights
+   expect nearest to it, within the stretch between pauses matched already, preferring a boundary after
+   punctuation. A matched pause fixes when the word after it starts. Between fixed points words share the time by
+   their weights.
+
+A line of N seconds' words thus never drifts by more than its longest unbroken phrase; what matching a pause cannot
+correct is how time is shared inside one phrase. `bench/captions.py` measures the error against known word times.
+Computed when a line is cached (kiosk.cache) and kept in its entry, so a cached line is captioned as a new one is.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kiosk.pcm import AudioFormat
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+#: A word with the spaces after it; a Chinese or Japanese character, with any punctuation after it, is one word.
+_WORD = re.compile(rf"(?:[{_CJK}]|[^\s{_CJK}]+)[^\w\s]*\s*|\s+")
+_VOWELS = re.compile(r"[aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿœāēīōūąęėįųаеёиоуыэюяαεηιουωάέήίόύώіїєאעاويی]+", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?。！？…]+[\"'”’»)\]]*\s*$")
+_CLAUSE_END = re.compile(r"[,;:，；：、—–]+[\"'”’»)\]]*\s*$")
+#: Weights of the pause after a clause or a sentence, in syllables.
+CLAUSE_PAUSE = 1.0
+SENTENCE_PAUSE = 2.0
+
+WINDOW_S = 0.010
+SILENCE_DB = 30.0  # a window this far under the line's loud windows is silent
+MIN_PAUSE_S = 0.080
+#: The shortest pause taken as a gap between words that no punctuation marks.
+MIN_PLAIN_PAUSE_S = 0.150
+#: How far from where the weights put it a boundary may be matched to a pause, as a share of the stretch.
+REACH_AFTER_PUNCTUATION = 0.35
+REACH_PLAIN = 0.12
+#: Matching pauses is skipped for lines longer than this (their words share time by weight alone).
+MAX_MATCHED_WORDS = 600
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str  # as written, with the spaces after it
+    start_ms: int  # from the line's first sample
+    sentence: int  # which sentence of the line it is in, from 0
+
+    def as_json(self) -> list:
+        return [self.text, self.start_ms, self.sentence]
+
+
+def split_words(text: str) -> list[tuple[str, int]]:
+    """(word, sentence index) for each word of `text`; leading spaces are dropped."""
+    words: list[tuple[str, int]] = []
+    sentence = 0
+    for match in _WORD.finditer(text.lstrip()):
+        token = match.group()
+        if not token.strip():
+            continue
+        words.append((token, sentence))
+        if _SENTENCE_END.search(token):
+            sentence += 1
+    return words
+
+
+def syllables(word: str) -> float:
+    core = word.strip()
+    if re.fullmatch(rf"[{_CJK}][^\w\s]*", core):
+        return 1.0
+    digits = sum(c.isdigit() for c in core)
+    vowels = len(_VOWELS.findall(core))
+    letters = sum(c.isalpha() for c in core)
+    if not vowels and letters:  # a script whose vowels are not written, or an abbreviation
+        vowels = max(1, letters // 2)
+    return max(1.0, vowels + 1.5 * digits)
+
+
+def _pause_after(word: str) -> float:
+    if _SENTENCE_END.search(word):
+        return SENTENCE_PAUSE
+    return CLAUSE_PAUSE if _CLAUSE_END.search(word) else 0.0
+
+
+def estimate(text: str, duration_s: float) -> list[Word]:
+    """Word start times for `text` said in `duration_s`, by weight alone (before its audio is known)."""
+    words = split_words(text)
+    weights = [syllables(w) for w, _ in words]
+    pauses = [_pause_after(w) for w, _ in words]
+    starts = _share(weights, pauses, 0.0, duration_s, anchors={})
+    return [Word(w, round(1000 * s), n) for (w, n), s in zip(words, starts, strict=True)]
+
+
+def align(text: str, pcm: bytes, fmt: AudioFormat) -> list[Word]:
+    """Word start times for `text` as said in `pcm` (mono 16-bit; any other format is timed by weight alone)."""
+    words = split_words(text)
+    if not words:
+        return []
+    pcm = pcm[: len(pcm) - len(pcm) % fmt.frame_bytes]
+    duration_s = len(pcm) / fmt.frame_bytes / fmt.rate
+    if fmt.sample_width != 2 or fmt.channels != 1 or not pcm:
+        return estimate(text, duration_s)
+    silent = _silent(_levels(pcm, fmt.rate))
+    voiced = [i for i, quiet in enumerate(silent) if not quiet]
+    if not voiced:
+        return estimate(text, duration_s)
+    begin, end = voiced[0] * WINDOW_S, min(duration_s, (voiced[-1] + 1) * WINDOW_S)
+    weights = [syllables(w) for w, _ in words]
+    after = [_pause_after(w) for w, _ in words]
+    anchors: dict[int, float] = {}
+    if len(words) <= MAX_MATCHED_WORDS:
+        anchors = _match_pauses(_pauses(silent, voiced[0], voiced[-1]), weights, after, begin, end)
+    starts = _share(weights, after, begin, end, anchors)
+    return [Word(w, round(1000 * s), n) for (w, n), s in zip(words, starts, strict=True)]
+
+
+def _levels(pcm: bytes, rate: int) -> list[int]:
+    """Peak-to-peak level of each 10 ms window (C-speed max/min over slices of the samples)."""
+    samples = memoryview(pcm[: len(pcm) - len(pcm) % 2]).cast("h")
+    if sys.byteorder == "big":  # s16le on a big-endian machine: swap once (never on a Pi)
+        import array
+
+        swapped = array.array("h", samples)
+        swapped.byteswap()
+        samples = memoryview(swapped)
+    n = max(1, round(rate * WINDOW_S))
+    return [max(samples[i : i + n]) - min(samples[i : i + n]) for i in range(0, len(samples), n)]
+
+
+def _silent(levels: list[int]) -> list[bool]:
+    loud = sorted(levels)[int(0.9 * (len(levels) - 1))]  # the line's loud parts: its 90th percentile window
+    threshold = max(64, loud * 10 ** (-SILENCE_DB / 20))
+    return [level < threshold for level in levels]
+
+
+def _pauses(silent: list[bool], first: int, last: int) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each run of silent windows between speech, at least MIN_PAUSE_S long."""
+    pauses, run_start = [], None
+    for i in range(first, last + 1):
+        if silent[i] and run_start is None:
+            run_start = i
+        elif not silent[i] and run_start is not None:
+            if (i - run_start) * WINDOW_S >= MIN_PAUSE_S:
+                pauses.append((run_start * WINDOW_S, i * WINDOW_S))
+            run_start = None
+    return pauses
+
+
+def _match_pauses(
+    pauses: list[tuple[float, float]], weights: list[float], after: list[float], begin: float, end: float
+) -> dict[int, tuple[float, float]]:
+    """Boundary index i (between word i and i + 1) → the pause found there (word i ends at its start, word i + 1
+    starts at its end)."""
+    anchors: dict[int, tuple[float, float]] = {}
+    for pause in sorted(pauses, key=lambda p: p[0] - p[1]):  # longest first
+        boundary = _nearest_boundary(pause, weights, after, anchors, begin, end)
+        if boundary is not None:
+            anchors[boundary] = pause
+    return anchors
+
+
+def _nearest_boundary(
+    pause: tuple[float, float],
+    weights: list[float],
+    after: list[float],
+    anchors: dict[int, tuple[float, float]],
+    begin: float,
+    end: float,
+) -> int | None:
+    start, stop = pause
+    # The stretch between the pauses matched already around this one: its first and last word, and its times.
+    lo_word, lo_time = 0, begin
+    hi_word, hi_time = len(weights), end
+    for boundary, (other_start, other_stop) in anchors.items():
+        if other_stop <= start and boundary + 1 > lo_word:
+            lo_word, lo_time = boundary + 1, other_stop
+        if other_start >= stop and boundary + 1 < hi_word:
+            hi_word, hi_time = boundary + 1, other_start
+    if hi_word - lo_word < 2 or hi_time <= lo_time:
+        return None
+    span = hi_time - lo_time
+    total = sum(weights[lo_word:hi_word]) + sum(after[lo_word : hi_word - 1])
+    middle = (start + stop) / 2
+    best, best_cost = None, None
+    passed = 0.0
+    for i in range(lo_word, hi_word - 1):
+        passed += weights[i] + after[i] / 2
+        expected = lo_time + span * passed / total
+        passed += after[i] / 2
+        distance = abs(expected - middle) / span
+        reach = REACH_AFTER_PUNCTUATION if after[i] else REACH_PLAIN
+        if distance > reach or (not after[i] and stop - start < MIN_PLAIN_PAUSE_S):
+            continue
+        cost = distance - (0.1 if after[i] else 0.0)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = i, cost
+    return best
+
+
+def _share(
+    weights: Sequence[float],
+    after: Sequence[float],
+    begin: float,
+    end: float,
+    anchors: dict[int, tuple[float, float]],
+) -> list[float]:
+    """Start times: fixed after each pause found, and in each stretch of speech between them shared by weight (a
+    word's syllables, then the pause after it, except after the stretch's last word, whose pause was found)."""
+    stretches = []  # (first word, start time, end time)
+    first, at = 0, begin
+    for boundary in sorted(anchors):
+        pause_start, pause_stop = anchors[boundary]
+        stretches.append((first, boundary + 1, at, pause_start))
+        first, at = boundary + 1, pause_stop
+    stretches.append((first, len(weights), at, end))
+    starts = [0.0] * len(weights)
+    for a, b, t0, t1 in stretches:
+        units = [weights[i] + (after[i] if i < b - 1 else 0.0) for i in range(a, b)]
+        total = sum(units) or 1.0
+        t = t0
+        for i, unit in zip(range(a, b), units, strict=True):
+            starts[i] = t
+            t += (t1 - t0) * unit / total
+    return starts
