@@ -6,14 +6,22 @@
 #                                 with kiosk and the local voice), /etc/kiosk/kiosk.yaml (only if absent),
 #                                 /var/lib/kiosk/openai.key (from OPENAI_API_KEY, only if absent), the command
 #                                 /usr/local/bin/kiosk, and the systemd unit kiosk.service, enabled and (re)started.
+#   ./install.sh --display        the same, and a screen beside the case: the live captions full screen on the HDMI
+#                                 output (Raspberry Pi OS Lite, no desktop). Adds the Debian packages cage, chromium
+#                                 and xwayland, the system user kiosk-display (groups video, render, input) and the
+#                                 unit kiosk-display.service, enabled and (re)started, with the drop-in
+#                                 kiosk-display.service.d/captions-url.conf naming the captions page at the port in
+#                                 /etc/kiosk/kiosk.yaml (rewritten on every run: run again after changing the port).
 #   ./install.sh --uninstall [--purge]
-#                                 stop and remove the service, its unit and /opt/kiosk. /etc/kiosk, the phrase cache
-#                                 /var/cache/kiosk, /var/lib/kiosk and the user kiosk are kept; --purge removes them.
+#                                 stop and remove the service, its unit and /opt/kiosk, and the screen's unit if
+#                                 installed. /etc/kiosk, the phrase cache /var/cache/kiosk, /var/lib/kiosk, the users
+#                                 kiosk and kiosk-display (and its /var/lib/kiosk-display) are kept; --purge removes
+#                                 them.
 #   ./install.sh --dev [--test]   set up a development checkout: system packages, ./.venv with the product installed
-#                                 editable; --test adds the test tools (pytest, PulseAudio, Chromium,
-#                                 systemd-analyze). Run as a user with sudo, all apt work is one sudo call.
+#                                 editable; --test adds the test tools (pytest, PulseAudio, Chromium, cage,
+#                                 Xwayland, systemd-analyze). Run as a user with sudo, all apt work is one sudo call.
 #
-# Options for install and --uninstall:
+# Options for install (with or without --display) and --uninstall:
 #   --root DIR    work on the tree under DIR (DIR/opt/kiosk, DIR/etc/kiosk, DIR/etc/systemd/system, DIR/var/...)
 #                 instead of /, to inspect or test what would be installed. Files get their final content (the
 #                 unit and config name /opt/kiosk and /etc/kiosk); the virtualenv is really built, so it runs
@@ -40,6 +48,7 @@ args=("$@")
 mode=install
 modes=0
 with_test=0
+with_display=0
 purge=0
 dry_run=0
 root_dir=""
@@ -66,6 +75,7 @@ while [ $# -gt 0 ]; do
         --dev) mode=dev; modes=$((modes + 1)) ;;
         --uninstall) mode=uninstall; modes=$((modes + 1)) ;;
         --test) with_test=1 ;;
+        --display) with_display=1 ;;
         --purge) purge=1 ;;
         --dry-run) dry_run=1 ;;
         --root)
@@ -85,6 +95,8 @@ done
 [ "$modes" -le 1 ] || bad_usage "choose one of --dev and --uninstall"
 [ "$with_test" -eq 0 ] || [ "$mode" = dev ] || bad_usage "--test goes with --dev"
 [ "$purge" -eq 0 ] || [ "$mode" = uninstall ] || bad_usage "--purge goes with --uninstall"
+[ "$with_display" -eq 0 ] || [ "$mode" = install ] \
+    || bad_usage "--display goes with installing the service (--uninstall removes the screen too)"
 if [ "$mode" = dev ] && { [ -n "$root_dir" ] || [ "$dry_run" -eq 1 ]; }; then
     bad_usage "--root and --dry-run are for installing the service, not with --dev"
 fi
@@ -146,8 +158,11 @@ system_packages() {
         # A PulseAudio null sink behind ALSA's pulse plugin is the clocked audio device of the tests and the
         # benchmark (pacat, from pulseaudio-utils, keeps it rendering in small blocks); Chromium
         # runs the staff page's browser tests (driven by Playwright); systemd-analyze checks the unit file;
-        # mosquitto is the MQTT broker of the fleet tests (mosquitto-clients: mosquitto_sub for debugging them).
+        # mosquitto is the MQTT broker of the fleet tests (mosquitto-clients: mosquitto_sub for debugging them);
+        # cage and xwayland run the screen's unit (install.sh --display) headless in tests/test_display.py;
+        # rsvg-convert and zbarimg read the captions label's QR code back, as a phone would (tests/test_transcript.py).
         pkgs+=(pulseaudio pulseaudio-utils libasound2-plugins chromium systemd mosquitto mosquitto-clients)
+        pkgs+=(cage xwayland librsvg2-bin zbar-tools)
     fi
     apt_install "${pkgs[@]}"
 }
@@ -201,6 +216,11 @@ CACHE=/var/cache/kiosk
 STATE=/var/lib/kiosk
 LINK=/usr/local/bin/kiosk
 USER_NAME=kiosk
+# The screen beside the case (--display).
+DISPLAY_UNIT=/etc/systemd/system/kiosk-display.service
+DISPLAY_DROPIN=captions-url.conf
+DISPLAY_STATE=/var/lib/kiosk-display
+DISPLAY_USER=kiosk-display
 
 staged() { [ -n "$root_dir" ] || [ "$dry_run" -eq 1 ]; }
 
@@ -247,6 +267,8 @@ setup_paths() {
     cache=$root_dir$CACHE
     state=$root_dir$STATE
     link=$root_dir$LINK
+    display_unit=$root_dir$DISPLAY_UNIT
+    display_state=$root_dir$DISPLAY_STATE
     if ! staged; then
         if [ "$(id -u)" -ne 0 ]; then
             say "installing the service needs root: sudo $0${args[*]:+ ${args[*]}}"
@@ -277,6 +299,9 @@ service_packages() {
     if installed python3-lgpio || apt-cache show python3-lgpio >/dev/null 2>&1; then
         pkgs+=(python3-lgpio)
     fi
+    # The screen: cage (a Wayland compositor showing one program full screen), Chromium, and Xwayland, which
+    # Debian's cage is built to offer and expects to find.
+    [ "$with_display" -eq 0 ] || pkgs+=(cage chromium xwayland)
     if [ -n "$root_dir" ]; then
         missing=("${pkgs[@]}")
     else
@@ -481,6 +506,126 @@ service_start() {
     [ "$dry_run" -eq 1 ] || say "kiosk is $(systemctl is-active kiosk): journalctl -u kiosk -f for its log, $LINK doctor to check it"
 }
 
+# ---------------------------------------------------------------------------------------------------------------
+# The screen beside the case (--display): kiosk-display.service runs cage with Chromium showing the captions page.
+
+display_user() {
+    # A system user with no login of its own (the unit opens its session); its home is the unit's StateDirectory,
+    # where Chromium keeps its profile. video, render and input: the DRM, GPU and input devices, besides the access
+    # logind grants the session; groups this system lacks (no GPU, no udev) are skipped.
+    if [ -n "$root_dir" ] || ! getent passwd "$DISPLAY_USER" >/dev/null; then
+        host adduser --system --group --home "$DISPLAY_STATE" --no-create-home "$DISPLAY_USER"
+    else
+        say "user $DISPLAY_USER: exists"
+    fi
+    local group
+    for group in video render input; do
+        if [ -n "$root_dir" ]; then
+            host usermod -a -G "$group" "$DISPLAY_USER"
+        elif ! getent group "$group" >/dev/null; then
+            say "no group $group here: $DISPLAY_USER is not added to it"
+        elif ! id -nG "$DISPLAY_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$group"; then
+            host usermod -a -G "$group" "$DISPLAY_USER"
+        fi
+    done
+}
+
+# Prints the captions page's URL from a config file, read by the installed program's own config loader (the port
+# is validated there; this machine's screen reaches the server on loopback unless it listens on one address only).
+# shellcheck disable=SC2016 # Python, not shell
+DISPLAY_URL_PY='
+import sys
+from pathlib import Path
+from kiosk.config import parse_config
+path = Path(sys.argv[1])
+try:
+    cfg = parse_config(path.read_text(encoding="utf-8"), str(path))
+except Exception as exc:  # ConfigError lists every problem; OSError, UnicodeError: one line, no traceback
+    sys.exit(str(exc))
+# The captions pages have a server of their own (captions:); a kiosk without that section serves them on its API.
+server = getattr(cfg, "captions", None) or cfg.api
+section = "captions" if server is not cfg.api else "api"
+if not getattr(server, "enabled", True):
+    print(f"note: {section}.enabled is false in {path}: the screen shows an error page until it is true", file=sys.stderr)
+if server.port == 0:
+    sys.exit(f"{section}.port is 0 (any free port) in {path}: the screen cannot know it; set a port")
+host = server.bind
+if host in ("", "0.0.0.0", "::", "localhost") or host.startswith("127."):
+    host = "127.0.0.1"
+elif ":" in host:
+    host = f"[{host}]"
+print(f"http://{host}:{server.port}/captions")
+'
+
+display_unit() {
+    if cmp -s "$here/systemd/kiosk-display.service" "$display_unit"; then
+        say "$display_unit: unchanged"
+    else
+        tell "installing $display_unit"
+        run install -D -m 0644 "$here/systemd/kiosk-display.service" "$display_unit"
+    fi
+    # The captions URL, in a drop-in of its own: systemctl edit's override.conf sorts after it and wins.
+    local dropin=$display_unit.d/$DISPLAY_DROPIN config=$etc/kiosk.yaml url
+    if [ "$dry_run" -eq 1 ] && { [ ! -e "$config" ] || ! "$opt/bin/python" -c '' 2>/dev/null; }; then
+        printf 'would run: cat > %s  # [Service] Environment=KIOSK_DISPLAY_URL=<the captions page, port from %s>\n' \
+            "$dropin" "$ETC/kiosk.yaml"
+        return 0
+    fi
+    if ! url=$("$opt/bin/python" -I -c "$DISPLAY_URL_PY" "$config"); then
+        say "could not read the captions port from $config (above): $dropin is left as it was (without it, the"
+        say "screen shows $(sed -n 's/^Environment=KIOSK_DISPLAY_URL=//p' "$here/systemd/kiosk-display.service"));"
+        say "fix the config and run install.sh --display again"
+        return 0
+    fi
+    local text
+    text=$(printf '%s\n' \
+        "# Written by install.sh --display from $ETC/kiosk.yaml, and again on every run: do not edit. To show" \
+        "# another page: systemctl edit kiosk-display (its override.conf comes after this file and wins)." \
+        "[Service]" \
+        "Environment=KIOSK_DISPLAY_URL=${url//%/%%}")
+    if [ -e "$dropin" ] && [ "$(cat "$dropin")" = "$text" ]; then
+        say "$dropin: unchanged ($url)"
+    elif [ "$dry_run" -eq 1 ]; then
+        printf 'would run: cat > %s  # [Service] Environment=KIOSK_DISPLAY_URL=%s\n' "$dropin" "$url"
+    else
+        say "the screen shows $url ($dropin)"
+        mkdir -p "$display_unit.d"
+        printf '%s\n' "$text" >"$dropin.tmp"
+        chmod 0644 "$dropin.tmp"
+        mv -f "$dropin.tmp" "$dropin"
+    fi
+}
+
+display_start() {
+    if [ -n "$root_dir" ]; then
+        host systemctl enable --now kiosk-display
+        return 0
+    fi
+    if [ ! -d /run/systemd/system ]; then
+        host systemctl enable kiosk-display
+        tell "systemd is not running here: kiosk-display is enabled and starts at the next boot"
+        return 0
+    fi
+    # The screen takes tty1 from its getty (Conflicts=getty@tty1.service): started now, it would end the login this
+    # installer runs in when that login is on the Pi's own console.
+    if [ "$(ps -o tty= -p $$ 2>/dev/null | tr -d ' ')" = tty1 ] && ! systemctl is-active --quiet kiosk-display; then
+        host systemctl enable kiosk-display
+        tell "kiosk-display is enabled and starts at the next boot (not now: it would take this console, tty1)"
+        return 0
+    fi
+    local action=(enable --now kiosk-display)
+    if systemctl is-active --quiet kiosk-display; then
+        host systemctl enable kiosk-display
+        action=(restart kiosk-display)
+    fi
+    if ! host systemctl "${action[@]}"; then
+        journalctl -u kiosk-display -n 20 --no-pager >&2 || true
+        say "kiosk-display did not start (log above); systemd keeps retrying"
+        exit 1
+    fi
+    [ "$dry_run" -eq 1 ] || say "kiosk-display is $(systemctl is-active kiosk-display): journalctl -u kiosk-display -f for its log"
+}
+
 service_install() {
     setup_paths
     [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
@@ -492,8 +637,14 @@ service_install() {
     service_key
     service_config
     service_unit
+    [ "$with_display" -eq 0 ] || { display_user; display_unit; }
     service_start
-    tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit"
+    if [ "$with_display" -eq 1 ]; then
+        display_start
+        tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit, $display_unit"
+    else
+        tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit"
+    fi
 }
 
 removed=0
@@ -510,9 +661,31 @@ remove() {
     done
 }
 
+display_uninstall() {
+    # The screen goes with the service. systemctl edit's override.conf (the staff's own) is kept unless --purge.
+    if [ -e "$display_unit" ] || { [ -z "$root_dir" ] && systemctl cat kiosk-display >/dev/null 2>&1; }; then
+        if [ -z "$root_dir" ] && [ -d /run/systemd/system ]; then
+            host systemctl disable --now kiosk-display || true
+            # The text login on the screen again (the screen had taken tty1 from it).
+            host systemctl start getty@tty1.service || true
+        elif [ -z "$root_dir" ]; then
+            host systemctl disable kiosk-display || true
+        else
+            host systemctl disable --now kiosk-display
+        fi
+    fi
+    remove "$display_unit" "$display_unit.d/$DISPLAY_DROPIN"
+    if [ "$purge" -eq 1 ]; then
+        remove "$display_unit.d" "$display_state"
+    elif [ -d "$display_unit.d" ] && [ "$dry_run" -eq 0 ]; then
+        rmdir --ignore-fail-on-non-empty "$display_unit.d"
+    fi
+}
+
 service_uninstall() {
     setup_paths
     [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
+    display_uninstall
     if [ -n "$root_dir" ]; then
         host systemctl disable --now kiosk
     elif [ -e "$unit" ] || systemctl cat kiosk >/dev/null 2>&1; then
@@ -538,7 +711,13 @@ service_uninstall() {
         if [ -n "$root_dir" ] || getent group "$USER_NAME" >/dev/null; then
             host delgroup --system --only-if-empty "$USER_NAME"
         fi
-        say "removed the service, its program, config, key, phrase cache and user $USER_NAME"
+        if [ -n "$root_dir" ] || getent passwd "$DISPLAY_USER" >/dev/null; then
+            host deluser --system "$DISPLAY_USER"
+        fi
+        if [ -n "$root_dir" ] || getent group "$DISPLAY_USER" >/dev/null; then
+            host delgroup --system --only-if-empty "$DISPLAY_USER"
+        fi
+        say "removed the service, its program, config, key, phrase cache, users $USER_NAME and $DISPLAY_USER"
     else
         if [ "$removed" -eq 0 ]; then
             say "the service is not installed${root_dir:+ under $root_dir}: nothing to remove"
@@ -546,6 +725,9 @@ service_uninstall() {
             say "removed the service and its program"
         fi
         say "kept $etc (config, key), $cache (phrase cache), $state and user $USER_NAME; --purge removes them"
+        if [ -d "$display_state" ] || { [ -z "$root_dir" ] && getent passwd "$DISPLAY_USER" >/dev/null; }; then
+            say "kept user $DISPLAY_USER and $display_state (the screen's browser profile); --purge removes them"
+        fi
     fi
 }
 
