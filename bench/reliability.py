@@ -3,13 +3,16 @@
     .venv/bin/python bench/reliability.py              # about a minute
     .venv/bin/python bench/reliability.py --presses 40 --idle 1000 --guesses 300
     .venv/bin/python bench/reliability.py --only slow-body --slow-addresses 12 --slow-per-address 32
+    .venv/bin/python bench/reliability.py --only sse-flood --sse 1000 --sse-addresses 63
 
 Runs the real service in this process (buttons on gpiozero's MockFactory, audio to ALSA's `null` device, the
 loopback OpenAI-compatible test server) and attacks it from a separate process, so the attacker does not share
 the service's event loop. Prints a table and writes --out (JSON). Figures are press → first audio as the service
 records it: from the press handed to the event loop to the first frame accepted by the device. During the
 slow-body flood a third process, from an address of its own, times `/healthz` on the API and `/login` on the staff
-page, each on a fresh connection.
+page, each on a fresh connection. During the caption-events flood the attacker holds idle `/captions/events` streams
+that it never reads (the socket is not read at all) from many loopback addresses, and a fresh address then follows
+the captions.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the test suite's loopback server, reused rather than copied
 
+import aiohttp  # noqa: E402
 from fake_openai import FakeOpenAI  # noqa: E402
 from gpiozero.pins.mock import MockFactory  # noqa: E402
 
@@ -156,8 +160,56 @@ ATTACKER = textwrap.dedent(
             await asyncio.sleep(0.05)
         print(json.dumps(results), flush=True)
 
+    async def sse(port, count, addresses, seconds):
+        # `count` connections from `addresses` source addresses taking turns, each asking for the caption events and
+        # then reading nothing: its socket is not read, what the server sends stays in the kernel's buffers. One the
+        # server closes (seen in the socket's TCP state, without reading) is opened again at once.
+        import socket
+        end = time.monotonic() + seconds
+        counts = {"opened": 0, "closed_by_server": 0}
+        held = []
+        head = f"GET /captions/events HTTP/1.1\\r\\nHost: 127.0.0.1:{port}\\r\\nAccept: text/event-stream\\r\\n\\r\\n"
+        async def hold(source):
+            while time.monotonic() < end:
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+                except OSError:
+                    await asyncio.sleep(0.01)
+                    continue
+                counts["opened"] += 1
+                writer.transport.pause_reading()
+                writer.write(head.encode())
+                sock = writer.get_extra_info("socket")
+                established = lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1
+                while time.monotonic() < end and established():
+                    await asyncio.sleep(0.1)
+                if time.monotonic() < end:
+                    counts["closed_by_server"] += 1
+                    writer.close()
+                else:
+                    held.append((reader, writer))
+        async def answer(reader, writer):
+            # At the end, what each connection still open was answered: read only now.
+            writer.transport.resume_reading()
+            try:
+                line = await asyncio.wait_for(reader.readline(), 2)
+            except (OSError, asyncio.TimeoutError):
+                line = b""
+            writer.close()
+            return line.split()[1].decode() if line.startswith(b"HTTP/1.1 ") else "none"
+        sources = [f"127.0.0.{2 + i}" for i in range(addresses)]
+        holding = asyncio.gather(*(hold(sources[i % addresses]) for i in range(count)))
+        await asyncio.sleep(3)  # every connection made once, and the refused ones made again
+        print("ready", counts["opened"], flush=True)
+        await holding
+        answers = await asyncio.gather(*(answer(r, w) for r, w in held))
+        counts["open_at_end"] = {a: answers.count(a) for a in sorted(set(answers))}
+        print(json.dumps(counts), flush=True)
+
     kind, args = sys.argv[1], sys.argv[2:]
-    if kind == "slow":
+    if kind == "sse":
+        asyncio.run(sse(*map(int, args[:3]), float(args[3])))
+    elif kind == "slow":
         asyncio.run(slow(*map(int, args[:4]), float(args[4]), float(args[5])))
     elif kind == "probe":
         asyncio.run(probe(int(args[0]), int(args[1]), float(args[2]), args[3], float(args[4])))
@@ -175,6 +227,7 @@ def write_config(tmp: Path, server_url: str) -> Path:
         f"history:\n  file: {tmp / 'cache'}.history.sqlite3\n"
         "audio:\n  device: 'null'\napi:\n  port: 0\n  allow_text: true\n  rate_limit_per_min: 100000\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp / 'pw'}\n  settings_file: {tmp / 'staff.yaml'}\n"
+        "captions:\n  bind: 127.0.0.1\n  port: 0\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n"
         f"phrases:\n  welcome: {LONG_LINE}\n"
     )
@@ -281,6 +334,59 @@ async def during_slow_body_flood(service, pins, addresses: int, per_address: int
     }
 
 
+async def during_sse_flood(service, pins, connections: int, addresses: int, count: int) -> dict:
+    """`connections` caption streams that are never read, from `addresses` machines; meanwhile presses (each line's
+    captions go to every stream), then a fresh address following the captions."""
+    seconds = count * 0.25 + 4
+    port = service.parts.captions_port
+    guard = next(r.guard for r in service._runners if r.addresses[0][1] == port)
+    before = _counters(guard)
+    feed, peak = service.captions, [0]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], feed.followers)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        flood, ready = await attacker("sse", str(port), str(connections), str(addresses), str(seconds))
+        followers_at_ready = feed.followers
+        figures = await presses(service, pins, count)
+        newcomer = [await first_state(f"http://127.0.0.1:{port}/captions/events") for _ in range(5)]
+        held = json.loads(await asyncio.wait_for(flood.stdout.readline(), seconds + 60))
+        await asyncio.wait_for(flood.wait(), 30)
+    finally:
+        sampler.cancel()
+    closed = {k: v - before[k] for k, v in _counters(guard).items()}
+    return {
+        **summary(figures),
+        "flood": f"{connections} never-read /captions/events streams from {addresses} addresses, reopened when closed",
+        "attacker_connections_at_ready": int(ready.split()[1]),
+        "followers_at_ready": followers_at_ready,
+        "followers_peak": peak[0],
+        "attacker": held,
+        "captions_guard": {"peak_open": guard.peak, **closed},
+        "newcomer_first_state": probe_summary(newcomer),
+    }
+
+
+async def first_state(url: str, source: str = "127.0.0.200") -> float | None:
+    """Follow the captions from a fresh address: ms to the first state, None when not sent within PROBE_TIMEOUT_S."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    began = time.monotonic()
+    try:
+        limit = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        async with aiohttp.ClientSession(connector=connector, timeout=limit) as http, http.get(url) as response:
+            if response.status == 200:
+                async for line in response.content:
+                    if line.startswith(b"data: "):
+                        return round((time.monotonic() - began) * 1000, 2)
+    except (aiohttp.ClientError, TimeoutError):
+        pass
+    return None
+
+
 def _counters(guard) -> dict:
     return {"evicted": guard.evicted, "refused": guard.refused, "cut": guard.cut}
 
@@ -343,7 +449,11 @@ async def main() -> int:
     parser.add_argument("--slow-addresses", type=int, default=12)
     parser.add_argument("--slow-per-address", type=int, default=32)
     parser.add_argument("--slow-gap", type=float, default=1.0, help="seconds between a slow body's bytes")
-    parser.add_argument("--only", choices=("slow-body",), help="run this condition alone (after the quiet presses)")
+    parser.add_argument("--sse", type=int, default=1000, help="never-read caption streams held during the flood")
+    parser.add_argument("--sse-addresses", type=int, default=63, help="machines they come from (127.0.0.2 on)")
+    parser.add_argument(
+        "--only", choices=("slow-body", "sse-flood"), help="run this condition alone (after the quiet presses)"
+    )
     parser.add_argument("--out", type=Path, help="JSON results (default bench/results/reliability[-ONLY].json)")
     args = parser.parse_args()
     args.out = args.out or ROOT / "bench" / "results" / f"reliability{'-' + args.only if args.only else ''}.json"
@@ -363,8 +473,12 @@ async def main() -> int:
                 if args.only is None:
                     results["login_flood"] = await during_login_flood(service, pins, args.guesses, args.presses)
                     results["idle_flood"] = await during_idle_flood(service, pins, args.idle, args.presses)
-                slow = (args.slow_addresses, args.slow_per_address, args.slow_gap, args.presses)
-                results["slow_body_flood"] = await during_slow_body_flood(service, pins, *slow)
+                if args.only in (None, "slow-body"):
+                    slow = (args.slow_addresses, args.slow_per_address, args.slow_gap, args.presses)
+                    results["slow_body_flood"] = await during_slow_body_flood(service, pins, *slow)
+                if args.only in (None, "sse-flood"):
+                    sse = (args.sse, args.sse_addresses, args.presses)
+                    results["sse_flood"] = await during_sse_flood(service, pins, *sse)
                 if args.only is None:
                     results["trickle"] = await trickle(service, server, args.trials)
             finally:

@@ -16,12 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 
+from kiosk.attempt import Attempt, as_played, identity_at
 from kiosk.cache import PhraseCache
 from kiosk.cache_entry import BLOCK_BYTES, CachedAudio, CorruptEntry, EntryInfo, cache_key
 from kiosk.captions.lines import Feed, LineCaption
-from kiosk.captions.timing import align, estimate
+from kiosk.captions.timing import Pace, align, estimate
 from kiosk.chime import Chime, beep
 from kiosk.errors import CacheError, KioskError, SpeechError
 from kiosk.listen import Syntheses, once
@@ -32,23 +32,6 @@ from kiosk.speech.chain import EngineChain
 from kiosk.trace import SPEECH_S_PER_CHAR, Trace
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Attempt:
-    """One engine's try at a line."""
-
-    playbacks: list[Playback] = field(default_factory=list)
-    first_byte_at: float | None = None
-    cached: bool = False
-    error: str | None = None
-    loudness_lufs: float | None = None
-    silenced: list[Playback] = field(default_factory=list)  # stopped by the announcer itself, not by anyone's stop
-
-    def silence(self) -> None:
-        for playback in self.playbacks:
-            playback.stop()
-            self.silenced.append(playback)
 
 
 class Announcer:
@@ -77,6 +60,7 @@ class Announcer:
         self.last_beep: Playback | None = None  # a volume press's tone (kiosk.presses)
         self.leveller = leveller  # matched loudness; None plays every line as its engine made it
         self.captions = captions  # told when each line is heard, for the live captions
+        self.pace = Pace()  # how fast each voice speaks: a streamed line's word times until its audio is in
         self._clock = clock
         self._current: Playback | None = None
         #: Why the last line could not be cached (read-only or full disk), until one is cached again.
@@ -92,13 +76,14 @@ class Announcer:
         """The engines that speak `language` (the default language's for None or one without voices of its own)."""
         return self.voices.get(language or "", self.engines)
 
-    def key_for(self, text: str, engine: SpeechEngine | None = None) -> str:
+    def key_for(self, text: str, engine: SpeechEngine | None = None, speed: float = 1.0) -> str:
+        """The cache key of `text` said by `engine` (the primary) at `speed`: a slower line is an entry of its own."""
         engine = engine or self.engines.primary
-        return cache_key(engine.identity(), engine.fmt, text.strip())
+        return cache_key(engine.identity(), engine.fmt, text.strip(), speed)
 
-    def keys_for(self, text: str, language: str | None = None) -> list[str]:
-        """Cache keys of `text` in every voice of its language, primary first."""
-        return [self.key_for(text, e) for e in self.chain_for(language).engines]
+    def keys_for(self, text: str, language: str | None = None, speed: float = 1.0) -> list[str]:
+        """Cache keys of `text` at `speed` in every voice of its language, primary first."""
+        return [self.key_for(text, e, speed) for e in self.chain_for(language).engines]
 
     def pin_lines(self, lines: list[str | tuple[str, str | None]]) -> None:
         """The configured exhibit lines (texts, or (text, language)), in every voice of their language, are never
@@ -127,19 +112,21 @@ class Announcer:
             if playback is not None:
                 playback.stop()
 
-    async def say(self, text: str, *, gain: float = 1.0, language: str | None = None) -> Trace:
-        """Speak `text` (in `language`'s voice) and return once it has played; faults are reported in
-        `Trace.error`, never raised."""
+    async def say(self, text: str, *, gain: float = 1.0, language: str | None = None, speed: float = 1.0) -> Trace:
+        """Speak `text` (in `language`'s voice, at `speed` times its own) and return once it has played; faults are
+        reported in `Trace.error`, never raised."""
         started = self._clock()
         text = text.strip()
-        caption = LineCaption(self.captions, text, language)
+        caption = LineCaption(self.captions, text, language, self.pace)
         try:
-            return await self._say(text, started, gain, language, caption)
+            return await self._say(text, started, gain, language, caption, speed)
         finally:
             caption.end()
 
-    async def _say(self, text: str, started: float, gain: float, language: str | None, caption: LineCaption) -> Trace:
-        for key in self.keys_for(text, language):
+    async def _say(
+        self, text: str, started: float, gain: float, language: str | None, caption: LineCaption, speed: float
+    ) -> Trace:
+        for key in self.keys_for(text, language, speed):
             entry = await self._lookup(key)
             if entry is not None:
                 trace = await self._play_cached(entry, started, gain, caption)
@@ -147,7 +134,7 @@ class Announcer:
                 return trace
         chime = self._ring(gain)
         try:
-            trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption)
+            trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption, speed)
             trace.language = language
         finally:
             self._chime_playback = None
@@ -187,6 +174,7 @@ class Announcer:
             return False
         audio = bytearray()
         await chain.synthesize(engine, text, audio.extend, None, realtime=False)
+        self.pace.learn(engine.name, text, len(audio) / engine.fmt.frame_bytes / engine.fmt.rate)
         if await self._store(engine, key, bytes(audio), text) is None:
             raise CacheError("the cache is not writable")
         return True
@@ -222,7 +210,7 @@ class Announcer:
         playback = self._start(entry.info.fmt, streamed=False, gain=gain * linear(level_db))
         playback.whole_periods = True
         caption.attach(playback, entry.info.words or estimate(entry.info.text, entry.info.duration_s))
-        attempt = _Attempt([playback])
+        attempt = Attempt([playback])
         try:
             attempt.error = await self._feed_cached(entry, playback)
         finally:
@@ -233,7 +221,7 @@ class Announcer:
             self._background(self._in_io(self.cache.migrate, entry.key))  # rewritten once, with its loudness
         trace = self._trace("cache", entry.info.engine, entry.info.key, len(entry.info.text), started, attempt, [])
         levelled = entry.info.levelled
-        trace.loudness_lufs = _as_played(levelled and levelled.loudness.lufs, level_db)
+        trace.loudness_lufs = as_played(levelled and levelled.loudness.lufs, level_db)
         return trace
 
     async def _feed_cached(self, entry: CachedAudio, playback: Playback) -> str | None:
@@ -259,18 +247,18 @@ class Announcer:
         task.add_done_callback(self._tasks.discard)
 
     async def _play_streamed(
-        self, text: str, started: float, gain: float, chain: EngineChain, caption: LineCaption
+        self, text: str, started: float, gain: float, chain: EngineChain, caption: LineCaption, speed: float
     ) -> Trace:
         attempts = chain.attempts()
         if not attempts:
             reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in chain.state())
-            attempt = _Attempt(error=f"no speech engine available now ({reasons})")
+            attempt = Attempt(error=f"no speech engine available now ({reasons})")
             primary = chain.primary.name
-            return self._trace(primary, primary, self.key_for(text), len(text), started, attempt, [])
+            return self._trace(primary, primary, self.key_for(text, None, speed), len(text), started, attempt, [])
         errors: list[str] = []
-        heard = _Attempt()
+        heard = Attempt()
         for engine, deadline in attempts:
-            attempt = await self._attempt(chain, engine, text, gain, deadline, caption)
+            attempt = await self._attempt(chain, engine, text, gain, deadline, caption, speed=speed)
             attempt.playbacks[:0] = heard.playbacks  # what an earlier engine got heard counts in the trace
             attempt.silenced[:0] = heard.silenced
             attempt.first_byte_at = heard.first_byte_at or attempt.first_byte_at
@@ -279,7 +267,7 @@ class Announcer:
             errors.append(attempt.error)
             heard = attempt
         failover = errors if attempt.error is None else errors[:-1]
-        key = self.key_for(text, engine)
+        key = self.key_for(text, engine, speed)
         trace = self._trace(engine.name, engine.name, key, len(text), started, attempt, failover)
         trace.loudness_lufs = attempt.loudness_lufs
         return trace
@@ -292,23 +280,26 @@ class Announcer:
         gain: float,
         deadline: float | None,
         caption: LineCaption,
-    ) -> _Attempt:
-        """Stream `text` from one engine; on failure say why (after playing out whatever was heard)."""
-        attempt = _Attempt()
+        *,
+        speed: float = 1.0,
+    ) -> Attempt:
+        """Stream `text` from one engine at `speed`; on failure say why (after playing out whatever was heard)."""
+        attempt = Attempt()
         audio = bytearray()
         level_db = self._level_db(None, engine.name)  # learned from the engine's recent lines
 
         def on_audio(chunk: bytes) -> None:
             if not attempt.playbacks:
                 attempt.first_byte_at = self._clock()
-                playback = self._start(engine.fmt, streamed=True, gain=gain * linear(level_db), text=text)
-                caption.attach(playback, estimate(text, len(text) * SPEECH_S_PER_CHAR))  # until the audio is in
+                expected_s = len(text) * SPEECH_S_PER_CHAR / speed
+                playback = self._start(engine.fmt, streamed=True, gain=gain * linear(level_db), expected_s=expected_s)
+                caption.attach_streamed(playback, engine.name, speed)  # until the audio is in
                 attempt.playbacks.append(playback)
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
 
         try:
-            await chain.synthesize(engine, text, on_audio, deadline)
+            await chain.synthesize(engine, text, on_audio, deadline, speed=speed)
         except SpeechError as exc:
             attempt.error = str(exc)
             if exc.kind == "runaway":  # what is still queued is not the line (the line was said long before)
@@ -323,24 +314,27 @@ class Announcer:
             for playback in attempt.playbacks:
                 playback.finish()  # what was heard stays; the device plays it out and stops cleanly
         if attempt.error is None:
-            stored = await self._store(engine, self.key_for(text, engine), bytes(audio), text)
+            stored = await self._store(engine, self.key_for(text, engine, speed), bytes(audio), text, speed)
             attempt.cached = stored is not None
-            attempt.loudness_lufs = _as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)
-            caption.retime(
-                stored.words if stored and stored.words else await self._in_io(align, text, audio, engine.fmt)
-            )
+            attempt.loudness_lufs = as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)
+            words = stored.words if stored and stored.words else await self._in_io(align, text, audio, engine.fmt)
+            caption.retime(words, engine.name, len(audio) / engine.fmt.frame_bytes / engine.fmt.rate, speed)
         for playback in attempt.playbacks:
             audio_error = await self._finish(playback)
             attempt.error = attempt.error or audio_error
         return attempt
 
-    async def _store(self, engine: SpeechEngine, key: str, pcm: bytes, text: str) -> EntryInfo | None:
+    async def _store(
+        self, engine: SpeechEngine, key: str, pcm: bytes, text: str, speed: float = 1.0
+    ) -> EntryInfo | None:
         """Commit the finished stream to the cache (off the event loop; its loudness is measured there and learned
         for the engine); None when it could not be: a full or read-only disk is not fatal."""
         whole = len(pcm) - len(pcm) % engine.fmt.frame_bytes
         try:
             info = await self._in_io(
-                functools.partial(self.cache.put, fmt=engine.fmt, text=text, identity=engine.identity()),
+                functools.partial(
+                    self.cache.put, fmt=engine.fmt, text=text, identity=identity_at(engine.identity(), speed)
+                ),
                 key,
                 pcm[:whole],
             )
@@ -360,10 +354,9 @@ class Announcer:
     async def _in_io(self, function: Callable, *args):
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
 
-    def _start(self, fmt, *, streamed: bool, gain: float, text: str = "") -> Playback:
+    def _start(self, fmt, *, streamed: bool, gain: float, expected_s: float | None = None) -> Playback:
         if self._current is not None:
             self._current.stop()
-        expected_s = len(text) * SPEECH_S_PER_CHAR if streamed else None
         self._current = self.player.play(fmt, streamed=streamed, gain=gain, expected_s=expected_s)
         return self._current
 
@@ -378,7 +371,7 @@ class Announcer:
             if self._current is playback:
                 self._current = None
 
-    def _trace(self, source, engine, key, chars, started, attempt: _Attempt, failover: list[str]) -> Trace:
+    def _trace(self, source, engine, key, chars, started, attempt: Attempt, failover: list[str]) -> Trace:
         return Trace.played(
             (source, engine, key, chars),
             attempt.playbacks,
@@ -390,8 +383,3 @@ class Announcer:
             error=attempt.error,
             failover=failover,
         )
-
-
-def _as_played(lufs: float | None, gain_db: float) -> float | None:
-    """The loudness of a line as it was played: measured, plus the gain it was given on the way."""
-    return None if lufs is None else round(lufs + gain_db, 1)

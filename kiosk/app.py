@@ -115,12 +115,14 @@ class App:
         phrase: str | None = None,
         language: str | None = None,
         volume: float = 1.0,
+        speed: float = 1.0,
     ) -> Request:
-        """Hand a checked text to the speaker at `volume` (a share of the staff's volume); raises Rejected when the
-        speaker will not take it (busy, queue full)."""
+        """Hand a checked text to the speaker at `volume` (a share of the staff's volume) and `speed` (a share of
+        the voice's); raises Rejected when the speaker will not take it (busy, queue full)."""
         parts = self._parts
+        gain = parts.gain * volume
         return parts.speaker.request(
-            text, origin=origin, policy=policy, phrase=phrase, gain=parts.gain * volume, language=language
+            text, origin=origin, policy=policy, phrase=phrase, gain=gain, language=language, speed=speed
         )
 
     def beep(self, kind: str, volume: float = 1.0) -> None:

@@ -1,4 +1,5 @@
-"""GPIO push buttons and their LEDs, and the PIR motion sensor. The only module that imports gpiozero.
+"""GPIO push buttons and their LEDs, the PIR motion sensor and the volume knob (a rotary encoder). The only module that
+imports gpiozero.
 
 gpiozero calls `when_pressed` on its own thread; each press is handed to the event loop with
 call_soon_threadsafe and all decisions (cooldown, policy) are made there.
@@ -8,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable
 
-from gpiozero import LED, Button, Device, MotionSensor
+from gpiozero import LED, Button, Device, MotionSensor, RotaryEncoder
 from gpiozero.exc import BadPinFactory, GPIOZeroError
 from gpiozero.pins.mock import MockFactory
 
-from kiosk.config import ButtonConfig, PresenceConfig
+from kiosk.config import ButtonConfig, KnobConfig, PresenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,53 @@ class PresenceSensor:
                 sensor.close()
             except Exception as exc:  # closing must not stop a shutdown or a reload
                 log.warning("closing %s failed: %s", sensor, exc)
+
+
+class VolumeKnob:
+    """A rotary encoder (gpiozero.RotaryEncoder, its common pin to ground); `on_turn(detents)` runs on the event loop
+    with the detents turned since it last ran (clockwise positive). Detents that come while a call is on its way are
+    added to it, so a fast spin arrives as a few calls, never a backlog of one per detent."""
+
+    def __init__(
+        self, cfg: KnobConfig, on_turn: Callable[[int], None], *, loop: asyncio.AbstractEventLoop, pin_factory=None
+    ):
+        self._on_turn = on_turn
+        self._loop = loop
+        self._lock = threading.Lock()  # detents are counted on gpiozero's thread, handed over on the event loop
+        self._pending = 0
+        self._on_its_way = False
+        self._encoder: RotaryEncoder | None = None
+        self.error: str | None = None
+        try:
+            # max_steps=0: only the detents matter here, never a position
+            self._encoder = RotaryEncoder(cfg.a, cfg.b, max_steps=0, pin_factory=pin_factory)
+            self._encoder.when_rotated_clockwise = lambda: self._turned(1)
+            self._encoder.when_rotated_counter_clockwise = lambda: self._turned(-1)
+        except (BadPinFactory, GPIOZeroError, OSError) as exc:
+            self.close()
+            self.error = f"GPIO unavailable, volume knob disabled: {exc}"
+
+    def _turned(self, detent: int) -> None:  # gpiozero's thread
+        with self._lock:
+            self._pending += detent
+            if self._on_its_way:
+                return
+            self._on_its_way = True
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:  # the event loop
+        with self._lock:
+            detents, self._pending, self._on_its_way = self._pending, 0, False
+        if detents and self._encoder is not None:
+            self._on_turn(detents)
+
+    def close(self) -> None:
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            try:
+                encoder.close()
+            except Exception as exc:  # closing must not stop a shutdown or a reload
+                log.warning("closing %s failed: %s", encoder, exc)
 
 
 def pin_factory_report() -> tuple[str | None, str]:

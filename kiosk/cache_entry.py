@@ -29,9 +29,13 @@ LEGACYVERSION = 1
 DIGEST_BYTES = 16
 
 
-def cache_key(identity: dict, fmt: AudioFormat, text: str) -> str:
-    """A hash of everything that shapes the audio: engine identity (engine, model, voice, ...), format, text."""
-    material = {"identity": identity, "format": [fmt.rate, fmt.channels, fmt.sample_width], "text": text}
+def cache_key(identity: dict, fmt: AudioFormat, text: str, speed: float = 1.0) -> str:
+    """A hash of everything that shapes the audio: engine identity (engine, model, voice, ...), format, text, and
+    the speed asked for (a `slower` button's: a line of its own). At speed 1 the key is what it always was, so
+    caches made before speeds existed keep working."""
+    material: dict = {"identity": identity, "format": [fmt.rate, fmt.channels, fmt.sample_width], "text": text}
+    if speed != 1.0:
+        material["speed"] = speed
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

@@ -24,21 +24,20 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 from kiosk.history_csv import iso_time, outcomes_csv
+from kiosk.history_summary import summarize
 
 log = logging.getLogger(__name__)
 
 #: Rows kept in memory before they are written even though the interval has not passed.
 MAX_PENDING = 1000
 PURGE_EVERY_S = 24 * 3600
-_MAX_PLOT_POINTS = 2000
 #: SQLite's result codes (the low byte of sqlite_errorcode): SQL that does not fit the tables found, and a file
 #: that is damaged or is no database at all.
 _SQLITE_ERROR, _SQLITE_READONLY, _SQLITE_CORRUPT, _SQLITE_NOTADB = 1, 8, 11, 26
@@ -180,34 +179,8 @@ class History:
         return [{**asdict(row), "time": iso_time(row.time)} for row in await self.outcomes(days)]
 
     async def summary(self, days: int = 30) -> dict:
-        """What the staff page charts: presses per day per line, presses by hour of day, response times, and when
-        each origin (each button) was last used; visitors seen by the motion sensor per day (`approaches`). Staff
-        tests and the motion sensor's rows are left out of the press counts."""
-        everything = await self.outcomes(days)
-        rows = [r for r in everything if r.origin not in ("staff", "presence")]
-        today = datetime.fromtimestamp(self._clock()).date()
-        dates = [(today - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
-        approaches = Counter(_day(r.time) for r in everything if r.origin == "presence" and r.outcome == "approach")
-        day_index = {day: n for n, day in enumerate(dates)}
-        per_line: dict[str, list[int]] = {}
-        by_hour = [0] * 24
-        for row in rows:
-            counts = per_line.setdefault(row.line or "(text)", [0] * days)
-            index = day_index.get(_day(row.time))
-            if index is not None:
-                counts[index] += 1
-            by_hour[datetime.fromtimestamp(row.time).hour] += 1
-        timed = [(r.time, r.response_ms, r.source) for r in rows if r.response_ms is not None]
-        last_used = {r.origin: iso_time(r.time) for r in rows}
-        return {
-            "days": dates,
-            "presses_per_day": per_line,
-            "presses_by_hour": by_hour,
-            "approaches": [approaches[day] for day in dates],
-            "response": [{"time": t, "ms": ms, "source": s} for t, ms, s in timed[-_MAX_PLOT_POINTS:]],
-            "last_used": last_used,
-            "total": len(rows),
-        }
+        """What the staff page charts (kiosk.history_summary.summarize) over the last `days` days."""
+        return summarize(await self.outcomes(days), days, self._clock())
 
     async def recent_events(self, count: int = 100) -> list[dict]:
         await self.flush()
@@ -352,10 +325,6 @@ def _prepare(db: sqlite3.Connection) -> None:
 
 class _NotHistory(sqlite3.DatabaseError):
     """A database whose tables the history cannot use: set aside like a damaged one."""
-
-
-def _day(at: float) -> str:
-    return datetime.fromtimestamp(at).date().isoformat()
 
 
 def _damaged(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kiosk.announcer import Announcer
-from kiosk.buttons import Buttons, PresenceSensor
+from kiosk.buttons import Buttons, PresenceSensor, VolumeKnob
 from kiosk.cache import PhraseCache
 from kiosk.captions.feed import CaptionFeed
 from kiosk.config import Config
@@ -55,6 +55,7 @@ class Parts:
     scheduler: Scheduler = field(init=False)
     buttons: Buttons | None = None
     presence: PresenceSensor | None = None  # the motion sensor, where `presence:` sets a pin
+    knob: VolumeKnob | None = None  # the visitor's volume knob, where `knob:` sets both pins
     gain: float = 1.0  # software gain where the device has no mixer
     api_token: str | None = None
     api_key: str | None = None

@@ -1,5 +1,6 @@
 """What a press means: a button's line (in the visitor's language, at the hour's volume and the visitor's), stop, the
-next language, the visitor's volume up or down (kiosk.visitor), the last line again, the closed line out of hours;
+next language, the visitor's volume up or down (kiosk.visitor; a button or a turn of the knob), the last line again
+(as it was, or slower), the closed line out of hours;
 and a scheduled announcement or an invitation (never at the visitor's volume); a visitor approaching the exhibit
 (the motion sensor): counted in the history and invited.
 
@@ -16,13 +17,17 @@ import time
 from collections.abc import Callable
 
 from kiosk.app import App
-from kiosk.buttons import Buttons, PresenceSensor
-from kiosk.config import ButtonConfig, PresenceConfig
+from kiosk.buttons import Buttons, PresenceSensor, VolumeKnob
+from kiosk.config import ButtonConfig, KnobConfig, PresenceConfig
 from kiosk.history import Outcome
 from kiosk.parts import Parts
 from kiosk.speaker import Rejected, Request
 
 log = logging.getLogger(__name__)
+
+#: A turn of the knob is confirmed by a tone at most this often (one tone's length, kiosk.chime.BEEP_S): a fast spin
+#: is a few tones, the last at the level it ended on, never one per detent.
+KNOB_TONE_GAP_S = 0.15
 
 
 class Presses:
@@ -41,39 +46,53 @@ class Presses:
         self._on_pressed = on_pressed
         self._clock = clock
         self._last_approach: float | None = None  # on `clock`: when the motion sensor last saw a new visitor
-        #: (phrase, language) of the last line a speak button had spoken, for a replay button.
+        #: (phrase, language) of the last line a speak button had spoken, for a replay or slower button.
         self._last_line: tuple[str, str | None] | None = None
+        self._knob_tone: asyncio.TimerHandle | None = None  # the tone confirming the knob's last turns, when due
+        self._knob_tone_at = -KNOB_TONE_GAP_S  # on the event loop's clock: when the knob's last tone was played
+        self._knob_moved = False  # whether any turn since that tone moved the volume (else: the tone at the limit)
 
     def connect(
-        self, configs: tuple[ButtonConfig, ...], *, pin_factory=None, presence: PresenceConfig | None = None
+        self,
+        configs: tuple[ButtonConfig, ...],
+        *,
+        pin_factory=None,
+        presence: PresenceConfig | None = None,
+        knob: KnobConfig | None = None,
     ) -> None:
-        """(Re)connect the configured buttons and motion sensor (none: no GPIO is touched); a wiring problem is
-        reported, not raised."""
+        """(Re)connect the configured buttons, motion sensor and volume knob (none: no GPIO is touched); a wiring
+        problem is reported, not raised."""
         parts = self._parts
         self.disconnect()
+        loop = asyncio.get_running_loop()
         if presence is not None and presence.enabled:
-            loop = asyncio.get_running_loop()
             parts.presence = PresenceSensor(presence, self.approached, loop=loop, pin_factory=pin_factory)
-            if parts.presence.error:
-                log.error("%s", parts.presence.error)
-                self._app.event(parts.presence.error)
+            self._report(parts.presence.error)
+        if knob is not None and knob.enabled:
+            parts.knob = VolumeKnob(knob, self.turned, loop=loop, pin_factory=pin_factory)
+            self._report(parts.knob.error)
         if not configs:
             return
-        loop = asyncio.get_running_loop()
         parts.buttons = Buttons(configs, self.press, loop=loop, pin_factory=pin_factory)
-        if parts.buttons.error:
-            log.error("%s", parts.buttons.error)
-            self._app.event(parts.buttons.error)
-        elif parts.buttons.simulated:
+        self._report(parts.buttons.error)
+        if not parts.buttons.error and parts.buttons.simulated:
             log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
 
+    def _report(self, error: str | None) -> None:
+        if error:
+            log.error("%s", error)
+            self._app.event(error)
+
     def disconnect(self) -> None:
-        """Let go of the buttons and the motion sensor (a reload, the end)."""
+        """Let go of the buttons, the motion sensor and the knob (a reload, the end)."""
         parts = self._parts
-        for device in (parts.buttons, parts.presence):
+        for device in (parts.buttons, parts.presence, parts.knob):
             if device:
                 device.close()
-        parts.buttons = parts.presence = None
+        parts.buttons = parts.presence = parts.knob = None
+        if self._knob_tone is not None:
+            self._knob_tone.cancel()
+            self._knob_tone = None
 
     def approached(self) -> None:
         """The motion sensor saw movement; called on the event loop. A new visitor (none within `quiet_s`) is
@@ -138,9 +157,10 @@ class Presses:
         if button.action in ("volume_up", "volume_down"):
             self._volume(button, volume)
             return
-        if button.action == "replay":
+        speed = cfg.speech.slower_speed if button.action == "slower" else 1.0
+        if button.action in ("replay", "slower"):
             if self._last_line is None or self._last_line[0] not in cfg.phrases:  # none yet, or gone on a reload
-                log.info("button %d: replay, but no line has been spoken to a visitor yet", button.pin)
+                log.info("button %d: %s, but no line has been spoken to a visitor yet", button.pin, button.action)
                 return
             phrase = self._last_line[0]
             text, language = cfg.text_for(phrase, self._last_line[1])
@@ -155,12 +175,53 @@ class Presses:
                 phrase=phrase,
                 language=language,
                 volume=volume * self._parts.visitor_volume.share(cfg.audio),
+                speed=speed,
             )
         except Rejected as exc:
             self._app.refused(f"button:{button.pin}", phrase, exc.reason)
             log.info("button %d: %s", button.pin, exc)
             return
         self._last_line = (phrase, language)
+
+    def turned(self, detents: int) -> None:
+        """The volume knob was turned `detents` detents (clockwise: louder); called on the event loop. Each detent is
+        one step of the visitor's volume, as a volume button's press is; while open and not silenced by staff or
+        quiet hours. The tone confirming it comes at most every KNOB_TONE_GAP_S."""
+        try:
+            self._turned(detents)
+        except Exception:  # like a press: the next turn works
+            log.exception("handling the volume knob failed")
+
+    def _turned(self, detents: int) -> None:
+        cfg, now = self._parts.cfg, self._app.local_time()
+        self._parts.scheduler.activity()
+        if cfg.audio.volume == 0 or not cfg.is_open(now) or cfg.quiet_volume(now) == 0:
+            log.info("volume knob: turned while closed or silent; the visitor's volume stays")
+            return
+        self._parts.language_choice.touch(self._reset_s("language"))
+        visitor = self._parts.visitor_volume
+        for _ in range(abs(detents)):
+            step = visitor.step(detents > 0, cfg.audio, cfg.knob.reset_s)
+            self._knob_moved = self._knob_moved or step.moved
+        log.debug("volume knob: %+d, visitor volume %d%%", detents, visitor.level(cfg.audio))  # a spin: many
+        if self._knob_tone is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._knob_tone_at + KNOB_TONE_GAP_S - loop.time())
+            self._knob_tone = loop.call_later(wait, self._knob_confirm)
+
+    def _knob_confirm(self) -> None:
+        """The tone for the knob's turns since the last one, at the level they reached (none over a line)."""
+        self._knob_tone, self._knob_tone_at = None, asyncio.get_running_loop().time()
+        moved, self._knob_moved = self._knob_moved, False
+        cfg = self._parts.cfg
+        quiet = cfg.quiet_volume(self._app.local_time())
+        if self._app.speaking:
+            return
+        volume = 1.0 if quiet is None else quiet / 100
+        try:
+            self._app.beep("ok" if moved else "limit", volume * self._parts.visitor_volume.share(cfg.audio))
+        except Exception:  # a tone that cannot play is no reason to stop confirming the next turns
+            log.exception("the volume knob's tone failed")
 
     def _volume(self, button: ButtonConfig, volume: float) -> None:
         """A volume button: the visitor's volume one step up or down, confirmed at once by a tone at the new level

@@ -145,7 +145,7 @@ class Service:
         p.limiter = RateLimiter(cfg.api.rate_limit_per_min)
         await p.device.open()
         await self._apply_volume(cfg)
-        self.presses.connect(cfg.buttons, pin_factory=self._pin_factory, presence=cfg.presence)
+        self.presses.connect(cfg.buttons, pin_factory=self._pin_factory, presence=cfg.presence, knob=cfg.knob)
         p.port = await self._serve(make_app(self.app, self.hosts), cfg.api.bind, cfg.api.port)
         if cfg.staff.enabled:
             staff_app = make_staff_app(self.app, clock=self._clock, hosts=self.hosts)
@@ -180,6 +180,7 @@ class Service:
         self.notifier.stopping()
         p.speaker.stop()
         self.presses.disconnect()
+        p.captions.close()
         await all_within(STOP_ROUND_S, p.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners))
         await all_within(
             STOP_ROUND_S,
@@ -234,7 +235,7 @@ class Service:
         p.captions.configure(title=new.captions.title, prompt=new.captions.prompt)
         p.history.keep_days = new.history.keep_days
         p.limiter = RateLimiter(new.api.rate_limit_per_min)
-        self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence)
+        self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence, knob=new.knob)
         self._start_fleet(new)
         servers = ("api.bind", "api.port", "history.file", "captions.enabled", "captions.bind", "captions.port")
         if any(_setting(old, key) != _setting(new, key) for key in servers):
@@ -287,9 +288,8 @@ class Service:
         app = make_captions_app(self.app, hosts=self.hosts)
         try:
             return await self._serve(app, cfg.captions.bind, cfg.captions.port)
-        except OSError as exc:
-            where = f"{cfg.captions.bind}:{cfg.captions.port}"
-            self.app.event(f"live captions are off: cannot listen on {where} ({exc.strerror or exc})")
+        except KioskError as exc:  # the port is taken, or the address is not this machine's
+            self.app.event(f"live captions are off: {exc}")
             return None
 
     async def _serve(self, app: web.Application, bind: str, port: int) -> int:

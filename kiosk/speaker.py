@@ -44,6 +44,7 @@ class Request:
     phrase: str | None = None
     gain: float = 1.0
     language: str | None = None  # the language the text is in (its voice speaks it)
+    speed: float = 1.0  # a share of the voice's own speed (a `slower` button's line: below 1)
     state: str = "queued"  # queued → playing → done | stopped | failed | dropped
     requested_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -111,6 +112,7 @@ class Speaker:
         phrase: str | None = None,
         gain: float = 1.0,
         language: str | None = None,
+        speed: float = 1.0,
     ) -> Request:
         """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
         req = Request(
@@ -120,6 +122,7 @@ class Speaker:
             phrase=phrase,
             gain=gain,
             language=language,
+            speed=speed,
             requested_at=self._clock(),
         )
         busy = self._current is not None or bool(self._queue)
@@ -167,11 +170,12 @@ class Speaker:
         req.started_at = self._clock()
         self._notify(req)
         task = self._current_task = asyncio.ensure_future(
-            self.announcer.say(req.text, gain=req.gain, language=req.language)
+            self.announcer.say(req.text, gain=req.gain, language=req.language, speed=req.speed)
         )
         overdue = False
+        limit_s = line_limit_s(req.text) / min(1.0, req.speed)  # a slower line takes longer
         try:
-            overdue = await self._wait_within_limit(task, line_limit_s(req.text), beat)
+            overdue = await self._wait_within_limit(task, limit_s, beat)
             req.trace = task.result()
             req.state = "failed" if req.trace.error else "stopped" if req.trace.stopped else "done"
             self.last_trace = req.trace
@@ -181,7 +185,7 @@ class Speaker:
                 raise  # the speaker itself is shutting down, not just this line
             req.state = "failed" if overdue else "stopped"
             if overdue:
-                req.trace = self._failure(req, f"gave up: the line took longer than {line_limit_s(req.text):.0f} s")
+                req.trace = self._failure(req, f"gave up: the line took longer than {limit_s:.0f} s")
         except Exception as exc:  # a fault nobody foresaw: this request fails, the speaker goes on
             log.exception("speaking request %s failed", req.id)
             self.announcer.stop()

@@ -131,3 +131,85 @@ def _probe_delay_s() -> float:
     finally:
         out.drop()
         out.close()
+
+
+class SinkRecorder:
+    """What the null sink plays, recorded from its monitor with the wall-clock time each sample was played.
+
+    `parec` reads the monitor in 10 ms fragments; each read is stamped with `time.time()`. A sample's play time is
+    the earliest any read after it allows (the read's time less the samples since), so a late read never makes a
+    sample look later than it was. Good to about one fragment: 10 ms.
+    """
+
+    FRAGMENT_BYTES = 480  # 10 ms of s16le mono at 24 kHz
+
+    def __init__(self, rate: int = 24000):
+        self.rate = rate
+        self.pcm = bytearray()
+        self._reads: list[tuple[float, int]] = []  # (wall time, samples received by then)
+        self._proc: subprocess.Popen | None = None
+        self._thread = None
+
+    def __enter__(self) -> SinkRecorder:
+        import threading
+
+        self._proc = subprocess.Popen(
+            [
+                "parec",
+                "-d",
+                "kiosk_null_sink.monitor",
+                "--raw",
+                "--format=s16le",
+                f"--rate={self.rate}",
+                "--channels=1",
+                "--latency-msec=10",
+                "--process-time-msec=5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._reads:
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                raise RuntimeError("parec recorded nothing from the null sink's monitor")
+            time.sleep(0.01)
+        return self
+
+    def _read(self) -> None:
+        out = self._proc.stdout
+        while True:
+            chunk = out.read1(self.FRAGMENT_BYTES) if hasattr(out, "read1") else out.read(self.FRAGMENT_BYTES)
+            if not chunk:
+                return
+            at = time.time()
+            self.pcm += chunk
+            self._reads.append((at, len(self.pcm) // 2))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._thread.join(timeout=5)
+
+    def played_at(self, sample: int) -> float:
+        """Wall-clock time at which sample number `sample` of the recording was played."""
+        return min(at - (total - sample) / self.rate for at, total in self._reads if total > sample)
+
+    def onsets(self, since: float, threshold: int = 1500, quiet_s: float = 0.02) -> list[float]:
+        """Wall-clock times at which sound starts after at least `quiet_s` of silence, from `since` on."""
+        samples = memoryview(bytes(self.pcm[: len(self.pcm) // 2 * 2])).cast("h")
+        quiet_needed, quiet, found = round(quiet_s * self.rate), round(quiet_s * self.rate), []
+        first = next((total for at, total in self._reads if at >= since), len(samples))
+        first = max(0, first - round(0.2 * self.rate))
+        for i in range(first, len(samples)):
+            if abs(samples[i]) < threshold:
+                quiet += 1
+                continue
+            if quiet >= quiet_needed:
+                found.append(i)
+            quiet = 0
+        return [self.played_at(i) for i in found if self.played_at(i) >= since]

@@ -89,7 +89,7 @@ def write_config(tmp_path: Path, server_url: str, extra: str = "") -> Path:
     path.write_text(
         f"openai:\n  base_url: {server_url}/v1\n  api_key_file: {tmp_path / 'key'}\n"
         f"cache:\n  dir: {tmp_path / 'cache'}\nhistory:\n  file: {tmp_path / 'cache'}.history.sqlite3\n"
-        "api:\n  port: 0\n  allow_text: true\n"
+        "api:\n  port: 0\n  allow_text: true\ncaptions:\n  bind: 127.0.0.1\n  port: 0\n"
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'state' / 'pw'}\n"
         f"  settings_file: {tmp_path / 'state' / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"

@@ -257,7 +257,7 @@ async def test_api_and_staff_page_answer_a_newcomer_through_a_slow_body_flood(tm
             flood(api, FLOODERS[:8], 32, api_head),
             flood(staff, FLOODERS[:8], 32, staff_head),
         ):
-            guards = [r.guard for r in target.service._runners]
+            guards = [r.guard for r in target.service._runners[:2]]  # the API's and the staff page's
             await wait_until(lambda: all(g.peak >= 200 for g in guards), timeout=5)
             health = [await get(f"http://127.0.0.1:{api}/healthz") for _ in range(20)]
             login = [await get(f"http://127.0.0.1:{staff}/login") for _ in range(20)]

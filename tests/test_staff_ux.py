@@ -21,6 +21,7 @@ from conftest import Clock, file_sink_opener
 from gpiozero.pins.mock import MockFactory
 
 from kiosk.config import load_config
+from kiosk.history import Outcome
 from kiosk.service import Service
 from kiosk.staff.auth import IDLE_S, PasswordFile, Sessions
 from kiosk.systemd import Notifier
@@ -52,6 +53,7 @@ def write_config(tmp_path, server_url):
         f"  - pin: 17\n    name: Entrance case\n    phrase: welcome\n    cooldown_ms: 0\n    led: {LED_PIN}\n"
         "  - pin: 23\n    name: Quartz case\n    phrase: quartz\n    cooldown_ms: 0\n"
         "  - pin: 22\n    name: Stop button\n    action: stop\n"
+        "presence:\n  pin: 4\n"
         "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is the second most common mineral.\n"
         + extra
     )
@@ -499,6 +501,9 @@ async def test_headline_says_connection_lost_when_the_service_stops(start_servic
 
 async def test_history_charts_and_csv_download(start_service, browser):
     svc = await start_service()
+    now = time.time()
+    for at in (now - 600, now - 2):  # two visitors came close; the second pressed the buttons
+        svc.history.record(Outcome(at, "presence", None, None, None, "approach"))
     for pin in (17, 17, 17, 23, 23):
         await press(svc, pin)
     await svc.history.flush()
@@ -511,6 +516,10 @@ async def test_history_charts_and_csv_download(start_service, browser):
     assert await page.locator("#history canvas").count() >= 3
     assert "5 presses in the last 30 days" in await page.inner_text("[data-chart-summary]")
     assert "welcome: 3" in await page.inner_text('[data-legend="per_day"]')
+    assert await page.inner_text("[data-approach-summary]") == "Of 2 visitors who came close, 1 pressed a button."
+    assert "Visitors who came close: 2" in await page.inner_text('[data-legend="approaches"]')
+    assert await page.locator("#history canvas").count() >= 4
+    await shot(page, "status-history-desktop")
 
     async with page.expect_download() as download_info:
         await page.click("#history >> text=Download")

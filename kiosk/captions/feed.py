@@ -41,6 +41,7 @@ class _Line:
 class Follower:
     address: str
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    displaced: bool = False  # its place went to a page from a lighter address: its stream ends
 
 
 class CaptionFeed:
@@ -57,12 +58,13 @@ class CaptionFeed:
         self.prompt = prompt
         self._clock = clock
         self._line: _Line | None = None
-        self._followers: set[Follower] = set()
+        self._followers: dict[Follower, None] = {}  # oldest first
         self._per_address: Counter[str] = Counter()
         self._max_followers = max_followers
         self._max_per_address = max_per_address
         self._ids = itertools.count(1)
         self._line_id = 0
+        self.closed = False
 
     # -- told by the announcer
 
@@ -88,6 +90,11 @@ class CaptionFeed:
         if self._line is not None and self._line.token is token:
             self._line = None
             self._changed()
+
+    def close(self) -> None:
+        """The speaker is stopping: every page's stream ends (the pages reconnect to whoever serves next)."""
+        self.closed = True
+        self._changed()
 
     def configure(self, *, title: str, prompt: str) -> None:
         if (title, prompt) != (self.title, self.prompt):
@@ -115,19 +122,33 @@ class CaptionFeed:
 
     def follow(self, address: str) -> Follower:
         """A new page following the captions; raises TooManyFollowers past the limits. Pass it to `unfollow`."""
-        if len(self._followers) >= self._max_followers:
-            raise TooManyFollowers("too many pages are following the captions; try again later")
         if self._per_address[address] >= self._max_per_address:
             raise TooManyFollowers("too many caption pages from this address")
+        if len(self._followers) >= self._max_followers and not self._make_room(address):
+            raise TooManyFollowers("too many pages are following the captions; try again later")
         follower = Follower(address)
         follower.changed.set()  # the current state is sent first
-        self._followers.add(follower)
+        self._followers[follower] = None
         self._per_address[address] += 1
         return follower
 
+    def _make_room(self, address: str) -> bool:
+        """At the limit, a page takes the place of the oldest page of the address holding the most, provided that
+        address holds more than twice as many as the newcomer's will (much as kiosk.web.server's connection guard
+        does): a few machines holding every place with pages that never read never lock a new visitor out, and
+        machines holding about as many each never take each other's places (they would only come back at once)."""
+        busiest, held = max(self._per_address.items(), key=lambda item: item[1], default=("", 0))
+        if held <= 2 * (self._per_address[address] + 1):
+            return False
+        oldest = next(f for f in self._followers if f.address == busiest)
+        self.unfollow(oldest)
+        oldest.displaced = True
+        oldest.changed.set()
+        return True
+
     def unfollow(self, follower: Follower) -> None:
         if follower in self._followers:
-            self._followers.discard(follower)
+            del self._followers[follower]
             self._per_address[follower.address] -= 1
             if self._per_address[follower.address] <= 0:
                 del self._per_address[follower.address]

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
-from kiosk.captions.timing import Word
+from kiosk.captions.timing import Pace, Word, estimate
 
 
 class Feed(Protocol):
@@ -29,10 +29,15 @@ class HeardPlayback(Protocol):
 class LineCaption:
     """One line on the captions, from its first sound to its end; does nothing without a feed."""
 
-    def __init__(self, feed: Feed | None, text: str, language: str | None):
+    def __init__(self, feed: Feed | None, text: str, language: str | None, pace: Pace | None = None):
         self._feed = feed
         self._text = text
         self._language = language
+        self._pace = pace or Pace()
+
+    def attach_streamed(self, playback: HeardPlayback, voice: str, speed: float = 1.0) -> None:
+        """Caption a playback whose audio is still arriving: word times guessed from how fast `voice` speaks."""
+        self.attach(playback, estimate(self._text, self._pace.duration_s(voice, self._text, speed)))
 
     def attach(self, playback: HeardPlayback, words: Sequence[Word]) -> None:
         """Caption `playback` (one voice's audio of the line) with `words` from its first sound."""
@@ -47,7 +52,9 @@ class LineCaption:
 
         playback.on_heard = heard
 
-    def retime(self, words: Sequence[Word]) -> None:
+    def retime(self, words: Sequence[Word], voice: str, duration_s: float, speed: float = 1.0) -> None:
+        """The line's word times from its whole audio (`duration_s` long, said by `voice` at `speed`)."""
+        self._pace.learn(voice, self._text, duration_s, speed)
         if self._feed is not None:
             self._feed.retimed(self, words)
 

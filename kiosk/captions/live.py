@@ -24,6 +24,7 @@ FILES = {
     "/captions": ("captions.html", "text/html"),
     "/captions/captions.js": ("captions.js", "text/javascript"),
     "/captions/captions.css": ("captions.css", "text/css"),
+    "/captions/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
 SEND_TIMEOUT_S = 10.0
 PING_S = 15.0  # a comment line this often keeps proxies and phones from closing a quiet stream
@@ -81,6 +82,8 @@ async def _follow(stream, feed: CaptionFeed, follower: Follower) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PING_S):
                 await follower.changed.wait()
+        if feed.closed or follower.displaced:  # displaced: its place went to a newcomer (CaptionFeed.follow)
+            return
         if not follower.changed.is_set():
             continue
         follower.changed.clear()

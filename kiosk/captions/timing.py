@@ -4,7 +4,7 @@ Neither OpenAI's speech API nor the local voice says when a word is spoken, so t
 
 1. The text is split into words (each keeps the spaces after it, so the words joined are the text again; Chinese and
    Japanese characters are a word each) and sentences.
-2. Each word is weighed by its syllables (vowel groups; digits, which are read out long, count more), with a pause
+2. Each word is weighed by its letters (three to a syllable; a digit, read out as a word, counts more), with a pause
    after a comma or a sentence's end weighing as much as one or two syllables.
 3. The audio is searched for its pauses (10 ms windows quieter than 30 dB under the line's loud parts, for 80 ms or
    more) and for where speech begins and ends.
@@ -30,7 +30,6 @@ from kiosk.pcm import AudioFormat
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 #: A word with the spaces after it; a Chinese or Japanese character, with any punctuation after it, is one word.
 _WORD = re.compile(rf"(?:[{_CJK}]|[^\s{_CJK}]+)[^\w\s]*\s*|\s+")
-_VOWELS = re.compile(r"[aeiouyàáâãäåæèéêëìíîïòóôõöøùúûüýÿœāēīōūąęėįųаеёиоуыэюяαεηιουωάέήίόύώіїєאעاويی]+", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?。！？…]+[\"'”’»)\]]*\s*$")
 _CLAUSE_END = re.compile(r"[,;:，；：、—–]+[\"'”’»)\]]*\s*$")
 #: Weights of the pause after a clause or a sentence, in syllables.
@@ -73,16 +72,16 @@ def split_words(text: str) -> list[tuple[str, int]]:
     return words
 
 
-def syllables(word: str) -> float:
+def weight(word: str) -> float:
+    """How long a word takes to say, in units of about a syllable: its letters (three to a syllable, which follows how
+    long voices take far better than counting vowel groups: measured in bench/captions.py), a digit as a whole word,
+    a Chinese or Japanese character as one."""
     core = word.strip()
     if re.fullmatch(rf"[{_CJK}][^\w\s]*", core):
         return 1.0
-    digits = sum(c.isdigit() for c in core)
-    vowels = len(_VOWELS.findall(core))
     letters = sum(c.isalpha() for c in core)
-    if not vowels and letters:  # a script whose vowels are not written, or an abbreviation
-        vowels = max(1, letters // 2)
-    return max(1.0, vowels + 1.5 * digits)
+    digits = sum(c.isdigit() for c in core)
+    return max(1.0, letters / 3 + 1.3 * digits)
 
 
 def _pause_after(word: str) -> float:
@@ -94,7 +93,7 @@ def _pause_after(word: str) -> float:
 def estimate(text: str, duration_s: float) -> list[Word]:
     """Word start times for `text` said in `duration_s`, by weight alone (before its audio is known)."""
     words = split_words(text)
-    weights = [syllables(w) for w, _ in words]
+    weights = [weight(w) for w, _ in words]
     pauses = [_pause_after(w) for w, _ in words]
     starts = _share(weights, pauses, 0.0, duration_s, anchors={})
     return [Word(w, round(1000 * s), n) for (w, n), s in zip(words, starts, strict=True)]
@@ -114,7 +113,7 @@ def align(text: str, pcm: bytes, fmt: AudioFormat) -> list[Word]:
     if not voiced:
         return estimate(text, duration_s)
     begin, end = voiced[0] * WINDOW_S, min(duration_s, (voiced[-1] + 1) * WINDOW_S)
-    weights = [syllables(w) for w, _ in words]
+    weights = [weight(w) for w, _ in words]
     after = [_pause_after(w) for w, _ in words]
     anchors: dict[int, float] = {}
     if len(words) <= MAX_MATCHED_WORDS:
@@ -214,7 +213,7 @@ def _share(
     anchors: dict[int, tuple[float, float]],
 ) -> list[float]:
     """Start times: fixed after each pause found, and in each stretch of speech between them shared by weight (a
-    word's syllables, then the pause after it, except after the stretch's last word, whose pause was found)."""
+    word's weight, then the pause after it, except after the stretch's last word, whose pause was found)."""
     stretches = []  # (first word, start time, end time)
     first, at = 0, begin
     for boundary in sorted(anchors):
@@ -231,3 +230,31 @@ def _share(
             starts[i] = t
             t += (t1 - t0) * unit / total
     return starts
+
+
+class Pace:
+    """How fast each voice speaks, learned from the lines it has said: the first guess at a streamed line's word
+    times, until its audio is in, is only as good as the guess at its length."""
+
+    DEFAULT_S_PER_UNIT = 0.22  # seconds per syllable (pauses count as syllables): an unhurried guide
+    LEARNING_RATE = 0.3
+
+    def __init__(self) -> None:
+        self._s_per_unit: dict[str, float] = {}
+
+    def duration_s(self, voice: str, text: str, speed: float = 1.0) -> float:
+        """How long `voice` is likely to take to say `text` at `speed`."""
+        return self._s_per_unit.get(voice, self.DEFAULT_S_PER_UNIT) * _units(text) / speed
+
+    def learn(self, voice: str, text: str, duration_s: float, speed: float = 1.0) -> None:
+        """`voice` took `duration_s` to say `text` at `speed`."""
+        units = _units(text)
+        if units <= 0 or not 0 < duration_s < 3600:
+            return
+        seen = duration_s * speed / units
+        before = self._s_per_unit.get(voice)
+        self._s_per_unit[voice] = seen if before is None else before + self.LEARNING_RATE * (seen - before)
+
+
+def _units(text: str) -> float:
+    return sum(weight(w) + _pause_after(w) for w, _ in split_words(text))

@@ -9,7 +9,7 @@ and a value that would only fail later (NaN, a lone surrogate, a NUL in a path) 
 One room per job, each importing only the ones before it:
 
     fields          the field machinery: bounds in metadata, value checks, how a value is shown, "did you mean"
-    audio, speech, buttons, presence, captions, hours, web, fleet, storage, phrases
+    audio, speech, buttons, presence, knob, captions, hours, web, fleet, storage, phrases
                     the sections' dataclasses (phrases: also the lines, languages and the checks on any text)
     secrets         `Secret`, key and token files
     model           `Config`, the whole, with its methods
@@ -34,6 +34,7 @@ from kiosk.config.hours import Announcement as Announcement
 from kiosk.config.hours import AttractConfig as AttractConfig
 from kiosk.config.hours import OpeningHours as OpeningHours
 from kiosk.config.hours import QuietHours as QuietHours
+from kiosk.config.knob import KnobConfig as KnobConfig
 from kiosk.config.loader import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
 from kiosk.config.loader import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES
 from kiosk.config.loader import MAX_YAML_DEPTH as MAX_YAML_DEPTH

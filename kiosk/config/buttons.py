@@ -16,8 +16,8 @@ class ButtonConfig:
     name: str = ""  # what staff call it, e.g. "Entrance case" (shown on the staff page)
     phrase: str | None = None
     # language: cycles through the offered languages; volume_up / volume_down: the visitor's volume (kiosk.visitor);
-    # replay: the last line a button spoke, again
-    action: str = _choice("speak", "stop", "language", "volume_up", "volume_down", "replay")
+    # replay: the last line a button spoke, again; slower: the same, at speech.slower_speed
+    action: str = _choice("speak", "stop", "language", "volume_up", "volume_down", "replay", "slower")
     language: str | None = None  # a speak button fixed to one language; otherwise the visitor's choice
     reset_s: int = _bounded(120, 5, 3600)  # a language or volume button: back to the default after this long unused
     pull_up: bool = True

@@ -17,6 +17,7 @@ from kiosk.config.buttons import ButtonConfig
 from kiosk.config.captions import CaptionsConfig
 from kiosk.config.fleet import MqttConfig, OscConfig
 from kiosk.config.hours import Announcement, AttractConfig, OpeningHours, QuietHours
+from kiosk.config.knob import KnobConfig
 from kiosk.config.phrases import LanguageConfig
 from kiosk.config.presence import PresenceConfig
 from kiosk.config.speech import OpenAIConfig, PiperConfig, SpeechConfig
@@ -43,6 +44,7 @@ class Config:
     schedule: tuple[Announcement, ...] = ()
     attract: AttractConfig = AttractConfig()
     presence: PresenceConfig = PresenceConfig()  # a motion sensor at the exhibit; off unless a pin is set
+    knob: KnobConfig = KnobConfig()  # a rotary encoder for the visitor's volume; off unless both pins are set
     captions: CaptionsConfig = CaptionsConfig()  # the public captions and transcript pages
     #: Names this speaker is reached by besides its addresses, `localhost` and its host name (and `<name>.local`):
     #: the API and the staff page refuse any other Host, so a foreign site cannot reach them by DNS rebinding.

@@ -17,6 +17,8 @@ class SpeechConfig:
     fallback: str = _choice("auto", "piper", "none")
     failover_ms: int = _bounded(2500, 100, 60_000)
     queue_limit: int = _bounded(5, 1, 100)
+    #: The speed a `slower` button says the last line again at, a share of the voice's own (both engines).
+    slower_speed: float = _bounded(0.8, 0.5, 0.95)
 
 
 @dataclass(frozen=True)

@@ -130,8 +130,14 @@ def _cross_check(cfg: Config) -> list[str]:
             if pin in used:
                 problems.append(f"{where}.{role}: GPIO {pin} is already used by {used[pin]}")
             used[pin] = f"{where}.{role}"
-    if cfg.presence.pin in used:
-        problems.append(f"presence.pin: GPIO {cfg.presence.pin} is already used by {used[cfg.presence.pin]}")
+    for where, pin in (("presence.pin", cfg.presence.pin), ("knob.a", cfg.knob.a), ("knob.b", cfg.knob.b)):
+        if pin is None:
+            continue
+        if pin in used:
+            problems.append(f"{where}: GPIO {pin} is already used by {used[pin]}")
+        used[pin] = where
+    if (cfg.knob.a is None) != (cfg.knob.b is None):
+        problems.append("knob: set both pins, a and b (or neither: no knob)")
     return problems + _fleet_problems(cfg)
 
 

@@ -19,8 +19,9 @@ class SpeechEngine(Protocol):
     def identity(self) -> dict:
         """Everything about this engine that shapes the audio (part of the phrase cache key)."""
 
-    async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
-        """Call `on_audio` with each chunk (any size, not frame aligned) until the whole text is spoken.
+    async def synthesize(self, text: str, on_audio: AudioCallback, speed: float = 1.0) -> None:
+        """Call `on_audio` with each chunk (any size, not frame aligned) until the whole text is spoken, at `speed`
+        times the engine's configured speed (a `slower` button's line: below 1).
 
         Raises kiosk.errors.SpeechError with a one-line explanation on any failure.
         """

@@ -76,14 +76,21 @@ class EngineChain:
         return [(e, self.failover_s if i + 1 < len(engines) else None) for i, e in enumerate(engines)]
 
     async def synthesize(
-        self, engine: SpeechEngine, text: str, on_audio: AudioCallback, deadline: float | None, *, realtime: bool = True
+        self,
+        engine: SpeechEngine,
+        text: str,
+        on_audio: AudioCallback,
+        deadline: float | None,
+        *,
+        realtime: bool = True,
+        speed: float = 1.0,
     ) -> None:
-        """`engine` says `text` whole, held to the chain's rules (`synthesize_within`), and its health is noted.
-        `realtime=False`: nobody is listening yet (a line made ahead), so a slow engine is no fault; a runaway still
-        is. Raises SpeechError."""
+        """`engine` says `text` whole at `speed` (times its own), held to the chain's rules (`synthesize_within`),
+        and its health is noted. `realtime=False`: nobody is listening yet (a line made ahead), so a slow engine is no
+        fault; a runaway still is. Raises SpeechError."""
         lag_limit = self.failover_s if realtime else math.inf
         try:
-            await synthesize_within(engine, text, on_audio, deadline, lag_limit, self._clock)
+            await synthesize_within(engine, text, on_audio, deadline, lag_limit, self._clock, speed=speed)
         except SpeechError as exc:
             self.failed(engine, exc)
             raise
@@ -146,8 +153,11 @@ async def synthesize_within(
     lag_limit: float,
     clock: Callable[[], float] = time.monotonic,
     check_s: float = 0.1,
+    *,
+    speed: float = 1.0,
 ) -> None:
-    """`engine.synthesize`, held to three rules; a breach cancels it and raises SpeechError:
+    """`engine.synthesize` at `speed` (only passed on when it is not 1, so an engine may leave the argument out),
+    held to three rules; a breach cancels it and raises SpeechError:
 
     - with a `deadline`, an engine with no audio by then is given up on ("transient");
     - so is one whose audio falls more than `lag_limit` seconds behind real time, counted from its first byte
@@ -155,8 +165,9 @@ async def synthesize_within(
     - an engine that sends more audio than `text` can need (kiosk.speech.text.max_audio_s) has run away: nothing past
       that bound is passed on ("runaway"), even when the engine then ends as if all were well.
     """
-    watch = _Watch(engine, text, on_audio, clock)
-    task = asyncio.ensure_future(engine.synthesize(text, watch.relay))
+    watch = _Watch(engine, text, on_audio, clock, speed)
+    work = engine.synthesize(text, watch.relay) if speed == 1.0 else engine.synthesize(text, watch.relay, speed=speed)
+    task = asyncio.ensure_future(work)
     try:
         problem = None
         if deadline is not None and not await _first_audio_within(task, watch.first_audio, deadline):
@@ -178,10 +189,12 @@ async def synthesize_within(
 class _Watch:
     """What one engine has delivered so far, for `synthesize_within`'s rules."""
 
-    def __init__(self, engine: SpeechEngine, text: str, on_audio: AudioCallback, clock: Callable[[], float]):
+    def __init__(
+        self, engine: SpeechEngine, text: str, on_audio: AudioCallback, clock: Callable[[], float], speed: float
+    ):
         self.engine, self.text, self.clock = engine, text.strip(), clock
         self.on_audio = on_audio
-        self.most_s = max_audio_s(self.text, engine.identity().get("speed", 1.0))
+        self.most_s = max_audio_s(self.text, engine.identity().get("speed", 1.0) * speed)
         self.first_audio = asyncio.Event()
         self.first_at: float | None = None
         self.received = 0  # bytes passed on

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: The speech API rejects input longer than this.
 API_TEXT_LIMIT = 4096
+#: The speeds the speech API takes.
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
 #: The speech API's voices and models, as the staff page offers them (kiosk.yaml may name others, for an
 #: OpenAI-compatible server that has them).
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
@@ -89,10 +91,10 @@ class OpenAIEngine:
         if self._api_key:
             await self._ready_client()
 
-    async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
+    async def synthesize(self, text: str, on_audio: AudioCallback, speed: float = 1.0) -> None:
         client = await self._ready_client()
         for piece in split_text(text, API_TEXT_LIMIT):
-            await self._synthesize_piece(client, piece, on_audio)
+            await self._synthesize_piece(client, piece, on_audio, speed)
 
     async def probe(self) -> None:
         """Check the server is reachable and accepts the key (a models listing); raises SpeechError if not."""
@@ -135,19 +137,21 @@ class OpenAIEngine:
                 self._client = _new_client(sdk, self._cfg, self._api_key)
         return self._client
 
-    async def _synthesize_piece(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
+    async def _synthesize_piece(
+        self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback, speed: float
+    ) -> None:
         c = self._cfg
         try:
             async with asyncio.timeout(c.request_timeout_s):
-                await self._request_with_retries(client, text, on_audio)
+                await self._request_with_retries(client, self._params(text, speed), on_audio)
         except TimeoutError:
             raise SpeechError(f"OpenAI: the request took longer than {c.request_timeout_s:g} s", "transient") from None
 
-    async def _request_with_retries(self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback) -> None:
+    async def _request_with_retries(self, client: openai.AsyncOpenAI, params: dict, on_audio: AudioCallback) -> None:
         first_byte_deadline = time.monotonic() + self._cfg.first_byte_timeout_s
         for attempt in range(self._cfg.retries + 1):
             try:
-                return await self._request(client, text, on_audio, first_byte_deadline)
+                return await self._request(client, params, on_audio, first_byte_deadline)
             except _Retryable as exc:
                 pause = _pause(exc, attempt)
                 if attempt == self._cfg.retries or time.monotonic() + pause >= first_byte_deadline:
@@ -155,15 +159,17 @@ class OpenAIEngine:
                 log.warning("OpenAI: %s; retrying in %.1f s", exc, pause)
                 await asyncio.sleep(pause)
 
-    def _params(self, text: str) -> dict:
+    def _params(self, text: str, speed: float = 1.0) -> dict:
+        """The request's body; `speed` (a share of the configured speed) kept within what the API takes."""
         c = self._cfg
-        params = {"input": text, "model": c.model, "voice": c.voice, "response_format": "pcm", "speed": c.speed}
+        speed = min(MAX_SPEED, max(MIN_SPEED, c.speed * speed))
+        params = {"input": text, "model": c.model, "voice": c.voice, "response_format": "pcm", "speed": speed}
         if c.instructions:
             params["instructions"] = c.instructions
         return params
 
     async def _request(
-        self, client: openai.AsyncOpenAI, text: str, on_audio: AudioCallback, first_byte_deadline: float
+        self, client: openai.AsyncOpenAI, params: dict, on_audio: AudioCallback, first_byte_deadline: float
     ) -> None:
         c = self._cfg
         openai = _sdk()
@@ -173,7 +179,7 @@ class OpenAIEngine:
                 try:
                     async with asyncio.timeout(first_byte_deadline - time.monotonic()):
                         response = await stack.enter_async_context(
-                            client.audio.speech.with_streaming_response.create(**self._params(text))
+                            client.audio.speech.with_streaming_response.create(**params)
                         )
                         chunks = aiter(response.iter_bytes())  # as they arrive: no re-chunking delay
                         first = await anext(chunks, b"")

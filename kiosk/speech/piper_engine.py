@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,7 @@ class PiperEngine:
         """Load the voice now (about 2 s) instead of at the first line."""
         await asyncio.to_thread(self._loaded_voice)
 
-    async def synthesize(self, text: str, on_audio: AudioCallback) -> None:
+    async def synthesize(self, text: str, on_audio: AudioCallback, speed: float = 1.0) -> None:
         voice = await asyncio.to_thread(self._loaded_voice)
         pieces = speech_pieces(text, _PIECE_CHARS)
         loop = asyncio.get_running_loop()
@@ -121,7 +122,8 @@ class PiperEngine:
         def work() -> None:  # the worker thread
             error = None
             try:
-                self._make(voice, pieces, cancelled, lambda audio: loop.call_soon_threadsafe(deliver, audio))
+                push = functools.partial(loop.call_soon_threadsafe, deliver)
+                self._make(voice, pieces, cancelled, push, self.length_scale(speed))
             except Exception as exc:
                 error = SpeechError(f"piper: synthesis failed: {exc}")
             finally:
@@ -135,10 +137,14 @@ class PiperEngine:
         finally:
             cancelled.set()  # a cancelled line: the worker stops after the sentence it is making
 
-    def _make(self, voice, pieces: list[str], cancelled: threading.Event, push) -> None:
+    def length_scale(self, speed: float = 1.0) -> float:
+        """Piper's length scale (longer: slower) for `speed` times the configured speed."""
+        return 1.0 / (self._cfg.speed * speed)
+
+    def _make(self, voice, pieces: list[str], cancelled: threading.Event, push, length_scale: float) -> None:
         from piper import SynthesisConfig
 
-        config = SynthesisConfig(length_scale=1.0 / self._cfg.speed)
+        config = SynthesisConfig(length_scale=length_scale)
         for piece in pieces:
             # synthesize() yields one chunk per sentence, each as soon as it is made.
             for chunk in voice.synthesize(piece, syn_config=config):

@@ -39,6 +39,7 @@ _templates.globals["button_does"] = {
     "volume_up": "Turns the volume up for the visitor (within the range set in the config).",
     "volume_down": "Turns the volume down for the visitor (within the range set in the config).",
     "replay": "Says the last line again.",
+    "slower": "Says the last line again, more slowly (at the speed set in the config).",
 }
 
 

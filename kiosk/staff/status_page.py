@@ -22,10 +22,18 @@ async def home(request: web.Request) -> web.Response:
 
 @routes.get("/status")
 async def status_page(request: web.Request, errors: dict | None = None, status: int = 200) -> web.Response:
-    info = await request.app[BACKEND].status()
+    backend = request.app[BACKEND]
+    info = await backend.status()
     problems = [problem_parts(problem) for problem in info["problems"]]
     return render(
-        "status.html", request, status=status, status_info=info, problems=problems, errors=errors or {}, now=time.time()
+        "status.html",
+        request,
+        status=status,
+        status_info=info,
+        problems=problems,
+        errors=errors or {},
+        now=time.time(),
+        presence=backend.cfg.presence.enabled,  # the chart of visitors who came close
     )
 
 
@@ -46,9 +54,11 @@ def _history_days(request: web.Request) -> int:
 
 @routes.get("/status/history.json")
 async def history_json(request: web.Request) -> web.Response:
-    """What the status page charts: presses per day per line, by hour of day, response times."""
-    summary = await request.app[BACKEND].history_summary(_history_days(request))
-    return web.json_response(summary, dumps=_dumps)
+    """What the status page charts: presses per day per line, by hour of day, response times; visitors who came
+    close (`presence`: whether a motion sensor is configured)."""
+    backend = request.app[BACKEND]
+    summary = await backend.history_summary(_history_days(request))
+    return web.json_response({**summary, "presence": backend.cfg.presence.enabled}, dumps=_dumps)
 
 
 @routes.get("/status/history.csv")

@@ -22,9 +22,9 @@ client nor exhaust file descriptors:
     newcomer's will. So a few machines can never take every slot from a new one, and flooding machines, which
     hold about as many each, never take each other's (which would only have them connect again, at once).
     A connection whose request has fully arrived and is being answered is never closed; when nothing may go,
-    the newcomer is refused: held unread for `refuse_after_s`, then closed (a machine that connects again the
-    moment it is closed would otherwise cost thousands of connections a second, and their garbage full
-    collections that stall the loop).
+    the newcomer is refused: held unread for `refuse_after_s` (`refuse_again_after_s` for a machine whose last
+    refusals are still held), then closed (a machine that connects again the moment it is closed would otherwise
+    cost thousands of connections a second, and their garbage full collections that stall the loop).
   Each closure is counted, never logged with a traceback.
 - A body that cannot be decoded (a bad `Content-Encoding` or chunk) is the client's fault: a handler that reads it
   answers 400 saying so, and aiohttp's own attempt to drain it afterwards is logged at INFO in one line.
@@ -38,6 +38,7 @@ import asyncio
 import logging
 import resource
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,8 @@ class ConnectionLimits:
     body_grace_s: float = 3.0  # a body still arriving this long after its headers is slow
     max_slow_bodies_per_address: int = 4  # per client IP; a further slow body is cut
     refuse_after_s: float = 0.5  # a refused connection is held this long, unread, before it is closed
+    refuse_again_after_s: float = 5.0  # or this long, from an address with refused connections still held
+    max_held: int = 2048  # refused connections held at once (each costs a descriptor); beyond: closed at once
     body_timeout_s: float = 10.0  # handlers' own bound on reading a body, for an app served without the guard
 
 
@@ -101,7 +104,7 @@ class ConnectionGuard:
     def __init__(self, limits: ConnectionLimits):
         self.limits = limits
         self.peak = self.evicted = self.refused = self.cut = 0
-        self._held = 0  # refused connections not closed yet
+        self._held: Counter[str] = Counter()  # address → its refused connections not closed yet
         self._connections: dict[RequestHandler, _Connection] = {}
         # Per address, in "idle longest first" order: a connection moves to the end when a request on it ends.
         self._by_address: dict[str, dict[RequestHandler, _Connection]] = {}
@@ -142,10 +145,10 @@ class ConnectionGuard:
         address = _peer_address(transport)
         own = len(self._by_address.get(address, ()))
         if own >= self.limits.max_per_address and not self._make_room(address, any_body=False):
-            self._refuse(transport)
+            self._refuse(transport, address)
             return
         if len(self._connections) >= self.limits.max_connections and not self._make_room_at_cap(address, own):
-            self._refuse(transport)
+            self._refuse(transport, address)
             return
         connection = _Connection(address, transport, asyncio.get_running_loop().time())
         self._connections[handler] = self._by_address.setdefault(address, {})[handler] = connection
@@ -178,21 +181,25 @@ class ConnectionGuard:
                 return True
         return False
 
-    def _refuse(self, transport: Any) -> None:
+    def _refuse(self, transport: Any, address: str) -> None:
         # A flooding machine connects again the moment it is closed: holding it (unread, so it costs nothing but
-        # a descriptor) for a moment makes it cost a connection per refuse_after_s instead of thousands a second.
-        # Only max_connections are held at once; beyond that, or with no hold, the close comes at once. aiohttp
-        # goes on to start its handler task either way; the close makes connection_lost cancel it quietly.
+        # a descriptor) for a moment makes it cost a connection per refuse_after_s instead of thousands a second,
+        # and a machine refused again while its last refusals are still held waits ten times longer. Only max_held
+        # are held at once; beyond that, or with no hold, the close comes at once. aiohttp goes on to start its
+        # handler task either way; the close makes connection_lost cancel it quietly.
         self.refused += 1
-        if self.limits.refuse_after_s <= 0 or self._held >= self.limits.max_connections:
+        if self.limits.refuse_after_s <= 0 or self._held.total() >= self.limits.max_held:
             transport.close()
             return
-        self._held += 1
+        hold_s = self.limits.refuse_again_after_s if self._held[address] else self.limits.refuse_after_s
+        self._held[address] += 1
         transport.pause_reading()
-        asyncio.get_running_loop().call_later(self.limits.refuse_after_s, self._release, transport)
+        asyncio.get_running_loop().call_later(hold_s, self._release, transport, address)
 
-    def _release(self, transport: Any) -> None:
-        self._held -= 1
+    def _release(self, transport: Any, address: str) -> None:
+        self._held[address] -= 1
+        if self._held[address] <= 0:
+            del self._held[address]
         transport.close()  # no-op if the client has gone already
 
     def _close(self, handler: RequestHandler) -> None:

@@ -13,19 +13,20 @@ let line = null; // {id, words, sentences, heardFrom, lang, rtl}
 let shown = {sentence: -1, word: -1, id: null};
 let noticeTimer = null;
 
+// Text size and a light background, chosen on this page and kept in this browser.
 function settings() {
   const root = document.documentElement;
-  let size = Number(localStorage.getItem("captions.size") ?? -1);
-  const light = localStorage.getItem("captions.light") === "1";
   const contrast = document.getElementById("contrast");
+  const stored = localStorage.getItem("captions.size");
+  let size = stored !== null && /^[0-9]$/.test(stored) && Number(stored) < SIZES.length ? Number(stored) : null;
   const apply = () => {
-    if (size >= 0) root.style.setProperty("--size", SIZES[size]);
-    root.classList.toggle("light", light === true || localStorage.getItem("captions.light") === "1");
+    if (size !== null) root.style.setProperty("--size", SIZES[size]);
+    root.classList.toggle("light", localStorage.getItem("captions.light") === "1");
     contrast.setAttribute("aria-pressed", String(root.classList.contains("light")));
   };
   const step = (delta) => {
-    if (size < 0) size = SIZES.indexOf(getComputedStyle(root).getPropertyValue("--size").trim());
-    size = Math.min(SIZES.length - 1, Math.max(0, (size < 0 ? 2 : size) + delta));
+    const current = size ?? Math.max(0, SIZES.indexOf(getComputedStyle(root).getPropertyValue("--size").trim()));
+    size = Math.min(SIZES.length - 1, Math.max(0, current + delta));
     localStorage.setItem("captions.size", String(size));
     apply();
   };
@@ -42,6 +43,7 @@ function showIdle(state) {
   line = null;
   shown = {sentence: -1, word: -1, id: null};
   caption.dataset.state = "idle";
+  delete caption.dataset.sentence;
   caption.removeAttribute("lang");
   caption.removeAttribute("dir");
   caption.textContent = state.prompt || "";
@@ -62,10 +64,12 @@ function showLine(state) {
   caption.dataset.line = String(state.id);
   if (state.language) caption.lang = state.language; else caption.removeAttribute("lang");
   caption.dir = state.rtl ? "rtl" : "ltr";
+  draw(); // at once, not at the next frame
 }
 
+// The word being said at `at` ms into the line; -1 before the first (the sentence shows, nothing is marked yet).
 function currentWord(at) {
-  let index = 0;
+  let index = -1;
   for (let i = 0; i < line.words.length; i++) {
     if (line.words[i].startMs <= at) index = i; else break;
   }
@@ -86,10 +90,10 @@ function drawSentence(sentence, word) {
   caption.dataset.sentence = String(sentence);
 }
 
-function tick() {
+function draw() {
   if (line && line.words.length) {
     const word = currentWord(performance.now() - line.heardFrom);
-    const sentence = line.words[word].sentence;
+    const sentence = line.words[Math.max(0, word)].sentence;
     if (sentence !== shown.sentence) {
       drawSentence(sentence, word);
     } else if (word !== shown.word) {
@@ -99,6 +103,10 @@ function tick() {
     shown.sentence = sentence;
     shown.word = word;
   }
+}
+
+function tick() {
+  draw();
   requestAnimationFrame(tick);
 }
 
@@ -111,7 +119,7 @@ function connect() {
     } catch {
       return;
     }
-    title.textContent = state.title || "";
+    title.textContent = state.title || "Live captions";
     if (state.state === "speaking" && Array.isArray(state.words)) showLine(state); else showIdle(state);
   });
   events.addEventListener("open", () => {

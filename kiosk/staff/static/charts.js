@@ -181,6 +181,51 @@ function response(section, h) {
     }));
 }
 
+// Visitors the motion sensor saw come close beside the buttons pressed, a pair of bars a day (only where a sensor is
+// configured: the page leaves the chart out otherwise), and how many of those visitors pressed a button.
+function approaches(section, h) {
+  const box = boxFor(section, "approaches");
+  if (!box) return;
+  const came = sum(h.approaches);
+  const note = section.querySelector("[data-approach-summary]");
+  if (note) {
+    note.textContent = came
+      ? `Of ${came} ${came === 1 ? "visitor" : "visitors"} who came close, ${h.approaches_pressed} pressed a button.`
+      : "No visitors came close in the last 30 days.";
+  }
+  if (!came && !sum(h.button_presses)) {
+    nothing(box, "No visitors and no presses in the last 30 days.");
+    legend(section, "approaches", []);
+    table(section, "approaches", "", [], []);
+    return;
+  }
+  const x = h.days.map((day) => new Date(`${day}T00:00:00`).getTime() / 1000);
+  const bars = (label, color, align) => ({
+    label,
+    stroke: color,
+    fill: color,
+    width: 0, // no outline: a day without any shows nothing
+    paths: uPlot.paths.bars({ size: [0.4, 24], align }),
+    points: { show: false },
+  });
+  plot(box, {
+    scales: {
+      x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] }, // half a day beside the first and last
+      y: { range: (u, min, max) => [0, Math.max(2, max + 1)] },
+    },
+    axes: [{ ...AXIS }, { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
+    series: [{}, bars("Came close", COLORS[0], -1), bars("Pressed a button", COLORS[1], 1)],
+  }, [x, h.approaches, h.button_presses]);
+  legend(section, "approaches", [
+    [`Visitors who came close: ${came}`, COLORS[0]],
+    [`Button presses: ${sum(h.button_presses)}`, COLORS[1]],
+  ]);
+  const rows = h.days.flatMap((day, i) => (h.approaches[i] || h.button_presses[i]
+    ? [[day, String(h.approaches[i]), String(h.button_presses[i])]] : []));
+  table(section, "approaches", "Visitors who came close and button presses per day",
+    ["Day", "Came close", "Button presses"], rows);
+}
+
 function summary(section, h) {
   const note = section.querySelector("[data-chart-summary]");
   if (!note) return;
@@ -218,6 +263,7 @@ async function draw() {
     perDay(section, h);
     byHour(section, h);
     response(section, h);
+    approaches(section, h);
     section.dataset.drawn = String(h.total);
   } catch (err) {
     // the headline says when the speaker does not answer; the charts are drawn again on the next refresh
