@@ -143,11 +143,7 @@ class PresenceSensor:
 
     def close(self) -> None:
         sensor, self._sensor = self._sensor, None
-        if sensor is not None:
-            try:
-                sensor.close()
-            except Exception as exc:  # closing must not stop a shutdown or a reload
-                log.warning("closing %s failed: %s", sensor, exc)
+        _close_device(sensor)
 
 
 class VolumeKnob:
@@ -190,11 +186,15 @@ class VolumeKnob:
 
     def close(self) -> None:
         encoder, self._encoder = self._encoder, None
-        if encoder is not None:
-            try:
-                encoder.close()
-            except Exception as exc:  # closing must not stop a shutdown or a reload
-                log.warning("closing %s failed: %s", encoder, exc)
+        _close_device(encoder)
+
+
+def _close_device(device) -> None:
+    if device is not None:
+        try:
+            device.close()
+        except Exception as exc:  # closing must not stop a shutdown or a reload
+            log.warning("closing %s failed: %s", device, exc)
 
 
 def pin_factory_report() -> tuple[str | None, str]:

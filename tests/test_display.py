@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from test_unit_file import parse_unit
 
 from kiosk.config import Config
 
@@ -63,24 +64,6 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def would_run(result: subprocess.CompletedProcess) -> list[str]:
     return [line.removeprefix("would run: ") for line in result.stdout.splitlines() if line.startswith("would run: ")]
-
-
-def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
-    """Sections → (key, value) pairs in order; keys may repeat (Environment=, After=)."""
-    sections: dict[str, list[tuple[str, str]]] = {}
-    current = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        assert not line.endswith("\\"), f"continued lines make this check blind: {line}"
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), [])
-            continue
-        key, _, value = line.partition("=")
-        assert current is not None, f"setting outside a section: {line}"
-        current.append((key.strip(), value.strip()))
-    return sections
 
 
 SECTIONS = parse_unit(UNIT.read_text())
