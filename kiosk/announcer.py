@@ -174,9 +174,11 @@ class Announcer:
             return False
         audio = bytearray()
         await chain.synthesize(engine, text, audio.extend, None, realtime=False)
-        self.pace.learn(engine.name, text, len(audio) / engine.fmt.frame_bytes / engine.fmt.rate)
-        if await self._store(engine, key, bytes(audio), text) is None:
+        stored = await self._store(engine, key, bytes(audio), text)
+        if stored is None:
             raise CacheError("the cache is not writable")
+        lead_s = stored.words[0].start_ms / 1000 if stored.words else 0.0
+        self.pace.learn(engine.name, text, stored.duration_s, lead_s=lead_s)
         return True
 
     async def listen(self, text: str, language: str | None = None):
@@ -293,10 +295,11 @@ class Announcer:
                 attempt.first_byte_at = self._clock()
                 expected_s = len(text) * SPEECH_S_PER_CHAR / speed
                 playback = self._start(engine.fmt, streamed=True, gain=gain * linear(level_db), expected_s=expected_s)
-                caption.attach_streamed(playback, engine.name, speed)  # until the audio is in
+                caption.attach_streamed(playback, engine.name, speed, audio, engine.fmt)
                 attempt.playbacks.append(playback)
             audio.extend(chunk)
             attempt.playbacks[-1].feed(chunk)
+            caption.audio_arrived()
 
         try:
             await chain.synthesize(engine, text, on_audio, deadline, speed=speed)

@@ -10,9 +10,10 @@ played: the line stops where that block would begin, the entry is removed and th
 SHA-256: a Pi 4 has no SHA instructions, and BLAKE2b is the faster of the two in software on 64-bit ARM.
 
 With a loudness target, each line is levelled to it when its entry is committed (kiosk.loudness) and the header
-records its loudness, the engine's and the target. Entries of the first format (one SHA-256 of all the audio),
-without a loudness, or levelled to another target are read and verified whole once, then rewritten (`migrate`, done
-in the background after such an entry's first play, and by `kiosk cache verify`).
+records its loudness, the engine's and the target, and when each word starts (kiosk.captions.timing). Entries of the
+first format (one SHA-256 of all the audio), without a loudness or word times, or levelled to another target are
+read and verified whole once, then rewritten (`migrate`, done in the background after such an entry's first play,
+and by `kiosk cache verify`).
 
 Pinned entries (the configured exhibit lines) are never evicted; the rest are evicted least recently used first when
 the cache is over its size cap. A cached press writes nothing to disk (an SD card wears with writes): the time each

@@ -289,7 +289,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
         print(_loudness_row(info, leveller))
     for name, reason in removed:
         print(f"removed {name}: {_printable(reason)}")
-    migrated = f", {cache.migrated} rewritten with block hashes and loudness" if cache.migrated else ""
+    migrated = f", {cache.migrated} rewritten with block hashes, loudness and word times" if cache.migrated else ""
     print(
         f"{len(ok)} entries ok, {len(removed)} corrupt entries removed, {temps} leftover temp files removed{migrated}; "
         + (f"lines are played at {target:g} LUFS" if target is not None else "loudness matching is off")

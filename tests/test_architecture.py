@@ -37,6 +37,7 @@ VENDORS = {
     "pyebur128": "kiosk.loudness",
     "prometheus_client": "kiosk.metrics",
     "aiohttp_sse": "kiosk.captions.live",
+    "jinja2": "kiosk.web.templates",
     "segno": "kiosk.staff.label",
 }
 

@@ -242,7 +242,7 @@ def display_url(config_text: str, tmp_path: Path) -> subprocess.CompletedProcess
     ],
 )
 def test_the_screen_reaches_the_captions_server_where_it_listens(bind, url, tmp_path):
-    text = re.sub(r"(?ms)^captions:\n(?:[ #].*\n|\n)*", "", (REPO / "config" / "kiosk.yaml").read_text())
+    text = re.sub(r"(?m)^captions:\n(?:[ #].*\n|\n)*", "", (REPO / "config" / "kiosk.yaml").read_text())
     result = display_url(text + f"\ncaptions:\n  bind: '{bind}'\n  port: 9001\n", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == url

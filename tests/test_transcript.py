@@ -38,6 +38,7 @@ TIMEOUT = aiohttp.ClientTimeout(total=15)
 STEP_MS = 10_000  # bound on every browser wait
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 SHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
+DOCS = Path(__file__).parent.parent / "docs" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1920, "height": 1080}
 
@@ -565,6 +566,9 @@ VISIBLE = "(sel) => [...document.querySelectorAll(sel)].filter((el) => el.getCli
 async def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    if os.environ.get("KIOSK_REFRESH_SCREENSHOTS") == "1" and name in ("transcript-phone", "label-phone"):
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHOTS / f"{name}.png", DOCS / f"{name}.png")
 
 
 async def test_transcript_in_a_browser_passes_axe_and_prints(transcript, page_at):

@@ -39,7 +39,9 @@ SENTENCE_PAUSE = 2.0
 WINDOW_S = 0.010
 SILENCE_DB = 30.0  # a window this far under the line's loud windows is silent
 MIN_PAUSE_S = 0.080
-#: The shortest pause taken as a gap between words that no punctuation marks.
+#: The shortest pause taken as the gap after a sentence, after a clause, and between words no punctuation marks.
+MIN_SENTENCE_PAUSE_S = 0.150
+MIN_CLAUSE_PAUSE_S = 0.120
 MIN_PLAIN_PAUSE_S = 0.150
 #: How far from where the weights put it a boundary may be matched to a pause, as a share of the stretch.
 REACH_AFTER_PUNCTUATION = 0.35
@@ -99,26 +101,33 @@ def estimate(text: str, duration_s: float) -> list[Word]:
     return [Word(w, round(1000 * s), n) for (w, n), s in zip(words, starts, strict=True)]
 
 
-def align(text: str, pcm: bytes, fmt: AudioFormat) -> list[Word]:
-    """Word start times for `text` as said in `pcm` (mono 16-bit; any other format is timed by weight alone)."""
+def align(text: str, pcm: bytes, fmt: AudioFormat, s_per_unit: float | None = None) -> list[Word]:
+    """Word start times for `text` as said in `pcm` (mono 16-bit; any other format is timed by weight alone).
+
+    With `s_per_unit` (how fast the voice speaks, see Pace), `pcm` is only the start of the line: the words follow
+    at that pace from where speech begins. Pauses are not matched then: a line's first pauses, with its end unknown,
+    were matched to the wrong punctuation often enough to mark words seconds early (bench/captions.py)."""
     words = split_words(text)
     if not words:
         return []
     pcm = pcm[: len(pcm) - len(pcm) % fmt.frame_bytes]
     duration_s = len(pcm) / fmt.frame_bytes / fmt.rate
+    weights = [weight(w) for w, _ in words]
+    after = [_pause_after(w) for w, _ in words]
+    paced_s = None if s_per_unit is None else s_per_unit * (sum(weights) + sum(after[:-1]))
     if fmt.sample_width != 2 or fmt.channels != 1 or not pcm:
-        return estimate(text, duration_s)
+        return estimate(text, paced_s or duration_s)
     silent = _silent(_levels(pcm, fmt.rate))
     voiced = [i for i, quiet in enumerate(silent) if not quiet]
     if not voiced:
-        return estimate(text, duration_s)
+        return estimate(text, paced_s or duration_s)
     begin, end = voiced[0] * WINDOW_S, min(duration_s, (voiced[-1] + 1) * WINDOW_S)
-    weights = [weight(w) for w, _ in words]
-    after = [_pause_after(w) for w, _ in words]
-    anchors: dict[int, float] = {}
-    if len(words) <= MAX_MATCHED_WORDS:
+    if paced_s is not None:
+        end = max(end, begin + paced_s)
+    anchors: dict[int, tuple[float, float]] = {}
+    if len(words) <= MAX_MATCHED_WORDS and s_per_unit is None:
         anchors = _match_pauses(_pauses(silent, voiced[0], voiced[-1]), weights, after, begin, end)
-    starts = _share(weights, after, begin, end, anchors)
+    starts = _share(weights, after, begin, end, anchors, s_per_unit)
     return [Word(w, round(1000 * s), n) for (w, n), s in zip(words, starts, strict=True)]
 
 
@@ -197,12 +206,18 @@ def _nearest_boundary(
         passed += after[i] / 2
         distance = abs(expected - middle) / span
         reach = REACH_AFTER_PUNCTUATION if after[i] else REACH_PLAIN
-        if distance > reach or (not after[i] and stop - start < MIN_PLAIN_PAUSE_S):
+        if distance > reach or stop - start < _shortest_pause(after[i]):
             continue
         cost = distance - (0.1 if after[i] else 0.0)
         if best_cost is None or cost < best_cost:
             best, best_cost = i, cost
     return best
+
+
+def _shortest_pause(pause_weight: float) -> float:
+    if pause_weight >= SENTENCE_PAUSE:
+        return MIN_SENTENCE_PAUSE_S
+    return MIN_CLAUSE_PAUSE_S if pause_weight else MIN_PLAIN_PAUSE_S
 
 
 def _share(
@@ -211,16 +226,21 @@ def _share(
     begin: float,
     end: float,
     anchors: dict[int, tuple[float, float]],
+    s_per_unit: float | None = None,
 ) -> list[float]:
     """Start times: fixed after each pause found, and in each stretch of speech between them shared by weight (a
-    word's weight, then the pause after it, except after the stretch's last word, whose pause was found)."""
+    word's weight, then the pause after it, except after the stretch's last word, whose pause was found). With
+    `s_per_unit`, the last stretch is not yet heard whole: its words follow at that pace instead."""
     stretches = []  # (first word, start time, end time)
     first, at = 0, begin
     for boundary in sorted(anchors):
         pause_start, pause_stop = anchors[boundary]
         stretches.append((first, boundary + 1, at, pause_start))
         first, at = boundary + 1, pause_stop
-    stretches.append((first, len(weights), at, end))
+    last_end = end
+    if s_per_unit is not None:
+        last_end = at + s_per_unit * (sum(weights[first:]) + sum(after[first:-1]))
+    stretches.append((first, len(weights), at, last_end))
     starts = [0.0] * len(weights)
     for a, b, t0, t1 in stretches:
         units = [weights[i] + (after[i] if i < b - 1 else 0.0) for i in range(a, b)]
@@ -233,27 +253,41 @@ def _share(
 
 
 class Pace:
-    """How fast each voice speaks, learned from the lines it has said: the first guess at a streamed line's word
-    times, until its audio is in, is only as good as the guess at its length."""
+    """How fast each voice speaks, and how long its silence before the first word is, learned from the lines it has
+    said: the first guess at a streamed line's word times, until its audio is in, is only as good as these."""
 
-    DEFAULT_S_PER_UNIT = 0.22  # seconds per syllable (pauses count as syllables): an unhurried guide
+    DEFAULT_S_PER_UNIT = 0.22  # seconds per unit of weight (about a syllable; pauses count too): an unhurried guide
+    DEFAULT_LEAD_S = 0.1
     LEARNING_RATE = 0.3
 
     def __init__(self) -> None:
         self._s_per_unit: dict[str, float] = {}
+        self._lead_s: dict[str, float] = {}
+
+    def guess(self, voice: str, text: str, speed: float = 1.0) -> list[Word]:
+        """When each word of `text` is likely to start, said by `voice` at `speed`."""
+        lead = self._lead_s.get(voice, self.DEFAULT_LEAD_S)
+        words = estimate(text, self.duration_s(voice, text, speed))
+        return [Word(w.text, w.start_ms + round(1000 * lead), w.sentence) for w in words]
 
     def duration_s(self, voice: str, text: str, speed: float = 1.0) -> float:
-        """How long `voice` is likely to take to say `text` at `speed`."""
-        return self._s_per_unit.get(voice, self.DEFAULT_S_PER_UNIT) * _units(text) / speed
+        """How long `voice` is likely to take to say `text` at `speed` (from its first word on)."""
+        return self.s_per_unit(voice, speed) * _units(text)
 
-    def learn(self, voice: str, text: str, duration_s: float, speed: float = 1.0) -> None:
-        """`voice` took `duration_s` to say `text` at `speed`."""
+    def s_per_unit(self, voice: str, speed: float = 1.0) -> float:
+        return self._s_per_unit.get(voice, self.DEFAULT_S_PER_UNIT) / speed
+
+    def learn(self, voice: str, text: str, duration_s: float, speed: float = 1.0, lead_s: float = 0.0) -> None:
+        """`voice` took `duration_s` to say `text` at `speed`, the first `lead_s` of it silent."""
         units = _units(text)
-        if units <= 0 or not 0 < duration_s < 3600:
+        if units <= 0 or not 0 <= lead_s < duration_s < 3600:
             return
-        seen = duration_s * speed / units
-        before = self._s_per_unit.get(voice)
-        self._s_per_unit[voice] = seen if before is None else before + self.LEARNING_RATE * (seen - before)
+        self._s_per_unit[voice] = self._learned(self._s_per_unit, voice, (duration_s - lead_s) * speed / units)
+        self._lead_s[voice] = self._learned(self._lead_s, voice, lead_s)
+
+    def _learned(self, table: dict[str, float], voice: str, seen: float) -> float:
+        before = table.get(voice)
+        return seen if before is None else before + self.LEARNING_RATE * (seen - before)
 
 
 def _units(text: str) -> float:

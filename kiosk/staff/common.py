@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from aiohttp import web
 
 from kiosk.config import load_config, read_staff_settings, unencodable_at
@@ -22,16 +21,13 @@ from kiosk.staff.auth import LoginLimiter, PasswordChecker, PasswordFile, Sessio
 from kiosk.staff.backend import StaffBackend
 from kiosk.web.hosts import HostNames
 from kiosk.web.server import ConnectionLimits
+from kiosk.web.templates import template_environment
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(HERE / "templates"),
-    autoescape=True,  # every value is HTML-escaped unless a template says otherwise (none does)
-    undefined=jinja2.StrictUndefined,
-)
+_templates = template_environment(HERE / "templates")
 #: What a button that does not speak a line of its own does, as the Buttons lists say it.
 _templates.globals["button_does"] = {
     "stop": "Stops whatever is playing.",

@@ -81,10 +81,11 @@ function drawSentence(sentence, word) {
   line.words.forEach((w, i) => {
     if (w.sentence !== sentence) return;
     const span = document.createElement("span");
-    span.textContent = w.text;
+    const spoken = w.text.trimEnd();
+    span.textContent = spoken;
     span.dataset.word = String(i);
     if (i === word) span.className = "now";
-    fragment.append(span);
+    fragment.append(span, w.text.slice(spoken.length)); // the space after a word is not marked with it
   });
   caption.replaceChildren(fragment);
   caption.dataset.sentence = String(sentence);
