@@ -626,6 +626,27 @@ display_start() {
     [ "$dry_run" -eq 1 ] || say "kiosk-display is $(systemctl is-active kiosk-display): journalctl -u kiosk-display -f for its log"
 }
 
+# The staff password, asked at the end of an install when someone is at the terminal (never a default one). Enter
+# skips it: then the speaker says a setup code when its setup button is held, and the staff page asks for that.
+staff_password() {
+    [ "$dry_run" -eq 0 ] && [ -z "$root_dir" ] && [ -t 0 ] || return 0
+    local first second
+    while true; do
+        read -rs -p "install.sh: staff password for the settings page (Enter to skip): " first || first=""
+        echo
+        [ -n "$first" ] || { say "no staff password set: hold the setup button 5 s, the speaker says a setup code"; return 0; }
+        read -rs -p "install.sh: the same again: " second || second=""
+        echo
+        if [ "$first" != "$second" ]; then
+            say "the two entries differ; try again"
+            continue
+        fi
+        if printf '%s\n' "$first" | "$OPT/bin/kiosk" passwd --stdin; then
+            return 0
+        fi
+    done
+}
+
 service_install() {
     setup_paths
     [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
@@ -645,6 +666,7 @@ service_install() {
     else
         tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit"
     fi
+    staff_password
 }
 
 removed=0

@@ -6,6 +6,8 @@ stands behind it, a lag behind real time of at most `failover_s`, no more audio 
 cut mid-stream keeps what was heard and is then spoken whole by the next engine, so it is never left half said;
 nothing partial is ever cached. An engine that ran away is silenced at once instead: what it still has queued is
 not the line, which was said long before. Listeners over HTTP get the same failover (kiosk.listen).
+
+Longer than most because the one path from a request to sound (cache, engines, failover, store) reads best whole.
 """
 
 from __future__ import annotations
@@ -112,14 +114,21 @@ class Announcer:
             if playback is not None:
                 playback.stop()
 
-    async def say(self, text: str, *, gain: float = 1.0, language: str | None = None, speed: float = 1.0) -> Trace:
+    async def say(
+        self, text: str, *, gain: float = 1.0, language: str | None = None, speed: float = 1.0, private: bool = False
+    ) -> Trace:
         """Speak `text` (in `language`'s voice, at `speed` times its own) and return once it has played; faults are
-        reported in `Trace.error`, never raised."""
+        reported in `Trace.error`, never raised. A `private` line (a setup code) is only synthesized and played:
+        not looked up in nor stored to the cache, not captioned, and its trace names no key (a hash of the code)."""
         started = self._clock()
         text = text.strip()
-        caption = LineCaption(self.captions, text, language, self.pace)
+        caption = LineCaption(None if private else self.captions, text, language, self.pace)
         try:
-            return await self._say(text, started, gain, language, caption, speed)
+            if not private:
+                return await self._say(text, started, gain, language, caption, speed)
+            trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption, speed, private)
+            trace.key = ""
+            return trace
         finally:
             caption.end()
 
@@ -249,7 +258,14 @@ class Announcer:
         task.add_done_callback(self._tasks.discard)
 
     async def _play_streamed(
-        self, text: str, started: float, gain: float, chain: EngineChain, caption: LineCaption, speed: float
+        self,
+        text: str,
+        started: float,
+        gain: float,
+        chain: EngineChain,
+        caption: LineCaption,
+        speed: float,
+        private: bool = False,
     ) -> Trace:
         attempts = chain.attempts()
         if not attempts:
@@ -260,7 +276,7 @@ class Announcer:
         errors: list[str] = []
         heard = Attempt()
         for engine, deadline in attempts:
-            attempt = await self._attempt(chain, engine, text, gain, deadline, caption, speed=speed)
+            attempt = await self._attempt(chain, engine, text, gain, deadline, caption, speed=speed, private=private)
             attempt.playbacks[:0] = heard.playbacks  # what an earlier engine got heard counts in the trace
             attempt.silenced[:0] = heard.silenced
             attempt.first_byte_at = heard.first_byte_at or attempt.first_byte_at
@@ -284,6 +300,7 @@ class Announcer:
         caption: LineCaption,
         *,
         speed: float = 1.0,
+        private: bool = False,
     ) -> Attempt:
         """Stream `text` from one engine at `speed`; on failure say why (after playing out whatever was heard)."""
         attempt = Attempt()
@@ -316,7 +333,7 @@ class Announcer:
         finally:
             for playback in attempt.playbacks:
                 playback.finish()  # what was heard stays; the device plays it out and stops cleanly
-        if attempt.error is None:
+        if attempt.error is None and not private:
             stored = await self._store(engine, self.key_for(text, engine, speed), bytes(audio), text, speed)
             attempt.cached = stored is not None
             attempt.loudness_lufs = as_played(stored and stored.levelled and stored.levelled.engine_lufs, level_db)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
+from kiosk import clock
 from kiosk.build import BUNDLED_VOICE, build_local_voice, piper_installed
 from kiosk.captions.feed import CaptionFeed
 from kiosk.config import Config, text_problem
@@ -24,9 +26,12 @@ from kiosk.history import Outcome
 from kiosk.listen import SampleStream
 from kiosk.metrics import Metrics
 from kiosk.parts import Parts
+from kiosk.setup_code import spoken
 from kiosk.speaker import Rejected, Request
 from kiosk.speech.openai_engine import OpenAIEngine, draft_translations
 from kiosk.status import StatusBoard
+
+log = logging.getLogger(__name__)
 
 VOICE_SAMPLE = "Welcome to the museum. This is how I sound when I tell you about the exhibits."
 
@@ -84,6 +89,18 @@ class App:
         """The time of day as the museum keeps it (injected in tests)."""
         return self._now()
 
+    def is_open(self, moment: datetime) -> bool:
+        """Opening hours at `moment`, or the staff's fallback while the clock is not set (kiosk.clock)."""
+        return clock.is_open(self.cfg, self._parts.clock.trusted(), moment)
+
+    def clock_state(self) -> str:
+        """'set', or 'clock not set' while the wall clock cannot be trusted (kiosk.clock)."""
+        return self._parts.clock.problem() or "set"
+
+    def quiet_volume(self, moment: datetime) -> int | None:
+        """The quiet-hours volume at `moment`; None outside them, and while the clock is not set."""
+        return clock.quiet_volume(self.cfg, self._parts.clock.trusted(), moment)
+
     # -- speaking
 
     def play(
@@ -116,14 +133,41 @@ class App:
         language: str | None = None,
         volume: float = 1.0,
         speed: float = 1.0,
+        private: bool = False,
     ) -> Request:
         """Hand a checked text to the speaker at `volume` (a share of the staff's volume) and `speed` (a share of
-        the voice's); raises Rejected when the speaker will not take it (busy, queue full)."""
+        the voice's); raises Rejected when the speaker will not take it (busy, queue full). A `private` text is
+        spoken but never cached, captioned or shown (kiosk.speaker.Request.private)."""
         parts = self._parts
         gain = parts.gain * volume
         return parts.speaker.request(
-            text, origin=origin, policy=policy, phrase=phrase, gain=gain, language=language, speed=speed
+            text,
+            origin=origin,
+            policy=policy,
+            phrase=phrase,
+            gain=gain,
+            language=language,
+            speed=speed,
+            private=private,
         )
+
+    def speak_setup_code(self) -> None:
+        """Staff held the setup button: say a new setup code (valid ten minutes, once) at once. The code itself
+        goes nowhere but the voice."""
+        code = self._parts.setup_codes.new()
+        self.say(spoken(code), origin="setup", policy="restart", private=True)
+        self.event("The setup button was held: a setup code was spoken (valid for 10 minutes).")
+
+    def use_setup_code(self, code: str) -> bool:
+        """Whether `code` is the setup code in force; a right one is used up."""
+        return self._parts.setup_codes.use(code)
+
+    def setup_button_name(self) -> str | None:
+        """What staff call the button to hold for a setup code (None: there are no buttons)."""
+        button = self.cfg.setup_button
+        if button is None:
+            return None
+        return button.name or f"GPIO {button.pin}"
 
     def beep(self, kind: str, volume: float = 1.0) -> None:
         """A volume press's short tone (`ok` or `limit`, kiosk.chime.beep) at `volume` (a share of the staff's

@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from gpiozero import LED, Button, Device, MotionSensor, RotaryEncoder
 from gpiozero.exc import BadPinFactory, GPIOZeroError
@@ -23,6 +24,15 @@ from kiosk.config import ButtonConfig, KnobConfig, PresenceConfig
 log = logging.getLogger(__name__)
 
 PressHandler = Callable[[ButtonConfig], None]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A button held `seconds` calls `handler(button)` on the event loop, once per hold (which button's hold means
+    something is the handler's to say). The press works as before: a hold starts with a press."""
+
+    seconds: float
+    handler: PressHandler
 
 
 class Buttons:
@@ -36,8 +46,10 @@ class Buttons:
         loop: asyncio.AbstractEventLoop,
         pin_factory=None,
         clock: Callable[[], float] = time.monotonic,
+        hold: Hold | None = None,
     ):
         self._on_press = on_press
+        self._hold = hold
         self._loop = loop
         self._clock = clock
         self._last_press: dict[int, float] = {}
@@ -63,6 +75,10 @@ class Buttons:
             cfg.pin, pull_up=cfg.pull_up, bounce_time=(cfg.bounce_ms / 1000) or None, pin_factory=pin_factory
         )
         button.when_pressed = lambda: self._loop.call_soon_threadsafe(self._pressed, cfg)
+        hold = self._hold
+        if hold is not None:
+            button.hold_time = hold.seconds
+            button.when_held = lambda: self._loop.call_soon_threadsafe(hold.handler, cfg)
         self._devices.append(button)
         if cfg.led is not None:
             led = LED(cfg.led, pin_factory=pin_factory)

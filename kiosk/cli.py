@@ -153,9 +153,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from kiosk.doctor import run_checks
+    from kiosk.doctor import needs_sudo, run_checks
 
-    findings = run_checks(_config(args), str(args.config))
+    why = needs_sudo([args.config])
+    cfg = None if why else _config(args)
+    why = why or needs_sudo([cfg.openai.api_key_file])
+    if why:
+        print(why, file=sys.stderr)
+        return EXIT_FAULT
+    findings = run_checks(cfg, str(args.config))
     for finding in findings:
         print(finding.line(), flush=True)
     return EXIT_FAULT if any(f.level == "fail" for f in findings) else 0

@@ -1,17 +1,26 @@
-"""`kiosk doctor`: check everything a speaker needs, one line each, with what to do about a problem."""
+"""`kiosk doctor`: check everything a speaker needs, one line each, with what to do about a problem.
+
+Run by a user who cannot read the config or key file it says in one line to run it with sudo; ALSA's own
+"ALSA lib ... cannot find card" lines (written by alsa-lib in C to file descriptor 2) are kept off the terminal.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import getpass
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from kiosk.alsa_output import AlsaOutput, mixer_report
 from kiosk.build import build_engine
 from kiosk.buttons import pin_factory_report
+from kiosk.clock import NOT_SET, system_synchronized
 from kiosk.config import Config, resolve_api_key
 from kiosk.errors import KioskError
 
@@ -34,6 +43,7 @@ def run_checks(cfg: Config, config_path: str) -> list[Finding]:
         ("audio device", lambda: _device(cfg)),
         ("mixer", lambda: _mixer(cfg)),
         ("GPIO", lambda: _gpio(cfg)),
+        ("clock", lambda: _clock(cfg)),
         ("API key", lambda: _api_key(cfg)),
         ("speech engine", lambda: _engine(cfg)),
         ("cache", lambda: _cache_writable(cfg)),
@@ -49,15 +59,47 @@ def run_checks(cfg: Config, config_path: str) -> list[Finding]:
     return findings
 
 
+def needs_sudo(paths: list[Path | None]) -> str | None:
+    """One line saying to use sudo, when one of `paths` exists but this user may not read it; else None."""
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError:
+            user = getpass.getuser()
+            return f"kiosk doctor: {path} cannot be read as {user}: run it with sudo (sudo kiosk doctor)"
+        except OSError:
+            continue  # missing or otherwise unusable: the checks say so
+    return None
+
+
+@contextlib.contextmanager
+def alsa_quiet() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for a while: alsa-lib prints its own errors there from C."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _device(cfg: Config) -> tuple[str, str]:
     engine = build_engine(cfg)
-    out = AlsaOutput(cfg.audio.device, engine.fmt, cfg.audio.period_ms, cfg.audio.buffer_periods)
-    out.close()
+    with alsa_quiet():
+        out = AlsaOutput(cfg.audio.device, engine.fmt, cfg.audio.period_ms, cfg.audio.buffer_periods)
+        out.close()
     return "ok", f"'{cfg.audio.device}' opens at {engine.fmt.rate} Hz ({engine.fmt.describe()})"
 
 
 def _mixer(cfg: Config) -> tuple[str, str]:
-    ok, detail = mixer_report(cfg.audio.device)
+    with alsa_quiet():
+        ok, detail = mixer_report(cfg.audio.device)
     return ("ok" if ok else "fail"), detail
 
 
@@ -66,6 +108,15 @@ def _gpio(cfg: Config) -> tuple[str, str]:
     if not cfg.buttons:
         return "ok", f"no buttons configured ({detail})"
     return ("ok" if name not in (None, "mock") else "warn" if name == "mock" else "fail"), detail
+
+
+def _clock(cfg: Config) -> tuple[str, str]:
+    if not cfg.clock.check:
+        return "ok", "trusted as it is (clock.check: false)"
+    if system_synchronized():
+        return "ok", "synchronized"
+    fallback = "always open" if cfg.clock.untrusted_hours == "open" else "closed"
+    return "warn", f"{NOT_SET}: not synchronized yet; no announcements, and {fallback} until it is"
 
 
 def _api_key(cfg: Config) -> tuple[str, str]:

@@ -47,7 +47,7 @@ _LATEST_TIME = 1e11  # the year 5138: a later (or infinite) time is no time a pr
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
     time REAL NOT NULL, origin TEXT NOT NULL, line TEXT, source TEXT, response_ms REAL,
-    outcome TEXT NOT NULL, error TEXT, text_chars INTEGER, language TEXT
+    outcome TEXT NOT NULL, error TEXT, text_chars INTEGER, language TEXT, clock_trusted INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time);
 CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, text TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 1);
@@ -57,8 +57,8 @@ CREATE INDEX IF NOT EXISTS events_time ON events (time);
 #: Read at the start: every column in use and the newest rows (where writes go), so that a database of another
 #: shape or with damaged pages is found now rather than at the first write.
 _PROBES = (
-    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
-    "ORDER BY time DESC LIMIT 1",
+    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language, clock_trusted "
+    "FROM requests ORDER BY time DESC LIMIT 1",
     "SELECT rowid, time, text, count FROM events ORDER BY rowid DESC LIMIT 1",
     "SELECT slot, time FROM fired ORDER BY slot DESC LIMIT 1",
 )
@@ -71,6 +71,8 @@ _OUTCOMES = (
     "AND typeof(error) IN ('text', 'null') AND typeof(text_chars) IN ('integer', 'null') "
     "AND typeof(language) IN ('text', 'null') ORDER BY time"
 )
+#: The newest time recorded while the clock was trusted: a wall clock earlier than it is not set (kiosk.clock).
+_NEWEST = f"SELECT time FROM requests WHERE clock_trusted = 1 AND {_TIME_OK} ORDER BY time DESC LIMIT 1"
 _EVENTS = (
     f"SELECT time, text, count FROM events WHERE {_TIME_OK} AND typeof(text) = 'text' "
     "AND typeof(count) = 'integer' ORDER BY rowid DESC LIMIT ?"
@@ -103,7 +105,9 @@ class History:
         self._clock = clock
         self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[Outcome] = []
+        self._pending: list[tuple[Outcome, int]] = []  # with whether the clock was trusted when it was recorded
+        #: Whether the wall clock can be believed now (kiosk.clock): rows recorded while not are marked.
+        self.clock_trusted: Callable[[], bool] = lambda: True
         self._pending_events: list[tuple[float, str]] = []
         self._claimed_in_memory: set[str] = set()
         #: Why nothing is being recorded, or None.
@@ -131,14 +135,14 @@ class History:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._many_pending.wait(), self.write_every_s)
             await self.flush()
-            if self._clock() >= next_purge:
+            if self._clock() >= next_purge and self.clock_trusted():  # a wrong clock must not purge by its time
                 await self._in_db_thread(self._purge)
                 next_purge = self._clock() + PURGE_EVERY_S
 
     # -- recording (from the event loop; never blocks)
 
     def record(self, outcome: Outcome) -> None:
-        self._pending.append(outcome)
+        self._pending.append((outcome, int(self.clock_trusted())))
         self._note_pending()
 
     def event(self, text: str, at: float | None = None) -> None:
@@ -166,6 +170,11 @@ class History:
         return claimed
 
     # -- reading
+
+    async def newest_time(self) -> float | None:
+        """The newest press's time recorded while the clock was trusted; None when there is none."""
+        row = await self._in_db_thread(lambda: self._connection().execute(_NEWEST).fetchone())
+        return row[0] if row else None
 
     async def outcomes(self, days: int) -> list[Outcome]:
         await self.flush()
@@ -261,15 +270,15 @@ class History:
             self._open()
         return self._db
 
-    def _write(self, rows: list[Outcome], events: list[tuple[float, str]]) -> None:
+    def _write(self, rows: list[tuple[Outcome, int]], events: list[tuple[float, str]]) -> None:
         db = self._connection()
         with _transaction(db):
             db.executemany(
-                "INSERT INTO requests (time, origin, line, source, response_ms, outcome, error, text_chars, language) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (time, origin, line, source, response_ms, outcome, error, text_chars, language, "
+                "clock_trusted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars, r.language)
-                    for r in rows
+                    (r.time, r.origin, r.line, r.source, r.response_ms, r.outcome, r.error, r.text_chars, r.language, t)
+                    for r, t in rows
                 ],
             )
             for at, text in events:
@@ -315,6 +324,8 @@ def _prepare(db: sqlite3.Connection) -> None:
         columns = [row[1] for row in db.execute("PRAGMA table_info(requests)")]
         if "language" not in columns:  # a database from before languages: kept, with the new column added
             db.execute("ALTER TABLE requests ADD COLUMN language TEXT")
+        if "clock_trusted" not in columns:  # from before kiosk.clock: its rows were written trusting the clock
+            db.execute("ALTER TABLE requests ADD COLUMN clock_trusted INTEGER NOT NULL DEFAULT 1")
         for probe in _PROBES:
             db.execute(probe).fetchall()
     except sqlite3.OperationalError as exc:

@@ -16,6 +16,7 @@ from kiosk.announcer import Announcer
 from kiosk.buttons import Buttons, PresenceSensor, VolumeKnob
 from kiosk.cache import PhraseCache
 from kiosk.captions.feed import CaptionFeed
+from kiosk.clock import TrustedClock
 from kiosk.config import Config
 from kiosk.device import DeviceKeeper
 from kiosk.events import EventLog
@@ -24,6 +25,7 @@ from kiosk.languages import LanguageChoice
 from kiosk.player import Player
 from kiosk.ratelimit import RateLimiter
 from kiosk.schedule import Scheduler
+from kiosk.setup_code import SetupCodes
 from kiosk.speaker import Speaker
 from kiosk.speech import SpeechEngine
 from kiosk.speech.chain import EngineChain
@@ -44,6 +46,7 @@ class Parts:
     language_choice: LanguageChoice
     visitor_volume: VisitorVolume
     captions: CaptionFeed  # what the live captions show now
+    clock: TrustedClock  # whether the wall clock can be believed (kiosk.clock)
     device: DeviceKeeper = field(init=False)
     cache: PhraseCache = field(init=False)
     engines: EngineChain = field(init=False)
@@ -67,6 +70,7 @@ class Parts:
     engine_state: dict = field(default_factory=lambda: {"reachable": None, "error": None, "checked_at": None})
     warm: dict = field(default_factory=new_progress)
     last_pressed: dict[int, float] = field(default_factory=dict)  # GPIO pin → wall-clock time of its last press
+    setup_codes: SetupCodes = field(default_factory=SetupCodes)  # the code the setup button's hold last spoke
 
     @property
     def engine(self) -> SpeechEngine:

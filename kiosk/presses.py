@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable
 
 from kiosk.app import App
-from kiosk.buttons import Buttons, PresenceSensor, VolumeKnob
+from kiosk.buttons import Buttons, Hold, PresenceSensor, VolumeKnob
 from kiosk.config import ButtonConfig, KnobConfig, PresenceConfig
 from kiosk.history import Outcome
 from kiosk.parts import Parts
+from kiosk.setup_code import HOLD_S
 from kiosk.speaker import Rejected, Request
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Presses:
         self._knob_tone: asyncio.TimerHandle | None = None  # the tone confirming the knob's last turns, when due
         self._knob_tone_at = -KNOB_TONE_GAP_S  # on the event loop's clock: when the knob's last tone was played
         self._knob_moved = False  # whether any turn since that tone moved the volume (else: the tone at the limit)
+        self.setup_hold_s = HOLD_S  # how long the setup button is held for a spoken setup code (tests: shorter)
 
     def connect(
         self,
@@ -73,7 +75,8 @@ class Presses:
             self._report(parts.knob.error)
         if not configs:
             return
-        parts.buttons = Buttons(configs, self.press, loop=loop, pin_factory=pin_factory)
+        hold = Hold(self.setup_hold_s, self.held)
+        parts.buttons = Buttons(configs, self.press, loop=loop, pin_factory=pin_factory, hold=hold)
         self._report(parts.buttons.error)
         if not parts.buttons.error and parts.buttons.simulated:
             log.warning("GPIO pins are simulated (mock pin factory): the buttons are not wired to anything")
@@ -94,6 +97,19 @@ class Presses:
             self._knob_tone.cancel()
             self._knob_tone = None
 
+    def held(self, button: ButtonConfig) -> None:
+        """A button was held (called on the event loop): the setup button's hold has the speaker say a new setup
+        code; another's means nothing more than its press."""
+        setup = self._parts.cfg.setup_button
+        if setup is None or button.pin != setup.pin:
+            return
+        try:
+            self._app.speak_setup_code()
+        except Rejected as exc:
+            log.warning("the setup code could not be spoken: %s", exc)
+        except Exception:  # like a press: the next hold works
+            log.exception("speaking a setup code failed")
+
     def approached(self) -> None:
         """The motion sensor saw movement; called on the event loop. A new visitor (none within `quiet_s`) is
         counted in the history and, while open, outside quiet hours and with nothing playing, invited."""
@@ -108,8 +124,9 @@ class Presses:
             return
         self._last_approach = now
         self._parts.history.record(Outcome(time.time(), "presence", None, None, None, "approach"))
-        invite, moment = cfg.presence.invite, self._app.local_time()
-        if invite is None or not cfg.is_open(moment) or cfg.quiet_volume(moment) is not None or self._app.speaking:
+        app, invite = self._app, cfg.presence.invite
+        moment = app.local_time()
+        if invite is None or not app.is_open(moment) or app.quiet_volume(moment) is not None or app.speaking:
             return
         text, language = cfg.text_for(invite)
         with contextlib.suppress(Rejected):
@@ -142,10 +159,10 @@ class Presses:
         if button.action == "language":
             self._next_language(button)
             return
-        if not cfg.is_open(now):
+        if not app.is_open(now):
             self._closed(button)
             return
-        quiet = cfg.quiet_volume(now)
+        quiet = app.quiet_volume(now)
         if quiet == 0:
             app.refused(f"button:{button.pin}", button.phrase, "quiet_hours")
             app.event(f"button {button.pin}: quiet hours, not spoken")
@@ -195,7 +212,7 @@ class Presses:
     def _turned(self, detents: int) -> None:
         cfg, now = self._parts.cfg, self._app.local_time()
         self._parts.scheduler.activity()
-        if cfg.audio.volume == 0 or not cfg.is_open(now) or cfg.quiet_volume(now) == 0:
+        if cfg.audio.volume == 0 or not self._app.is_open(now) or self._app.quiet_volume(now) == 0:
             log.info("volume knob: turned while closed or silent; the visitor's volume stays")
             return
         self._parts.language_choice.touch(self._reset_s("language"))
@@ -214,7 +231,7 @@ class Presses:
         self._knob_tone, self._knob_tone_at = None, asyncio.get_running_loop().time()
         moved, self._knob_moved = self._knob_moved, False
         cfg = self._parts.cfg
-        quiet = cfg.quiet_volume(self._app.local_time())
+        quiet = self._app.quiet_volume(self._app.local_time())
         if self._app.speaking:
             return
         volume = 1.0 if quiet is None else quiet / 100

@@ -27,6 +27,7 @@ from kiosk.build import api_token, build_chain, build_player, build_voices, new_
 from kiosk.cache import PhraseCache
 from kiosk.captions.feed import CaptionFeed
 from kiosk.captions.web import make_captions_app
+from kiosk.clock import Probe, TrustedClock
 from kiosk.config import Config, load_config, resolve_api_key
 from kiosk.device import DeviceKeeper
 from kiosk.errors import ConfigError, KioskError
@@ -72,6 +73,7 @@ class Service:
         limits: ConnectionLimits | None = None,
         clock=time.monotonic,
         now=datetime.now,
+        clock_probe: Probe | None = None,
     ):
         self._overrides = overrides or {}
         self._open_sink = open_sink
@@ -91,6 +93,7 @@ class Service:
             language_choice=LanguageChoice([lang.code for lang in cfg.languages], clock=clock),
             visitor_volume=VisitorVolume(clock=clock),
             captions=CaptionFeed(title=cfg.captions.title, prompt=cfg.captions.prompt),
+            clock=TrustedClock(probe=clock_probe, enabled=cfg.clock.check, on_change=self._clock_changed),
         )
         self.board = StatusBoard(p, on_event=lambda text: self.app.event(text), now=now, writer_stuck_s=writer_stuck_s)
         self.app = App(p, self.board, reload=self.reload, now=now)
@@ -106,7 +109,13 @@ class Service:
             on_event=self.app.event,
         )
         p.scheduler = Scheduler(
-            config=lambda: p.cfg, speak=self.presses.announce, claim=history.claim, on_event=self.app.event, now=now
+            config=lambda: p.cfg,
+            speak=self.presses.announce,
+            claim=history.claim,
+            on_event=self.app.event,
+            now=now,
+            trusted=p.clock.trusted,
+            monotonic=clock,
         )
         # The visitor's path (cache reads and writes) gets threads of its own: a flood of status requests or
         # password checks on the default pool must never delay a press.
@@ -129,6 +138,10 @@ class Service:
         p, cfg = self.parts, self.parts.cfg
         p.api_token, p.api_key, p.secret_problems = read_secrets(cfg)
         await p.history.open()
+        p.history.clock_trusted = p.clock.trusted
+        p.clock.not_before(await p.history.newest_time())
+        if not await asyncio.to_thread(p.clock.check):
+            self.app.event("clock not set: no announcements, and opening hours as clock.untrusted_hours says")
         p.event_log.load(await p.history.recent_events())
         p.history.on_notice = self.app.event  # a damaged database set aside while running
         p.cache = await self._open_cache(cfg)
@@ -168,6 +181,7 @@ class Service:
         run("device", p.device.run)
         run("history", p.history.run)
         run("schedule", p.scheduler.run)
+        run("clock", p.clock.run)
         if p.config_path is not None:
             run("config-check", upkeep.check_config_file)
 
@@ -234,6 +248,7 @@ class Service:
         self.hosts.configure(new.hostnames)
         p.captions.configure(title=new.captions.title, prompt=new.captions.prompt)
         p.history.keep_days = new.history.keep_days
+        p.clock.enabled = new.clock.check
         p.limiter = RateLimiter(new.api.rate_limit_per_min)
         self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence, knob=new.knob)
         self._start_fleet(new)
@@ -260,6 +275,9 @@ class Service:
         await p.device.open()
         for chain in old_chains:
             await chain.aclose()
+
+    def _clock_changed(self, trusted: bool) -> None:
+        self.app.event("the clock is set: announcements go on from now" if trusted else "clock not set")
 
     def _start_fleet(self, cfg: Config) -> None:
         """The MQTT link and the OSC listener, each a supervised child while configured."""

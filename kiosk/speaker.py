@@ -45,6 +45,7 @@ class Request:
     gain: float = 1.0
     language: str | None = None  # the language the text is in (its voice speaks it)
     speed: float = 1.0  # a share of the voice's own speed (a `slower` button's line: below 1)
+    private: bool = False  # a setup code: spoken, never cached, captioned or shown (summary() leaves its text out)
     state: str = "queued"  # queued → playing → done | stopped | failed | dropped
     requested_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -57,7 +58,7 @@ class Request:
             "language": self.language,
             "origin": self.origin,
             "state": self.state,
-            "text": self.text,
+            "text": "" if self.private else self.text,
         }
 
 
@@ -113,6 +114,7 @@ class Speaker:
         gain: float = 1.0,
         language: str | None = None,
         speed: float = 1.0,
+        private: bool = False,
     ) -> Request:
         """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
         req = Request(
@@ -123,6 +125,7 @@ class Speaker:
             gain=gain,
             language=language,
             speed=speed,
+            private=private,
             requested_at=self._clock(),
         )
         busy = self._current is not None or bool(self._queue)
@@ -170,7 +173,7 @@ class Speaker:
         req.started_at = self._clock()
         self._notify(req)
         task = self._current_task = asyncio.ensure_future(
-            self.announcer.say(req.text, gain=req.gain, language=req.language, speed=req.speed)
+            self.announcer.say(req.text, gain=req.gain, language=req.language, speed=req.speed, private=req.private)
         )
         overdue = False
         limit_s = line_limit_s(req.text) / min(1.0, req.speed)  # a slower line takes longer

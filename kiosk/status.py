@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from kiosk import __version__
+from kiosk import __version__, clock
 from kiosk.config import staff_settings_problem
 from kiosk.history import Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
@@ -122,7 +122,8 @@ class StatusBoard:
             "uptime_s": uptime,
             "uptime_text": _duration(uptime),
             "warm": dict(s.warm),
-            "open": s.cfg.is_open(self._now()),
+            "open": clock.is_open(s.cfg, s.clock.trusted(), self._now()),
+            "clock": {"trusted": s.clock.trusted(), "state": s.clock.problem() or "set"},
             "next_announcement": s.scheduler.next_announcement(),
             **{key: value for status, _ in self._reporters for key, value in status().items()},  # "mqtt", "osc"
             "problems": problems,
@@ -149,7 +150,7 @@ class StatusBoard:
     def problems(self) -> list[str]:
         """What staff should know about now, in plain words."""
         s = self._parts
-        problems = []
+        problems = [clock_problem(s)] if s.clock.problem() else []
         if s.config_problem:
             problems.append(
                 f"The settings file has a mistake, so the last change to it was not used: {s.config_problem}. "
@@ -242,6 +243,15 @@ def outcome_of(req: Request) -> Outcome:
         error=trace.error if trace else None,
         text_chars=len(req.text),
         language=req.language,
+    )
+
+
+def clock_problem(parts: Parts) -> str:
+    """The clock not set, in words for staff: what the speaker does until it is."""
+    hours = "always open" if parts.cfg.clock.untrusted_hours == "open" else "closed"
+    return (
+        f"{clock.NOT_SET.capitalize()}: the time is not synchronized yet (no network since the power came on?). "
+        f"No announcements are made and the exhibit is {hours} until it is (clock.untrusted_hours)."
     )
 
 

@@ -47,8 +47,8 @@ def test_every_problem_is_reported_at_once_with_its_path():
         "phrases.empty: text is empty",
         "phrases.number: text must be a string, not a whole number",
         "extra: unknown key (known keys: audio, speech, openai, piper, cache, api, staff, history, mqtt, osc, "
-        "buttons, quiet_hours, opening_hours, closed_phrase, schedule, attract, presence, knob, captions, hostnames, "
-        "languages, phrases)",
+        "buttons, quiet_hours, opening_hours, closed_phrase, schedule, attract, clock, presence, knob, captions, "
+        "hostnames, languages, phrases)",
     ]
 
 

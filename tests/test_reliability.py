@@ -77,7 +77,7 @@ async def test_a_line_past_its_time_limit_is_given_up_and_the_next_one_plays(
     try:
         real_say = service.announcer.say
 
-        async def hangs_on_welcome(text, gain=1.0, language=None, speed=1.0):
+        async def hangs_on_welcome(text, gain=1.0, language=None, speed=1.0, private=False):
             if text == WELCOME:
                 await asyncio.Event().wait()
             return await real_say(text, gain=gain, language=language, speed=speed)
@@ -98,7 +98,7 @@ async def test_a_wedged_speaker_loop_turns_health_red(server, tmp_path, alsa_fil
     release = asyncio.Event()
     try:
 
-        async def ignores_cancel(text, gain=1.0, language=None, speed=1.0):
+        async def ignores_cancel(text, gain=1.0, language=None, speed=1.0, private=False):
             while not release.is_set():
                 try:
                     await release.wait()

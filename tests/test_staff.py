@@ -93,7 +93,8 @@ async def test_without_a_password_only_the_setup_notice_is_shown(staff):
     service, http, _, _ = staff
     for path in ("/", "/status", "/login", "/lines", "/voice", "/status.json"):
         status, html, _ = await get(http, path)
-        assert status == 503 and "kiosk passwd" in html and "Welcome to the hall" not in html
+        assert status == 503 and "for 5 seconds; the speaker says a" in html and "Welcome to the hall" not in html
+        assert "kiosk passwd" not in html and str(service.cfg.staff.password_file) not in html  # no internal path
     status, _, _ = await post(http, "/lines/add", {"id": "x", "text": "y"})
     assert status == 503 and settings_of(service) is None
 

@@ -32,6 +32,7 @@ from kiosk.config.fleet import default_device_id as default_device_id
 from kiosk.config.hours import WEEKDAYS as WEEKDAYS
 from kiosk.config.hours import Announcement as Announcement
 from kiosk.config.hours import AttractConfig as AttractConfig
+from kiosk.config.hours import ClockConfig as ClockConfig
 from kiosk.config.hours import OpeningHours as OpeningHours
 from kiosk.config.hours import QuietHours as QuietHours
 from kiosk.config.knob import KnobConfig as KnobConfig

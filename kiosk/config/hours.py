@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kiosk.config.fields import _CLOCK_TIME, _NONEMPTY, _bounded
+from kiosk.config.fields import _CLOCK_TIME, _NONEMPTY, _bounded, _choice
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -72,3 +72,13 @@ class AttractConfig:
 
     idle_minutes: int = _bounded(0, 0, 1440)  # 0: off
     phrases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClockConfig:
+    """While the system clock cannot be trusted (kiosk.clock: a Pi without network after a power cut), opening
+    hours follow `untrusted_hours` (open: always open; closed: always closed), quiet hours are off and no
+    announcement is made. `check: false` trusts the clock as it is (a Pi with a real-time clock module)."""
+
+    untrusted_hours: str = _choice("open", "closed")
+    check: bool = True

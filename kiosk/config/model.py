@@ -16,7 +16,7 @@ from kiosk.config.audio import AudioConfig
 from kiosk.config.buttons import ButtonConfig
 from kiosk.config.captions import CaptionsConfig
 from kiosk.config.fleet import MqttConfig, OscConfig
-from kiosk.config.hours import Announcement, AttractConfig, OpeningHours, QuietHours
+from kiosk.config.hours import Announcement, AttractConfig, ClockConfig, OpeningHours, QuietHours
 from kiosk.config.knob import KnobConfig
 from kiosk.config.phrases import LanguageConfig
 from kiosk.config.presence import PresenceConfig
@@ -43,6 +43,7 @@ class Config:
     closed_phrase: str | None = None  # said when a button is pressed while closed; None: presses do nothing
     schedule: tuple[Announcement, ...] = ()
     attract: AttractConfig = AttractConfig()
+    clock: ClockConfig = ClockConfig()  # what to do while the clock cannot be trusted
     presence: PresenceConfig = PresenceConfig()  # a motion sensor at the exhibit; off unless a pin is set
     knob: KnobConfig = KnobConfig()  # a rotary encoder for the visitor's volume; off unless both pins are set
     captions: CaptionsConfig = CaptionsConfig()  # the public captions and transcript pages
@@ -85,6 +86,12 @@ class Config:
         """Every configured text with its language: each line in the default language, then each translation."""
         lines = [(text, self.default_language) for text in self.phrases.values()]
         return lines + [(text, lang) for texts in self.translations.values() for lang, text in texts.items()]
+
+    @property
+    def setup_button(self) -> ButtonConfig | None:
+        """The button staff hold for a setup code: `staff.setup_button`, else the first (None: no buttons)."""
+        pin = self.staff.setup_button
+        return next((b for b in self.buttons if b.pin == pin), self.buttons[0] if self.buttons else None)
 
     def is_open(self, moment: datetime) -> bool:
         """Whether the museum is open at `moment` (always, when no opening hours are set)."""

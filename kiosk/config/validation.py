@@ -136,6 +136,10 @@ def _cross_check(cfg: Config) -> list[str]:
         if pin in used:
             problems.append(f"{where}: GPIO {pin} is already used by {used[pin]}")
         used[pin] = where
+    pins = [b.pin for b in cfg.buttons]
+    if cfg.staff.setup_button is not None and cfg.staff.setup_button not in pins:
+        named = ", ".join(str(p) for p in pins) or "none configured"
+        problems.append(f"staff.setup_button: GPIO {cfg.staff.setup_button} is no button's pin (buttons: {named})")
     if (cfg.knob.a is None) != (cfg.knob.b is None):
         problems.append("knob: set both pins, a and b (or neither: no knob)")
     return problems + _fleet_problems(cfg)

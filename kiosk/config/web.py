@@ -38,3 +38,5 @@ class StaffConfig:
     password_file: Path = Path("/var/lib/kiosk/staff.passwd")
     settings_file: Path = Path("/var/lib/kiosk/staff-settings.yaml")
     session_hours: float = _bounded(8.0, 0.05, 720)
+    # The button (its GPIO pin) staff hold 5 s for a spoken setup code; None: the first configured button.
+    setup_button: int | None = _bounded(None, 0, 53)

@@ -136,7 +136,8 @@ class Fleet:
             "lines_configured": len(s.cfg.phrases),
             "volume": s.cfg.audio.volume,
             "muted": s.cfg.audio.volume == 0,
-            "open": s.cfg.is_open(s.local_time()),
+            "open": s.is_open(s.local_time()),
+            "clock": s.clock_state(),  # "set", or "clock not set" (kiosk.clock)
             "problems": s.problems(),
             "version": __version__,
             "last_press": self.last_press,

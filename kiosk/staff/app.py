@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from kiosk.staff import account_page, label, lines, login, schedule, status_page, voice, volume
+from kiosk.staff import account_page, label, lines, login, schedule, setup, status_page, voice, volume
 from kiosk.staff.auth import LoginLimiter, PasswordChecker, Sessions
 from kiosk.staff.backend import StaffBackend
 from kiosk.staff.common import (
@@ -32,7 +32,6 @@ from kiosk.staff.common import (
     SESSIONS,
     password_file,
     read_form,
-    render,
     tokens_match,
 )
 from kiosk.staff.login import COOKIE, logged_out
@@ -42,7 +41,7 @@ from kiosk.web.hosts import HostNames
 log = logging.getLogger(__name__)
 
 #: Every page of the staff app, each with its own `routes`.
-PAGES = (login, status_page, lines, voice, volume, schedule, account_page, label)
+PAGES = (login, setup, status_page, lines, voice, volume, schedule, account_page, label)
 
 
 def make_staff_app(
@@ -66,19 +65,19 @@ def make_staff_app(
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-_PUBLIC = ("/login", "/static/")
+_PUBLIC = ("/login", "/setup", "/static/")
 
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """No password set → only the setup notice. No session → the login page. POSTs need origin and CSRF."""
+    """No password set → the setup page (a setup code sets one). No session → login. POSTs need origin and CSRF."""
     backend = request.app[BACKEND]
     if not request.app[HOSTS].allows_host(request.headers.get("Host")):
         raise web.HTTPMisdirectedRequest(
             text="this device does not answer to that host name (see hostnames in kiosk.yaml)"
         )
-    if not password_file(backend).is_set() and not request.path.startswith("/static/"):
-        return render("setup.html", request, status=503, password_file=str(backend.cfg.staff.password_file))
+    if not request.path.startswith(("/static/", "/setup")) and not password_file(backend).is_set():
+        return setup.setup_form(request, status=503)
     if request.method == "POST" and not _same_origin(request):
         raise web.HTTPForbidden(text="cross-site request refused")
     if request.method == "POST" and request.content_type not in _FORM_TYPES:

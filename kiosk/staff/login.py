@@ -35,7 +35,7 @@ def _login_form(
 ) -> web.Response:
     token = request.cookies.get(LOGIN_COOKIE, "")
     if not TOKEN.fullmatch(token):  # only a token this page made is shown back in the page
-        token = _new_token()
+        token = new_token()
     back = _safe_next(next_path or request.query.get("next"))
     response = render("login.html", request, status=status, csrf=token, error=error, next_path=back)
     response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
@@ -111,5 +111,5 @@ def _safe_next(path: Any) -> str:
     return "/status"
 
 
-def _new_token() -> str:
+def new_token() -> str:
     return secrets.token_urlsafe(32)
