@@ -170,7 +170,7 @@ class Presses:
         choice = self._parts.language_choice
         chosen = button.language or choice.current  # before the touch: a lapsed choice is over
         choice.touch(self._reset_s("language"))
-        volume = 1.0 if quiet is None else quiet / 100
+        volume = _hour_share(quiet)
         if button.action in ("volume_up", "volume_down"):
             self._volume(button, volume)
             return
@@ -230,13 +230,11 @@ class Presses:
         """The tone for the knob's turns since the last one, at the level they reached (none over a line)."""
         self._knob_tone, self._knob_tone_at = None, asyncio.get_running_loop().time()
         moved, self._knob_moved = self._knob_moved, False
-        cfg = self._parts.cfg
-        quiet = self._app.quiet_volume(self._app.local_time())
         if self._app.speaking:
             return
-        volume = 1.0 if quiet is None else quiet / 100
+        volume = _hour_share(self._app.quiet_volume(self._app.local_time()))
         try:
-            self._app.beep("ok" if moved else "limit", volume * self._parts.visitor_volume.share(cfg.audio))
+            self._app.beep("ok" if moved else "limit", volume * self._parts.visitor_volume.share(self._parts.cfg.audio))
         except Exception:  # a tone that cannot play is no reason to stop confirming the next turns
             log.exception("the volume knob's tone failed")
 
@@ -290,3 +288,8 @@ class Presses:
             self._app.refused(origin, phrase, exc.reason)
             return False
         return True
+
+
+def _hour_share(quiet: int | None) -> float:
+    """The share of the staff's volume the hour allows: quiet hours' volume (percent), or all of it outside them."""
+    return 1.0 if quiet is None else quiet / 100

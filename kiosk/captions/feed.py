@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kiosk.captions.timing import Word
+from kiosk.config import right_to_left
 
 #: The most pages one speaker feeds, and the most from one address (a screen, a few phones behind one NAT).
 MAX_FOLLOWERS = 200
 MAX_PER_ADDRESS = 16
-RIGHT_TO_LEFT = ("ar", "fa", "he", "ur", "yi")
 
 
 class TooManyFollowers(Exception):
@@ -115,7 +115,7 @@ class CaptionFeed:
             "title": self.title,
             "text": line.text,
             "language": language,
-            "rtl": language.split("-")[0] in RIGHT_TO_LEFT,
+            "rtl": right_to_left(language),
             "words": [w.as_json() for w in line.words],
             "position_ms": round(1000 * (self._clock() - line.heard_from)),
         }

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kiosk.captions.keys import BACKEND
-from kiosk.config import Config
+from kiosk.config import Config, right_to_left
 from kiosk.web.templates import template_environment
 
 HERE = Path(__file__).parent
@@ -27,8 +27,6 @@ routes = web.RouteTableDef()
 
 _templates = template_environment(HERE / "templates")
 
-#: Scripts written right to left, by a language code's first part.
-RTL = frozenset({"ar", "dv", "fa", "he", "ps", "ur", "yi"})
 
 #: No script, nothing from elsewhere, no framing, no forms: a page to read and print.
 HEADERS = {
@@ -57,7 +55,7 @@ class Section:
 
 
 def text_direction(code: str | None) -> str:
-    return "rtl" if code and code.split("-")[0] in RTL else "ltr"
+    return "rtl" if right_to_left(code) else "ltr"
 
 
 def sections(cfg: Config) -> list[Section]:

@@ -51,6 +51,7 @@ from kiosk.config.phrases import MAX_TEXT_CHARS as MAX_TEXT_CHARS
 from kiosk.config.phrases import PHRASE_ID as PHRASE_ID
 from kiosk.config.phrases import LanguageConfig as LanguageConfig
 from kiosk.config.phrases import phrase_problem as phrase_problem
+from kiosk.config.phrases import right_to_left as right_to_left
 from kiosk.config.phrases import text_problem as text_problem
 from kiosk.config.presence import PresenceConfig as PresenceConfig
 from kiosk.config.secrets import MAX_SECRET_BYTES as MAX_SECRET_BYTES

@@ -26,6 +26,14 @@ LANGUAGE_NAMES = {
     "ru": "Русский", "sv": "Svenska", "tr": "Türkçe", "uk": "Українська", "zh": "中文",
 }  # fmt: skip
 
+#: Languages written right to left, by a language code's first part.
+RIGHT_TO_LEFT = frozenset({"ar", "dv", "fa", "he", "ps", "ur", "yi"})
+
+
+def right_to_left(code: str | None) -> bool:
+    """Whether text in the language `code` ("he", "ar-eg") is written right to left."""
+    return bool(code) and code.split("-")[0] in RIGHT_TO_LEFT
+
 
 @dataclass(frozen=True)
 class LanguageConfig:

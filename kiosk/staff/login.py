@@ -33,13 +33,10 @@ async def login_page(request: web.Request) -> web.Response:
 def _login_form(
     request: web.Request, error: str | None = None, status: int = 200, next_path: Any = None
 ) -> web.Response:
-    token = request.cookies.get(LOGIN_COOKIE, "")
-    if not TOKEN.fullmatch(token):  # only a token this page made is shown back in the page
-        token = new_token()
+    token = form_token(request)
     back = _safe_next(next_path or request.query.get("next"))
     response = render("login.html", request, status=status, csrf=token, error=error, next_path=back)
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
-    return response
+    return with_form_token(response, token)
 
 
 @routes.post("/login")
@@ -113,3 +110,16 @@ def _safe_next(path: Any) -> str:
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def form_token(request: web.Request) -> str:
+    """The CSRF token of a form shown before login (login, setup code): the one this page set in its cookie, else a
+    new one (only a token this page made is ever shown back in the page)."""
+    token = request.cookies.get(LOGIN_COOKIE, "")
+    return token if TOKEN.fullmatch(token) else new_token()
+
+
+def with_form_token(response: web.Response, token: str) -> web.Response:
+    """`response` carrying `token` in the cookie its form's CSRF check compares with."""
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
+    return response

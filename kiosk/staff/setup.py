@@ -14,8 +14,8 @@ import logging
 from aiohttp import web
 
 from kiosk.staff.auth import password_problem
-from kiosk.staff.common import BACKEND, LIMITER, SESSIONS, TOKEN, password_file, read_form, render, tokens_match
-from kiosk.staff.login import COOKIE, LOGIN_COOKIE, new_token
+from kiosk.staff.common import BACKEND, LIMITER, SESSIONS, password_file, read_form, render, tokens_match
+from kiosk.staff.login import COOKIE, LOGIN_COOKIE, form_token, with_form_token
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,7 @@ async def setup_page(request: web.Request) -> web.Response:
 def setup_form(request: web.Request, errors: dict[str, str] | None = None, status: int = 200) -> web.Response:
     """The form for a setup code and a new password (with its own CSRF cookie, as the login form has)."""
     backend = request.app[BACKEND]
-    token = request.cookies.get(LOGIN_COOKIE, "")
-    if not TOKEN.fullmatch(token):
-        token = new_token()
+    token = form_token(request)
     first = not password_file(backend).is_set()
     response = render(
         "setup.html",
@@ -45,8 +43,7 @@ def setup_form(request: web.Request, errors: dict[str, str] | None = None, statu
         first_visit=first,
         button=backend.setup_button_name(),
     )
-    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", max_age=3600)
-    return response
+    return with_form_token(response, token)
 
 
 @routes.post("/setup")
