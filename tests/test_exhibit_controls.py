@@ -18,8 +18,12 @@ from kiosk.visitor import VisitorVolume
 
 WELCOME = "Welcome to the hall of minerals."
 WILLKOMMEN = "Willkommen in der Halle der Mineralien."
-# The file sink has no mixer: the staff's volume is software gain, so a line's gain is the volume it plays at.
-AUDIO = "audio:\n  volume: 50\n  visitor_volume_min: 30\n  visitor_volume_max: 80\n  visitor_volume_step: 10\n"
+# The device named has no mixer (ALSA's null; the lines go to the test's file sink), so the staff's volume is
+# software gain and a line's gain is the volume it plays at, whatever ALSA default is (a PulseAudio server has one).
+AUDIO = (
+    'audio:\n  device: "null"\n  volume: 50\n  visitor_volume_min: 30\n  visitor_volume_max: 80\n'
+    "  visitor_volume_step: 10\n"
+)
 BUTTONS = """buttons:
   - {pin: 17, phrase: welcome, cooldown_ms: 0}
   - {pin: 23, action: volume_up, cooldown_ms: 0, bounce_ms: 0, reset_s: 60}

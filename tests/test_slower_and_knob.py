@@ -19,7 +19,10 @@ from kiosk.presses import KNOB_TONE_GAP_S
 from kiosk.speech.openai_engine import OpenAIEngine
 
 WELCOME = "Welcome to the hall of minerals."
-AUDIO = "audio:\n  volume: 50\n  visitor_volume_min: 30\n  visitor_volume_max: 80\n  visitor_volume_step: 10\n"
+AUDIO = (
+    'audio:\n  device: "null"\n  volume: 50\n  visitor_volume_min: 30\n  visitor_volume_max: 80\n'
+    "  visitor_volume_step: 10\n"
+)
 SPEAK, SLOWER, REPLAY = 17, 26, 25
 A, B = 20, 21
 BUTTONS = f"""buttons:
