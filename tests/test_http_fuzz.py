@@ -82,6 +82,13 @@ class Target:
     def staff_port(self) -> int:
         return self.service.staff_port
 
+    @property
+    def captions_port(self) -> int:
+        return self.service.parts.captions_port
+
+    def port_of(self, server: str) -> int:
+        return {"api": self.api_port, "staff": self.staff_port, "captions": self.captions_port}[server]
+
 
 def write_config(tmp_path: Path, server_url: str, extra: str = "") -> Path:
     (tmp_path / "key").write_text("sk-file-key\n")
@@ -143,7 +150,7 @@ def _csrf_in(html: str) -> str:
 
 @dataclass
 class Req:
-    server: str  # "api" or "staff"
+    server: str  # "api", "staff" or "captions"
     method: str
     target: bytes  # the request-target exactly as sent
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -372,7 +379,27 @@ class Fuzz:
     def request(self) -> Req:
         if self.chance(0.45):
             return self.api_request()
+        if self.chance(0.15):
+            return self.captions_request()
         return self.staff_request()
+
+    def captions_request(self) -> Req:
+        """The public captions server's pages (its event stream never ends by design: tests/test_captions_flood.py
+        sends it odd requests)."""
+        port = self.t.captions_port
+        route = self.pick(("/", "/captions", "/captions/captions.js", "/captions/favicon.svg", "/transcript", "/{id}"))
+        method = "GET" if self.chance(0.7) else self.method()
+        path = route.replace("{id}", self.pick((*IDS[:3], *JUNK_SEGMENTS)))
+        req = Req("captions", method, (self.path(path) + self.query(api=False)).encode("latin-1", "replace"))
+        req.headers += self.host(port)
+        if self.chance(0.3):
+            req.headers.append((b"Cookie", self.cookie()))
+        if method in ("POST", "PUT", "PATCH") or self.chance(0.05):
+            content_type, req.body = self.staff_body(csrf="")
+            if content_type is not None:
+                req.headers.append((b"Content-Type", content_type))
+        self.maybe_raw(req)
+        return req
 
     def api_request(self) -> Req:
         port = self.t.api_port
@@ -465,10 +492,13 @@ class Fuzz:
             "/static/app.js",
             "/static/style.css",
             "/static/{id}",
+            "/setup",
+            "/label",
         )
         route = self.pick(routes)
         posts = (
             "/login",
+            "/setup",
             "/logout",
             "/lines/add",
             "/lines/{id}/edit",
@@ -519,6 +549,12 @@ class Fuzz:
             token = self.pick(("tok", "x" * 300, "a b", ""))
             cookie = b"kiosk_login=" + token.encode()
             fields = [("csrf", token), ("password", self.pick((PASSWORD, "guess", "", self.text())))]
+        elif route == "/setup":  # so is the setup-code form's
+            token = self.pick(("tok", "x" * 300, "a b", "", "t" * 43))
+            cookie = b"kiosk_login=" + token.encode()
+            new = self.pick(("a new password, long", "short", "", self.text(), self.big()))
+            code = self.pick(("123456", "12 34 56", "", "0" * 7, self.text()))
+            fields = [("csrf", token), ("code", code), ("new", new), ("repeat", self.pick((new, self.text())))]
         else:
             fields = [("csrf", self.t.csrf), *self.route_fields(route)]
         if self.chance(0.1):
@@ -1028,7 +1064,7 @@ async def test_random_requests_never_get_a_5xx_nor_a_traceback(tmp_path, server,
                     except asyncio.QueueEmpty:
                         return
                     req = fuzz.request()
-                    port = target.api_port if req.server == "api" else target.staff_port
+                    port = target.port_of(req.server)
                     answer = await send(http, port, req)
                     key = answer.status if answer.status is not None else answer.outcome.split(" ")[0]
                     statuses[key] += 1
