@@ -1,4 +1,5 @@
-"""Command line: `kiosk say`, `kiosk cache list|verify|prune`, `kiosk fleet status|say`.
+"""Command line: `kiosk say`, `kiosk cache list|verify|prune`, `kiosk fleet status|say` (and `kiosk release`,
+`kiosk update` from kiosk.update.commands).
 
 Expected faults (bad config, no key, server down, bad device) are one line on stderr and a non-zero exit:
 1 for a fault at run time, 2 for a bad config or bad arguments.
@@ -27,6 +28,7 @@ from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, loa
 from kiosk.errors import ConfigError, KioskError
 from kiosk.loudness import Leveller
 from kiosk.service import run_service
+from kiosk.update import commands as update_commands
 from kiosk.warm import ready_ids, translated, warm
 from kiosk.web.server import raise_open_file_limit
 
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--device", metavar="ID", help="one speaker (its mqtt.device_id)")
     fleet_say.add_argument("phrase", metavar="PHRASE", help="the id of a configured line")
     fleet_say.set_defaults(func=cmd_fleet_say)
+    update_commands.add_commands(commands, common)
     return parser
 
 
