@@ -2,10 +2,12 @@
 # Exhibit speaker installer.
 #
 #   ./install.sh                  install or update the service, as root, on Raspberry Pi OS Bookworm / Debian 12:
-#                                 Debian packages, the system user kiosk, the program in /opt/kiosk (a virtualenv
-#                                 with kiosk and the local voice), /etc/kiosk/kiosk.yaml (only if absent),
+#                                 Debian packages, the system user kiosk, the program as the release
+#                                 /opt/kiosk/releases/<version> (a virtualenv with kiosk and the local voice) with
+#                                 the link /opt/kiosk/current to it, /etc/kiosk/kiosk.yaml (only if absent),
 #                                 /var/lib/kiosk/openai.key (from OPENAI_API_KEY, only if absent), the command
-#                                 /usr/local/bin/kiosk, and the systemd unit kiosk.service, enabled and (re)started.
+#                                 /usr/local/bin/kiosk, the systemd unit kiosk.service, enabled and (re)started, and
+#                                 kiosk-update.path/.service, which install updates from the staff page or the fleet.
 #   ./install.sh --display        the same, and a screen beside the case: the live captions full screen on the HDMI
 #                                 output (Raspberry Pi OS Lite, no desktop). Adds the Debian packages cage, chromium
 #                                 and xwayland, the system user kiosk-display (groups video, render, input) and the
@@ -365,18 +367,31 @@ check_python() {
     esac
 }
 
+# The version of the checkout being installed (pyproject.toml's), which names its release directory.
+checkout_version() {
+    sed -n 's/^version = "\([^"]*\)"$/\1/p' "$here/pyproject.toml" | head -n 1
+}
+
 service_program() {
     check_python
-    if [ -x "$opt/bin/python" ] && "$opt/bin/python" -c '' 2>/dev/null; then
-        say "updating $opt"
+    local version release
+    version=$(checkout_version)
+    [ -n "$version" ] || { say "no version in $here/pyproject.toml"; exit 1; }
+    # Each release is a virtualenv of its own in $OPT/releases/<version>; the link $OPT/current names the one that
+    # runs (kiosk update installs the next one beside it and can switch back). Running this script again with the
+    # same version updates that release in place.
+    release=$opt/releases/$version
+    if [ -x "$release/bin/python" ] && "$release/bin/python" -c '' 2>/dev/null; then
+        say "updating $release"
     else
         # --clear: a virtualenv left broken (its Python replaced) is rebuilt. --system-site-packages: see the
         # Debian-packaged lgpio (see above).
-        tell "creating virtualenv $opt"
-        run "$python" -m venv --clear --system-site-packages "$opt"
+        tell "creating virtualenv $release"
+        run mkdir -p "$opt/releases"
+        run "$python" -m venv --clear --system-site-packages "$release"
     fi
     if [ "$dry_run" -eq 1 ]; then
-        would "$opt/bin/python" -m pip install -q "${here}[piper]"
+        would "$release/bin/python" -m pip install -q "${here}[piper]"
     else
         # Built from a clean copy of the source, so that nothing is written into the checkout and no stale build/
         # files can end up in the installed program.
@@ -386,20 +401,49 @@ service_program() {
         find "$here" -maxdepth 1 -type f \( -name pyproject.toml -o -name 'setup.*' -o -name 'README*' \
             -o -name 'LICENSE*' -o -name 'COPYING*' -o -name MANIFEST.in \) -exec cp {} "$src/" \;
         find "$src" -name __pycache__ -prune -exec rm -rf {} +
-        say "installing kiosk and the local voice into $opt"
-        quietly "$opt/bin/python" -m pip install -q "${src}[piper]"
+        say "installing kiosk $version and the local voice into $release"
+        quietly "$release/bin/python" -m pip install -q "${src}[piper]"
         rm -rf "$src"
     fi
-    # `kiosk doctor`, `kiosk say` and `kiosk cache ...` for staff, on the PATH.
-    if [ -L "$link" ] && [ "$(readlink "$link")" = "$OPT/bin/kiosk" ]; then
+    switch_release "$version"
+    # `kiosk doctor`, `kiosk say` and `kiosk cache ...` for staff, on the PATH, whichever release is current.
+    if [ -L "$link" ] && [ "$(readlink "$link")" = "$OPT/current/bin/kiosk" ]; then
         :
-    elif [ -e "$link" ] || [ -L "$link" ]; then
-        say "kept $link (not a link to $OPT/bin/kiosk); the program is $OPT/bin/kiosk"
+    elif [ -e "$link" ] && ! [ -L "$link" ]; then
+        say "kept $link (not a link); the program is $OPT/current/bin/kiosk"
+    elif [ -L "$link" ] && [ "$(readlink "$link")" != "$OPT/bin/kiosk" ]; then
+        say "kept $link (a link to $(readlink "$link")); the program is $OPT/current/bin/kiosk"
     else
-        tell "linking $link to $OPT/bin/kiosk"
+        tell "linking $link to $OPT/current/bin/kiosk"
         run mkdir -p "$(dirname "$link")"
-        run ln -s "$OPT/bin/kiosk" "$link"
+        run ln -sfn "$OPT/current/bin/kiosk" "$link"
     fi
+}
+
+# Makes releases/<version> current (the one it replaces becomes previous), each link replaced in one rename.
+switch_release() {
+    local version=$1 now=""
+    [ -L "$opt/current" ] && now=$(basename "$(readlink "$opt/current")")
+    [ "$now" != "$version" ] || return 0
+    if [ -n "$now" ]; then
+        run ln -sfn "releases/$now" "$opt/.previous.new"
+        run mv -T "$opt/.previous.new" "$opt/previous"
+    fi
+    tell "release $version is current${now:+ (was $now)}"
+    run ln -sfn "releases/$version" "$opt/.current.new"
+    run mv -T "$opt/.current.new" "$opt/current"
+}
+
+# A program installed before releases (a virtualenv at $OPT itself) is removed once the service runs the release.
+remove_old_layout() {
+    [ -e "$opt/pyvenv.cfg" ] || return 0
+    tell "removing the program's old layout in $opt (bin, lib, ...; it now runs from $OPT/current)"
+    local part
+    for part in bin include lib lib64 share pyvenv.cfg; do
+        if [ -e "$opt/$part" ] || [ -L "$opt/$part" ]; then
+            run rm -rf -- "${opt:?}/$part"
+        fi
+    done
 }
 
 service_dirs() {
@@ -470,25 +514,34 @@ service_config() {
     fi
 }
 
+# The service's unit, and the pair that installs updates left by the staff page or the fleet (kiosk-update.path
+# starts kiosk-update.service, which runs as root).
+UPDATE_UNITS=(kiosk-update.path kiosk-update.service)
+
 service_unit() {
-    if cmp -s "$here/systemd/kiosk.service" "$unit"; then
-        say "$unit: unchanged"
-    else
-        tell "installing $unit"
-        run install -D -m 0644 "$here/systemd/kiosk.service" "$unit"
-    fi
+    local name target
+    for name in kiosk.service "${UPDATE_UNITS[@]}"; do
+        target=$(dirname "$unit")/$name
+        if cmp -s "$here/systemd/$name" "$target"; then
+            say "$target: unchanged"
+        else
+            tell "installing $target"
+            run install -D -m 0644 "$here/systemd/$name" "$target"
+        fi
+    done
 }
 
 service_start() {
     if staged && [ -n "$root_dir" ]; then
         host systemctl daemon-reload
         host systemctl enable --now kiosk
+        host systemctl enable --now kiosk-update.path
         say "(on a machine where it is already running: systemctl restart kiosk, so that the new version runs)"
         return 0
     fi
     if [ ! -d /run/systemd/system ]; then
         # An image being prepared in a chroot, a container: enable for the next boot, start nothing.
-        host systemctl enable kiosk
+        host systemctl enable kiosk kiosk-update.path
         tell "systemd is not running here: kiosk is enabled and starts at the next boot"
         return 0
     fi
@@ -498,6 +551,7 @@ service_start() {
         host systemctl enable kiosk
         action=(restart kiosk)
     fi
+    host systemctl enable --now kiosk-update.path
     if ! host systemctl "${action[@]}"; then
         journalctl -u kiosk -n 20 --no-pager >&2 || true
         say "kiosk did not start (log above); systemd keeps retrying. Check with: $LINK doctor"
@@ -566,12 +620,12 @@ display_unit() {
     fi
     # The captions URL, in a drop-in of its own: systemctl edit's override.conf sorts after it and wins.
     local dropin=$display_unit.d/$DISPLAY_DROPIN config=$etc/kiosk.yaml url
-    if [ "$dry_run" -eq 1 ] && { [ ! -e "$config" ] || ! "$opt/bin/python" -c '' 2>/dev/null; }; then
+    if [ "$dry_run" -eq 1 ] && { [ ! -e "$config" ] || ! "$opt/current/bin/python" -c '' 2>/dev/null; }; then
         printf 'would run: cat > %s  # [Service] Environment=KIOSK_DISPLAY_URL=<the captions page, port from %s>\n' \
             "$dropin" "$ETC/kiosk.yaml"
         return 0
     fi
-    if ! url=$("$opt/bin/python" -I -c "$DISPLAY_URL_PY" "$config"); then
+    if ! url=$("$opt/current/bin/python" -I -c "$DISPLAY_URL_PY" "$config"); then
         say "could not read the captions port from $config (above): $dropin is left as it was (without it, the"
         say "screen shows $(sed -n 's/^Environment=KIOSK_DISPLAY_URL=//p' "$here/systemd/kiosk-display.service"));"
         say "fix the config and run install.sh --display again"
@@ -641,7 +695,7 @@ staff_password() {
             say "the two entries differ; try again"
             continue
         fi
-        if printf '%s\n' "$first" | "$OPT/bin/kiosk" passwd --stdin; then
+        if printf '%s\n' "$first" | "$OPT/current/bin/kiosk" passwd --stdin; then
             return 0
         fi
     done
@@ -660,11 +714,12 @@ service_install() {
     service_unit
     [ "$with_display" -eq 0 ] || { display_user; display_unit; }
     service_start
+    remove_old_layout
     if [ "$with_display" -eq 1 ]; then
         display_start
-        tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit, $display_unit"
+        tell "installed: $opt/current/bin/kiosk, $etc/kiosk.yaml, $unit, $display_unit"
     else
-        tell "installed: $opt/bin/kiosk, $etc/kiosk.yaml, $unit"
+        tell "installed: $opt/current/bin/kiosk, $etc/kiosk.yaml, $unit"
     fi
     staff_password
 }
@@ -709,20 +764,25 @@ service_uninstall() {
     [ "$dry_run" -eq 0 ] || say "dry run: nothing is changed"
     display_uninstall
     if [ -n "$root_dir" ]; then
-        host systemctl disable --now kiosk
+        host systemctl disable --now kiosk-update.path kiosk
     elif [ -e "$unit" ] || systemctl cat kiosk >/dev/null 2>&1; then
         if [ -d /run/systemd/system ]; then
-            host systemctl disable --now kiosk || true
+            host systemctl disable --now kiosk-update.path kiosk || true
         else
-            host systemctl disable kiosk || true
+            host systemctl disable kiosk-update.path kiosk || true
         fi
     fi
+    local name
     remove "$unit"
+    for name in "${UPDATE_UNITS[@]}"; do
+        remove "$(dirname "$unit")/$name"
+    done
     if [ -n "$root_dir" ] || [ -d /run/systemd/system ]; then
         host systemctl daemon-reload
     fi
     remove "$opt"
-    if [ -L "$link" ] && [ "$(readlink "$link")" = "$OPT/bin/kiosk" ]; then
+    if [ -L "$link" ] && { [ "$(readlink "$link")" = "$OPT/current/bin/kiosk" ] \
+        || [ "$(readlink "$link")" = "$OPT/bin/kiosk" ]; }; then
         remove "$link"
     fi
     if [ "$purge" -eq 1 ]; then

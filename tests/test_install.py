@@ -100,6 +100,18 @@ def kiosk_user_exists() -> bool:
     return True
 
 
+def plant_old_layout(root: Path) -> None:
+    """What an install from before releases left: a virtualenv at /opt/kiosk itself, and the command linked to it."""
+    opt = root / "opt/kiosk"
+    (opt / "bin").mkdir()
+    (opt / "bin/kiosk").write_text("#!/bin/sh\n")
+    (opt / "lib/python3.11/site-packages").mkdir(parents=True)
+    (opt / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    link = root / "usr/local/bin/kiosk"
+    link.unlink()
+    link.symlink_to("/opt/kiosk/bin/kiosk")
+
+
 @pytest.fixture(scope="module")
 def life(tmp_path_factory):
     """Runs the whole life of one staged machine and records what each step left behind."""
@@ -114,10 +126,14 @@ def life(tmp_path_factory):
     rec.key_mode = stat.S_IMODE((root / "var/lib/kiosk/openai.key").stat().st_mode)
     rec.key_uid = (root / "var/lib/kiosk/openai.key").stat().st_uid
     rec.version = subprocess.run(
-        [str(root / "opt/kiosk/bin/kiosk"), "--version"], capture_output=True, text=True, timeout=120, check=False
+        [str(root / "opt/kiosk/current/bin/kiosk"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     rec.module = subprocess.run(
-        [str(root / "opt/kiosk/bin/python"), "-I", "-c", "import kiosk; print(kiosk.__file__)"],
+        [str(root / "opt/kiosk/current/bin/python"), "-I", "-c", "import kiosk; print(kiosk.__file__)"],
         cwd=root,
         capture_output=True,
         text=True,
@@ -133,10 +149,15 @@ def life(tmp_path_factory):
         f.write(STAFF_LINE)
     (root / "var/cache/kiosk/0123abcd.pcm").write_bytes(b"cached line")
     rec.before_second = snapshot(root)
+    plant_old_layout(root)
     rec.second = ok(install("--root", str(root), key=OTHER_KEY))
     rec.after_second = snapshot(root)
     rec.version_second = subprocess.run(
-        [str(root / "opt/kiosk/bin/kiosk"), "--version"], capture_output=True, text=True, timeout=120, check=False
+        [str(root / "opt/kiosk/current/bin/kiosk"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
     rec.uninstall_dry = ok(install("--uninstall", "--purge", "--dry-run", "--root", str(root)))
@@ -157,7 +178,12 @@ def test_first_install_puts_everything_in_place(life):
     assert tree["etc/systemd/system/kiosk.service"] == ("file", 0o644, UNIT.read_bytes())
     assert tree["etc/kiosk"] == ("dir", 0o750)
     assert tree["etc/kiosk/kiosk.yaml"][1] == 0o640
-    assert tree["usr/local/bin/kiosk"] == ("link", "/opt/kiosk/bin/kiosk")
+    assert tree["usr/local/bin/kiosk"] == ("link", "/opt/kiosk/current/bin/kiosk")
+    # The program is a release of its own, named by the link the service runs and kiosk update switches.
+    assert tree["opt/kiosk/current"] == ("link", f"releases/{VERSION}")
+    assert "opt/kiosk/previous" not in tree
+    for name in ("kiosk-update.path", "kiosk-update.service"):
+        assert tree[f"etc/systemd/system/{name}"] == ("file", 0o644, (REPO / "systemd" / name).read_bytes())
     assert tree["var/cache/kiosk"][0] == "dir"
     assert tree["var/lib/kiosk"][0] == "dir"
     assert "installed:" in life.first.stdout
@@ -188,6 +214,7 @@ def test_commands_that_change_this_machine_are_only_printed(life):
     lines = would_run(life.first)
     assert "systemctl daemon-reload" in lines
     assert "systemctl enable --now kiosk" in lines
+    assert "systemctl enable --now kiosk-update.path" in lines
     assert "adduser --system --group --home /var/lib/kiosk --no-create-home kiosk" in lines
     assert "usermod -a -G audio kiosk" in lines
     assert "usermod -a -G gpio kiosk" in lines
@@ -203,7 +230,8 @@ def test_program_is_installed_and_runs(life):
     assert life.version.returncode == 0, life.version.stderr
     assert life.version.stdout.strip() == f"kiosk {VERSION}"
     # A real copy inside /opt/kiosk, not a link back to the checkout.
-    assert life.module.stdout.strip().startswith(f"{life.root}/opt/kiosk/lib/")
+    # (run as current/bin/python, whose link names releases/<version>, checked above)
+    assert life.module.stdout.strip().startswith(f"{life.root}/opt/kiosk/current/lib/")
     # Built from a copy: nothing (build/, *.egg-info) was written into the checkout.
     assert not life.checkout_new
 
@@ -230,9 +258,20 @@ def test_second_run_gives_the_same_result(life):
     assert without_venv(life.after_second) == without_venv(life.before_second)
     # The program was reinstalled, not duplicated or lost.
     assert life.version_second.stdout.strip() == f"kiosk {VERSION}"
-    first_bin = {k for k in life.after_first if k.startswith("opt/kiosk/bin/")}
-    second_bin = {k for k in life.after_second if k.startswith("opt/kiosk/bin/")}
-    assert first_bin == second_bin
+    first_bin = {k for k in life.after_first if k.startswith(f"opt/kiosk/releases/{VERSION}/bin/")}
+    second_bin = {k for k in life.after_second if k.startswith(f"opt/kiosk/releases/{VERSION}/bin/")}
+    assert first_bin and first_bin == second_bin
+    assert life.after_second["opt/kiosk/current"] == ("link", f"releases/{VERSION}")
+    assert "opt/kiosk/previous" not in life.after_second
+
+
+def test_an_install_from_before_releases_is_moved_to_one(life):
+    # plant_old_layout put a virtualenv at /opt/kiosk itself before the second run: it is gone, the command follows
+    # the current release, and the second run's tree is the first's (checked above).
+    assert "removing the program's old layout" in life.second.stdout
+    for part in ("bin", "lib", "pyvenv.cfg"):
+        assert f"opt/kiosk/{part}" not in life.after_second
+    assert life.after_second["usr/local/bin/kiosk"] == ("link", "/opt/kiosk/current/bin/kiosk")
 
 
 def test_dry_run_uninstall_changes_nothing(life):
@@ -246,12 +285,14 @@ def test_uninstall_removes_program_and_unit_keeps_config_and_cache(life):
     tree = life.after_uninstall
     assert not any(k == "opt/kiosk" or k.startswith("opt/kiosk/") for k in tree)
     assert "etc/systemd/system/kiosk.service" not in tree
+    assert "etc/systemd/system/kiosk-update.path" not in tree
+    assert "etc/systemd/system/kiosk-update.service" not in tree
     assert "usr/local/bin/kiosk" not in tree
     assert tree["etc/kiosk/kiosk.yaml"][2].decode().endswith(STAFF_LINE)
     assert tree["var/lib/kiosk/openai.key"][2].decode().strip() == KEY
     assert tree["var/cache/kiosk/0123abcd.pcm"][2] == b"cached line"
     assert "var/lib/kiosk" in tree
-    assert "systemctl disable --now kiosk" in would_run(life.uninstall)
+    assert "systemctl disable --now kiosk-update.path kiosk" in would_run(life.uninstall)
     assert "--purge" in life.uninstall.stdout
     assert "nothing to remove" in life.uninstall_again.stdout
 
@@ -268,8 +309,10 @@ def test_dry_run_changes_nothing(tmp_path):
     result = ok(install("--dry-run", "--root", str(root), key=KEY, timeout=60))
     assert not root.exists()
     lines = would_run(result)
-    assert f"{PYTHON} -m venv --clear --system-site-packages {root}/opt/kiosk" in lines
-    assert any(line.startswith(f"{root}/opt/kiosk/bin/python -m pip install") for line in lines)
+    release = f"{root}/opt/kiosk/releases/{VERSION}"
+    assert f"{PYTHON} -m venv --clear --system-site-packages {release}" in lines
+    assert any(line.startswith(f"{release}/bin/python -m pip install") for line in lines)
+    assert f"mv -T {root}/opt/kiosk/.current.new {root}/opt/kiosk/current" in lines
     assert f"install -m 0640 {EXAMPLE} {root}/etc/kiosk/kiosk.yaml" in lines
     assert f"install -D -m 0644 {UNIT} {root}/etc/systemd/system/kiosk.service" in lines
     assert "systemctl enable --now kiosk" in lines

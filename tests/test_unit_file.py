@@ -11,7 +11,7 @@ import yaml
 
 REPO = Path(__file__).parent.parent
 UNIT = REPO / "systemd" / "kiosk.service"
-PROGRAM = "/opt/kiosk/bin/kiosk"
+PROGRAM = "/opt/kiosk/current/bin/kiosk"
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -71,7 +71,7 @@ def verify(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
 
 
 def runnable_copy() -> str:
-    """The unit with /opt/kiosk/bin/kiosk (not installed here) swapped for an existing program; nothing else changes.
+    """The unit with its program (not installed here) swapped for an existing program; nothing else changes.
 
     verify checks that every Exec*= program exists and is executable; it does not look up User=, Group= or
     SupplementaryGroups=, so the user kiosk need not exist.
@@ -177,3 +177,26 @@ def test_ordering_and_install():
     assert one("Unit", "Wants") == "network-online.target"
     assert not values("Unit", "Requires"), "the service must start without a network"
     assert one("Install", "WantedBy") == "multi-user.target"
+
+
+def test_update_units_pass_systemd_analyze_verify(tmp_path):
+    # The pair that installs updates left by the staff page or the fleet: the path unit starts the root oneshot.
+    true = shutil.which("true")
+    service = (REPO / "systemd/kiosk-update.service").read_text()
+    assert f"ExecStart={PROGRAM} update --spool --config /etc/kiosk/kiosk.yaml" in service
+    (tmp_path / "kiosk-update.service").write_text(service.replace(f"ExecStart={PROGRAM} ", f"ExecStart={true} "))
+    (tmp_path / "kiosk-update.path").write_text((REPO / "systemd/kiosk-update.path").read_text())
+    for name in ("kiosk-update.service", "kiosk-update.path"):
+        (tmp_path / name).chmod(0o644)
+    result = subprocess.run(
+        [systemd_analyze(), "verify", str(tmp_path / "kiosk-update.path"), str(tmp_path / "kiosk-update.service")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == ""
+    path = parse_unit((REPO / "systemd/kiosk-update.path").read_text())
+    assert path["Path"] == [("PathExists", "/var/lib/kiosk/updates/incoming.tar"), ("Unit", "kiosk-update.service")]

@@ -40,7 +40,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 def _program_dir() -> Path:
     """The releases this program is one of (…/releases/<version>), else the installed place."""
-    here = Path(sys.prefix)
+    here = Path(sys.prefix).resolve()
     return here.parent.parent if here.parent.name == "releases" else DEFAULT_PROGRAM_DIR
 
 
