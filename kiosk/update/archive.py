@@ -73,10 +73,11 @@ def read_release(path: Path) -> Release:
     with _open_tar(path) as tar:
         names = [member.name for member in tar.getmembers()]
         manifest = _manifest(_member_bytes(tar, MANIFEST, MAX_MANIFEST_BYTES), name)
+        wheel = _member_bytes(tar, manifest["wheel"], MAX_ARCHIVE_BYTES)
         extra = sorted(set(names) - {MANIFEST, manifest["wheel"]})
         if extra or len(names) != 2:
-            raise BadRelease(f"{name}: a release holds only {MANIFEST} and its wheel, not {', '.join(extra) or names}")
-        wheel = _member_bytes(tar, manifest["wheel"], MAX_ARCHIVE_BYTES)
+            shown = ", ".join(repr(e[:80]) for e in extra[:3]) or "the same file twice"
+            raise BadRelease(f"{name}: a release holds only {MANIFEST} and its wheel, not {shown}")
     if hashlib.sha256(wheel).hexdigest() != manifest["sha256"]:
         raise BadRelease(f"{name}: the wheel's SHA-256 is not the manifest's: the file is damaged")
     _check_wheel_metadata(wheel, manifest["version"], name)
@@ -94,7 +95,9 @@ def _member_bytes(tar: tarfile.TarFile, member: str, limit: int) -> bytes:
     try:
         info = tar.getmember(member)
     except KeyError:
-        raise BadRelease(f"{Path(tar.name or '?').name}: {member} is missing") from None
+        raise BadRelease(
+            f"{Path(tar.name or '?').name}: {member} is missing: the file is incomplete or damaged"
+        ) from None
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise BadRelease(f"{Path(tar.name or '?').name}: the archive is damaged ({exc})") from exc
     if not info.isfile() or info.size > limit:

@@ -63,7 +63,7 @@ class Releases:
             raise BadRelease(f"{release.version} is the release running now")
         target = self.path(release.version)
         if target.exists():  # an earlier attempt, or a release rolled back from: made again from this archive
-            self._remove(release.version)
+            self.remove(release.version)
         copy_venv(self.path(current), target)
         (target / INSTALLING).touch()
         try:
@@ -93,16 +93,24 @@ class Releases:
         self.switch(previous)
         return current, previous
 
+    def restore(self, current: str, previous: str | None) -> None:
+        """Put both links back as they were before an update that failed."""
+        _link(self.root / "current", current)
+        if previous is None:
+            (self.root / "previous").unlink(missing_ok=True)
+        else:
+            _link(self.root / "previous", previous)
+
     def prune(self, keep: int = KEEP) -> list[str]:
         """Remove all but the newest `keep` releases, never the current or previous one."""
         protected = {self.current(), self.previous()}
         leftovers = [p.name for p in self.dir.iterdir() if p.is_dir() and (p / INSTALLING).exists()]
         old = [v for v in self.installed() if v not in protected][max(0, keep - len(protected - {None})) :]
         for version in old + leftovers:
-            self._remove(version)
+            self.remove(version)
         return old
 
-    def _remove(self, version: str) -> None:
+    def remove(self, version: str) -> None:
         if version == self.current():
             raise KioskError(f"release {version} is running and is not removed")
         shutil.rmtree(self.path(version))

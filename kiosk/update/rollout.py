@@ -80,13 +80,16 @@ class Updater:
             self._note("refused", None, f"{archive.name}: {exc}" if isinstance(exc, BadRelease) else str(exc))
             raise
         self._say(f"installed {release.version}; starting it (up to {self._limit_s:.0f} s)")
+        before = self.releases.previous()
         self.releases.switch(release.version)
         problem = self._restart_and_watch()
         if problem is None:
             self.releases.prune()
             self._note("updated", release.version, f"updated from {running} to {release.version}")
             return True
-        self.releases.rollback()
+        # Back as before: the failed release is removed, so that a rollback by hand never lands on it.
+        self.releases.restore(running, before)
+        self.releases.remove(release.version)
         again = self._restart_and_watch()
         after = "" if again is None else f"; {running} did not start either: {again}"
         message = f"{release.version} was switched back to {running}: {problem}{after}"
