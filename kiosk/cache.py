@@ -37,6 +37,7 @@ from pathlib import Path
 from kiosk.cache_entry import (
     CachedAudio,
     CorruptEntry,
+    NewerEntry,
     Entry,
     EntryInfo,
     entry_info,
@@ -111,7 +112,7 @@ class PhraseCache:
         path = self.path_for(key)
         try:
             audio = CachedAudio(path, key)
-        except FileNotFoundError:
+        except (FileNotFoundError, NewerEntry):
             return None
         except (CorruptEntry, OSError) as exc:
             self.discard(key, str(exc))
@@ -180,7 +181,7 @@ class PhraseCache:
                 if not self._outdated(audio):
                     return False
                 pcm = audio.pcm
-        except FileNotFoundError:
+        except (FileNotFoundError, NewerEntry):
             return False
         except (CorruptEntry, OSError) as exc:
             self.discard(key, str(exc))
@@ -220,7 +221,7 @@ class PhraseCache:
         for path in self.entries():
             try:
                 info = read_info(path)
-            except (CorruptEntry, OSError):
+            except (CorruptEntry, NewerEntry, OSError):
                 continue
             infos.append(replace(info, last_used=self.last_used(path.stem, info.created)))
         return infos
@@ -235,6 +236,8 @@ class PhraseCache:
                     for _ in audio.blocks():
                         pass
                     outdated, info = self._outdated(audio), audio.info
+            except NewerEntry:  # kept for the later version, should it come back
+                continue
             except (CorruptEntry, OSError) as exc:
                 log.warning("cache entry %s is corrupt and was removed: %s", path.name, exc)
                 _remove(path)

@@ -70,6 +70,11 @@ class CorruptEntry(Exception):
     pass
 
 
+class NewerEntry(Exception):
+    """An entry a later version of kiosk wrote (after an update that was rolled back): not read and not removed,
+    a miss; a line spoken again writes it anew in this version's format."""
+
+
 class CachedAudio:
     """An open entry whose header and first block are verified; later blocks are verified as they are read.
 
@@ -181,6 +186,8 @@ def parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
         raise CorruptEntry("header is truncated")
     try:
         header = parse_json(line)
+        if _later_format(header, key):
+            raise NewerEntry(f"written by a later version of kiosk (format {header['v']})")
         info = entry_info(header)
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # any JSON, of any shape, from a bad sector
         raise CorruptEntry(f"header is unreadable ({exc})") from exc
@@ -189,6 +196,13 @@ def parse_header(f, key: str) -> tuple[EntryInfo, dict, int]:
     if not isinstance(header.get("identity"), dict):
         raise CorruptEntry("header lacks the engine's identity")
     return info, header, len(line)
+
+
+def _later_format(header: object, key: str) -> bool:
+    if not isinstance(header, dict) or header.get("key") != key:
+        return False
+    version = header.get("v")
+    return type(version) is int and version > VERSION
 
 
 def _digests(header: dict, length: int) -> list[str]:

@@ -57,7 +57,8 @@ def test_round_trip_and_listing(tmp_path):
         lambda raw: raw[:-100] + bytes(100),  # flipped audio
         lambda raw: raw[:20],  # truncated header
         lambda raw: b"",  # empty file
-        lambda raw: raw.replace(b'"v": 2', b'"v": 9', 1),  # unknown version
+        lambda raw: raw.replace(b'"v": 2', b'"v": 0', 1),  # a version no kiosk ever wrote
+        lambda raw: raw.replace(b'"v": 2', b'"v": "3"', 1),  # not a version
         lambda raw: raw.replace(b'"blocks": ["', b'"blocks": ["0', 1),  # a block hash changed
     ],
 )
@@ -70,6 +71,26 @@ def test_corrupt_entry_is_removed_logged_and_never_served(tmp_path, caplog, dama
         assert cache.get(key) is None
     assert not path.exists()
     assert "corrupt" in caplog.text
+
+
+def test_an_entry_of_a_later_version_is_a_miss_kept_for_it(tmp_path, caplog):
+    # After an update was rolled back: the later version's entries are neither read, nor reported corrupt, nor
+    # removed; speaking the line again writes it anew in this version's format.
+    cache = PhraseCache(tmp_path, 10_000_000).open()
+    key = put(cache, "Welcome", os.urandom(4000))
+    path = cache.path_for(key)
+    later = path.read_bytes().replace(b'"v": 2', b'"v": 3, "shape": {"of": "the future"}', 1)
+    path.write_bytes(later)
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(key) is None
+        assert cache.list() == []
+        ok, removed = cache.verify()
+        assert cache.migrate(key) is False
+    assert ok == [] and removed == []
+    assert path.read_bytes() == later
+    assert "corrupt" not in caplog.text
+    put(cache, "Welcome", b"\x01\x02" * 100)
+    assert cache.get(key).pcm == b"\x01\x02" * 100
 
 
 def test_entry_under_another_key_is_refused(tmp_path):

@@ -1,3 +1,4 @@
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -154,3 +155,21 @@ def test_quiet_hours_on_weekdays_overnight_and_never_empty():
     assert problems("quiet_hours:\n  - {start: '', end: '10:00'}\n") == [
         "quiet_hours[0].start: must be set (a time like 22:00)"
     ]
+
+
+def test_staff_settings_a_later_version_saved_are_ignored_after_a_rollback(tmp_path, caplog):
+    # A later release added settings, then was switched back: this version ignores what it does not know at all,
+    # keeps the rest in force and the file in place. An uploaded file is still held to every name (strict).
+    settings = tmp_path / "staff.yaml"
+    operator = tmp_path / "kiosk.yaml"
+    operator.write_text(f"staff:\n  settings_file: {settings}\nphrases:\n  a: A.\n")
+    later = {"openai": {"voice": "sage", "pace_planner": "on"}, "captions_theme": {"dark": True}}
+    settings.write_text(yaml.safe_dump(later))
+    with caplog.at_level(logging.WARNING, logger="kiosk.config"):
+        cfg = load_config(operator)
+    assert cfg.openai.voice == "sage" and settings.exists()
+    assert "captions_theme is not known to this version" in caplog.text
+    assert "openai.pace_planner is not known to this version" in caplog.text
+    with pytest.raises(ConfigError) as info:
+        load_config(operator, later, strict=True)
+    assert f"{settings}: captions_theme: cannot be set from the staff page" in info.value.problems

@@ -4,9 +4,11 @@ Reading the file is kiosk.config.loader's (`read_staff_settings`), with the same
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
+import typing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ STAFF_SETTABLE: dict[str, set[str] | None] = {
 }
 
 
-def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[str]) -> dict:
+def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[str], *, strict: bool = False) -> dict:
     """The operator's config with the staff settings laid over it (the operator's file itself is never written).
 
     `button_phrases` ({pin: phrase id}) re-assigns the lines of buttons the operator's file defines.
@@ -40,7 +42,9 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
     merged = dict(base)
     for section, value in staff.items():
         keys = STAFF_SETTABLE.get(section, set())
-        if section not in STAFF_SETTABLE:
+        if section not in STAFF_SETTABLE and not strict and _later_setting(section):
+            log.warning("staff settings %s: %s is not known to this version of kiosk; ignored", source, _show(section))
+        elif section not in STAFF_SETTABLE:
             problems.append(f"{source}: {_show(section)}: cannot be set from the staff page")
         elif section == "button_phrases":
             merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems)
@@ -48,12 +52,30 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
             merged[section] = value
         elif isinstance(value, dict):
             for key in set(value) - keys:
-                problems.append(f"{source}: {section}.{_show(key)}: cannot be set from the staff page")
+                if not strict and _later_setting(section, key):
+                    log.warning("staff settings %s: %s.%s is not known to this version; ignored", source, section, _show(key))
+                else:
+                    problems.append(f"{source}: {section}.{_show(key)}: cannot be set from the staff page")
             section_base = base.get(section) if isinstance(base.get(section), dict) else {}
             merged[section] = {**section_base, **{k: v for k, v in value.items() if k in keys}}
         else:
             problems.append(f"{source}: {section}: must be a mapping of keys, not {_kind(value)}")
     return merged
+
+
+def _later_setting(section: object, key: object = None) -> bool:
+    """Whether a setting is unknown to this version's config altogether: one a later version saved before an update
+    was rolled back. Ignored, so that the staff's other settings stay in force; a setting this version knows but
+    staff may not change (api, openai.base_url) is still refused."""
+    from kiosk.config.model import Config  # the model imports this module's neighbours; read when needed
+
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in fields:
+        return True
+    if key is None:
+        return False
+    section_type = typing.get_type_hints(Config).get(section)
+    return dataclasses.is_dataclass(section_type) and key not in {f.name for f in dataclasses.fields(section_type)}
 
 
 def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[str]) -> Any:

@@ -40,10 +40,12 @@ def hand_over(upload: Path, state: Path, running: str = __version__) -> Release:
     if not newer(release.version, running):
         raise BadRelease(f"{release.version} is not newer than {running}, which runs now")
     target = incoming(state)
-    if target.exists():
-        raise BadRelease("another update is waiting to be installed; try again in a minute")
     target.parent.mkdir(mode=0o750, exist_ok=True)
-    os.replace(upload, target)
+    try:
+        os.link(upload, target)  # never over another waiting update, even one handed over this instant
+    except FileExistsError:
+        raise BadRelease("another update is waiting to be installed; try again in a minute") from None
+    upload.unlink()
     fsync_directory(target.parent)
     return release
 
