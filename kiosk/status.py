@@ -18,6 +18,8 @@ from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.parts import Parts
 from kiosk.speaker import Request
 from kiosk.staff.auth import PasswordFile
+from kiosk.update.rollout import RECORD, read_record
+from kiosk.update.spool import state_dir
 from kiosk.warm import ready_ids, translated
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,7 @@ class StatusBoard:
             "open": clock.is_open(s.cfg, s.clock.trusted(), self._now()),
             "clock": {"trusted": s.clock.trusted(), "state": s.clock.problem() or "set"},
             "next_announcement": s.scheduler.next_announcement(),
+            "update": await asyncio.to_thread(self.last_update),
             **{key: value for status, _ in self._reporters for key, value in status().items()},  # "mqtt", "osc"
             "problems": problems,
             "headline": "All good" if not problems else f"Needs attention: {problems[0]}",
@@ -184,6 +187,11 @@ class StatusBoard:
             why = PasswordFile(staff.password_file).problem()
             found.append(f"The staff password cannot be read ({why}); set a new one." if why else None)
         return [p for p in found if p]
+
+    def last_update(self) -> dict | None:
+        """The last update's outcome from its record ({"result", "version", "message", "time"}), or None when there
+        is none or it cannot be read."""
+        return read_record(state_dir(self._parts.cfg.staff.settings_file) / RECORD)
 
     def ready_lines(self) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""

@@ -1,5 +1,5 @@
 """The Account page: the staff password, and the staff settings downloaded or restored from a file (the rules
-are in account.py)."""
+are in account.py); its Update section is update.py's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from aiohttp import web
 
 from kiosk.errors import ConfigError
-from kiosk.staff import account
+from kiosk.staff import account, update
 from kiosk.staff.common import BACKEND, FORM, LIMITER, SESSION, SESSIONS, password_file, render
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,15 @@ MAX_UPLOAD_BYTES = 64 * 1024
 async def account_page(
     request: web.Request, errors: dict | None = None, notice: str | None = None, status: int = 200
 ) -> web.Response:
-    return render("account.html", request, status=status, errors=errors or {}, notice=notice, values={})
+    return render(
+        "account.html",
+        request,
+        status=status,
+        errors=errors or {},
+        notice=notice,
+        values={},
+        update=await update.section(request),
+    )
 
 
 @routes.post("/account/password")

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from kiosk.staff import account_page, label, lines, login, schedule, setup, status_page, voice, volume
+from kiosk.staff import account_page, label, lines, login, schedule, setup, status_page, update, voice, volume
 from kiosk.staff.auth import LoginLimiter, PasswordChecker, Sessions
 from kiosk.staff.backend import StaffBackend
 from kiosk.staff.common import (
@@ -41,7 +41,7 @@ from kiosk.web.hosts import HostNames
 log = logging.getLogger(__name__)
 
 #: Every page of the staff app, each with its own `routes`.
-PAGES = (login, setup, status_page, lines, voice, volume, schedule, account_page, label)
+PAGES = (login, setup, status_page, lines, voice, volume, schedule, account_page, update, label)
 
 
 def make_staff_app(
@@ -90,7 +90,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if session is None:
         logged_out(request)
     request[SESSION] = session
-    if request.method == "POST":
+    if request.method == "POST" and request.path in update.STREAMED:  # a release: read as it arrives, token first
+        request[FORM] = await update.open_upload(request, session.csrf)
+    elif request.method == "POST":
         form = await read_form(request)
         if not tokens_match(form.get("csrf"), session.csrf):
             raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
