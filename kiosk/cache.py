@@ -37,9 +37,9 @@ from pathlib import Path
 from kiosk.cache_entry import (
     CachedAudio,
     CorruptEntry,
-    NewerEntry,
     Entry,
     EntryInfo,
+    NewerEntry,
     entry_info,
     is_moment,
     make_header,

@@ -39,6 +39,7 @@ VENDORS = {
     "aiohttp_sse": "kiosk.captions.live",
     "jinja2": "kiosk.web.templates",
     "segno": "kiosk.staff.label",
+    "packaging": "kiosk.update.archive",
 }
 
 MAX_LINES = 400

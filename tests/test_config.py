@@ -169,7 +169,7 @@ def test_staff_settings_a_later_version_saved_are_ignored_after_a_rollback(tmp_p
         cfg = load_config(operator)
     assert cfg.openai.voice == "sage" and settings.exists()
     assert "captions_theme is not known to this version" in caplog.text
-    assert "openai.pace_planner is not known to this version" in caplog.text
+    assert "openai.pace_planner is not known to this version of kiosk" in caplog.text
     with pytest.raises(ConfigError) as info:
         load_config(operator, later, strict=True)
     assert f"{settings}: captions_theme: cannot be set from the staff page" in info.value.problems

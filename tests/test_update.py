@@ -249,3 +249,17 @@ def test_a_release_that_never_gets_ready_is_switched_back_at_the_limit(tmp_path,
     assert updater.update(releases_built[NEW]) is False
     assert program.current() == __version__
     assert "it was not ready within 4 s (activating (start))" in read_record(record)["message"]
+
+
+def test_old_releases_are_pruned_but_never_the_running_or_previous_one(tmp_path):
+    releases = Releases(tmp_path)
+    for version in ("0.9.0", "1.0.0", "1.1.0", "1.2.0", "1.10.0", "2.0.0", "2.1.0"):
+        (releases.path(version) / "bin").mkdir(parents=True)
+    (releases.path("3.0.0") / "bin").mkdir(parents=True)
+    (releases.path("3.0.0") / ".installing").touch()  # cut off by a power cut
+    releases.switch("0.9.0")
+    releases.switch("2.0.0")  # previous: 0.9.0, the oldest
+    assert releases.prune(keep=3) == ["1.1.0", "1.0.0"]
+    assert releases.installed() == ["2.1.0", "2.0.0", "1.10.0", "1.2.0", "0.9.0"]
+    assert not releases.path("3.0.0").exists()
+    assert (releases.current(), releases.previous()) == ("2.0.0", "0.9.0")

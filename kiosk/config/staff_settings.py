@@ -53,7 +53,8 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
         elif isinstance(value, dict):
             for key in set(value) - keys:
                 if not strict and _later_setting(section, key):
-                    log.warning("staff settings %s: %s.%s is not known to this version; ignored", source, section, _show(key))
+                    shown = f"{section}.{_show(key)}"
+                    log.warning("staff settings %s: %s is not known to this version of kiosk; ignored", source, shown)
                 else:
                     problems.append(f"{source}: {section}.{_show(key)}: cannot be set from the staff page")
             section_base = base.get(section) if isinstance(base.get(section), dict) else {}

@@ -161,6 +161,14 @@ def newer(version: str, than: str) -> bool:
     return Version(version) > Version(than)
 
 
+def version_order(version: str) -> tuple:
+    """A sort key: releases by version (1.10 after 1.9), names that are no version first."""
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
 def build_release(source: Path, out_dir: Path, version: str | None = None) -> Path:
     """Build `kiosk-<version>.tar` in `out_dir` from the source tree `source` (a checkout), with the version set
     to `version` when given. pip builds the wheel from a clean copy, so nothing is written into the checkout."""

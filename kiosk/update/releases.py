@@ -13,10 +13,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from packaging.version import InvalidVersion, Version
-
 from kiosk.errors import KioskError
-from kiosk.update.archive import BadRelease, Release
+from kiosk.update.archive import BadRelease, Release, version_order
 
 #: Releases kept besides the current and previous ones, newest first.
 KEEP = 3
@@ -51,7 +49,7 @@ class Releases:
         if not self.dir.is_dir():
             return []
         found = [p.name for p in self.dir.iterdir() if p.is_dir() and not (p / INSTALLING).exists()]
-        return sorted(found, key=_sort_key, reverse=True)
+        return sorted(found, key=version_order, reverse=True)
 
     def install(self, release: Release, work_dir: Path) -> Path:
         """Install `release` as releases/<version> beside the running one; KioskError (nothing left behind) when
@@ -102,10 +100,11 @@ class Releases:
             _link(self.root / "previous", previous)
 
     def prune(self, keep: int = KEEP) -> list[str]:
-        """Remove all but the newest `keep` releases, never the current or previous one."""
+        """Remove all but the newest `keep` releases besides the current and previous ones (never removed), and
+        any left unfinished by an install that was cut off (a power cut)."""
         protected = {self.current(), self.previous()}
         leftovers = [p.name for p in self.dir.iterdir() if p.is_dir() and (p / INSTALLING).exists()]
-        old = [v for v in self.installed() if v not in protected][max(0, keep - len(protected - {None})) :]
+        old = [v for v in self.installed() if v not in protected][keep:]
         for version in old + leftovers:
             self.remove(version)
         return old
@@ -114,13 +113,6 @@ class Releases:
         if version == self.current():
             raise KioskError(f"release {version} is running and is not removed")
         shutil.rmtree(self.path(version))
-
-
-def _sort_key(version: str) -> tuple:
-    try:
-        return (1, Version(version))
-    except InvalidVersion:
-        return (0, version)
 
 
 def _link(link: Path, version: str) -> None:
