@@ -64,8 +64,8 @@ def chrony() -> bool | None:
     out = _run(["chronyc", "-n", "tracking"])
     if out is None:
         return None
-    leap = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Leap status")), None)
-    return None if leap is None else leap == "Normal"
+    leap = next((line.partition(":")[2].strip() for line in out.splitlines() if line.startswith("Leap status")), None)
+    return None if not leap else leap == "Normal"
 
 
 def timedatectl() -> bool | None:

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -103,7 +104,59 @@ def test_the_probes_answer_or_say_they_cannot_tell(tmp_path):
     flag.touch()
     assert clock.timesyncd_flag(flag) is True
     assert clock.kernel() in (True, False)  # adjtimex answers on Linux (this machine: not synchronized)
-    assert clock.system_synchronized() in (True, False)
+    assert SYSTEM_SYNCHRONIZED() in (True, False)
+
+
+#: The real probe chain: conftest's autouse synchronized_clock replaces kiosk.clock.system_synchronized in every test.
+SYSTEM_SYNCHRONIZED = clock.system_synchronized
+
+# What chronyc and timedatectl print (chrony 4.3 and systemd 252 on Debian 12), for the programs that stand in for
+# them: neither can run here without taking over this machine's clock.
+CHRONY_TRACKING = """Reference ID    : C0A80001 (192.168.0.1)
+Stratum         : 3
+Ref time (UTC)  : Fri Dec 04 10:31:07 2026
+System time     : 0.000012345 seconds fast of NTP time
+Leap status     : {leap}
+"""
+
+
+def stand_in(directory: Path, name: str, body: str) -> None:
+    program = directory / name
+    program.write_text(f"#!/bin/sh\n{body}\n")
+    program.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "probe", "answer"),
+    [
+        ("chronyc", f"cat <<'EOF'\n{CHRONY_TRACKING.format(leap='Normal')}EOF", clock.chrony, True),
+        ("chronyc", f"cat <<'EOF'\n{CHRONY_TRACKING.format(leap='Not synchronised')}EOF", clock.chrony, False),
+        ("chronyc", "echo '506 Cannot talk to daemon'; exit 1", clock.chrony, None),
+        ("chronyc", "echo 'Leap status'", clock.chrony, None),
+        ("chronyc", "sleep 30", clock.chrony, None),
+        ("timedatectl", "echo yes", clock.timedatectl, True),
+        ("timedatectl", "echo no", clock.timedatectl, False),
+        ("timedatectl", "echo 'Failed to connect to bus'; exit 1", clock.timedatectl, None),
+        ("timedatectl", "echo maybe", clock.timedatectl, None),
+    ],
+)
+def test_chrony_and_timedatectl_are_read_or_say_they_cannot_tell(tmp_path, monkeypatch, name, body, probe, answer):
+    stand_in(tmp_path, name, body)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    started = time.monotonic()
+    assert probe() is answer
+    assert time.monotonic() - started < clock.PROBE_TIMEOUT_S + 2  # a hung program is given up on
+
+
+def test_the_first_probe_that_can_tell_decides(tmp_path, monkeypatch):
+    stand_in(tmp_path, "chronyc", f"cat <<'EOF'\n{CHRONY_TRACKING.format(leap='Not synchronised')}EOF")
+    stand_in(tmp_path, "timedatectl", "echo yes")
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(clock, "TIMESYNCD_FLAG", tmp_path / "absent")
+    monkeypatch.setattr(clock.timesyncd_flag, "__defaults__", (tmp_path / "absent",))
+    assert SYSTEM_SYNCHRONIZED() is False  # chrony, asked before timedatectl, says not synchronized
+    (tmp_path / "chronyc").unlink()
+    assert SYSTEM_SYNCHRONIZED() is True
 
 
 async def test_a_history_knows_its_newest_trusted_time_and_marks_rows(tmp_path):
