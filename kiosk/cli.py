@@ -1,4 +1,4 @@
-"""Command line: `kiosk say`, `kiosk cache list|verify|prune`, `kiosk fleet status|say` (and `kiosk release`,
+"""Command line: `kiosk say`, `kiosk cache list|verify|prune`, `kiosk fleet status|say|update` (and `kiosk release`,
 `kiosk update` from kiosk.update.commands).
 
 Expected faults (bad config, no key, server down, bad device) are one line on stderr and a non-zero exit:
@@ -26,6 +26,7 @@ from kiosk.cache import PhraseCache
 from kiosk.cache_entry import EntryInfo
 from kiosk.config import DEFAULT_CONFIG_PATH, PHRASE_ID, Config, MqttConfig, load_config, text_problem
 from kiosk.errors import ConfigError, KioskError
+from kiosk.fleet import update as fleet_update
 from kiosk.loudness import Leveller
 from kiosk.service import run_service
 from kiosk.update import commands as update_commands
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--device", metavar="ID", help="one speaker (its mqtt.device_id)")
     fleet_say.add_argument("phrase", metavar="PHRASE", help="the id of a configured line")
     fleet_say.set_defaults(func=cmd_fleet_say)
+    fleet_update.add_command(fleet_commands, common)
     update_commands.add_commands(commands, common)
     return parser
 

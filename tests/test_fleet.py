@@ -173,7 +173,7 @@ def test_topics_route_commands_for_this_speaker_its_groups_and_all_only():
     assert topics.command_of("museum/kiosk/group/lobby/play") is None
     assert topics.command_of("museum/kiosk/lobby-b/play") is None
     assert topics.command_of("museum/kiosk/hall-a/status") is None
-    assert len(topics.command_topics()) == 4 * 5
+    assert len(topics.command_topics()) == 4 * 6  # play, stop, volume, mute, reload, update
     assert target_base("kiosk", group="hall") == "kiosk/group/hall"
     assert target_base("kiosk", device="x") == "kiosk/x" and target_base("kiosk") == "kiosk/all"
 

@@ -75,12 +75,13 @@ class Speaker:
 
 
 @contextlib.asynccontextmanager
-async def speakers(tmp_path, server, broker_port, *specs):
-    """Started services, one per (name, groups); each has its own ALSA `file` device and mock GPIO pins."""
+async def speakers(tmp_path, server, broker_port, *specs, extra=""):
+    """Started services, one per (name, groups); each has its own ALSA `file` device and mock GPIO pins. `extra`:
+    more lines for the mqtt: section of each config."""
     started = []
     try:
         for name, groups in specs:
-            config = write_config(tmp_path, name, server.url, broker_port, groups)
+            config = write_config(tmp_path, name, server.url, broker_port, groups, extra)
             out = tmp_path / name / "alsa-out.raw"
             pins = MockFactory()
             service = Service(

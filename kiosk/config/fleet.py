@@ -35,6 +35,9 @@ class MqttConfig:
     discovery: bool = True  # Home Assistant MQTT discovery
     discovery_prefix: str = field(default="homeassistant", metadata=_TOPIC_PREFIX)
     keepalive_s: int = _bounded(30, 5, 3600)  # a speaker gone silent is reported offline after about 1.5 times this
+    # `kiosk fleet update`: off unless the operator turns it on, since whoever may publish commands on the broker
+    # could then install a program on the speaker.
+    accept_updates: bool = False
 
     @property
     def enabled(self) -> bool:

@@ -20,6 +20,7 @@ from kiosk import __version__
 from kiosk.config import ButtonConfig, Config
 from kiosk.fleet.control import Control
 from kiosk.fleet.discovery import DeviceInfo
+from kiosk.fleet.download import Updates
 from kiosk.status import press_to_audio
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ _FINISHED = ("done", "stopped", "failed")
 class Fleet:
     def __init__(self, app: App):
         self._app = app
-        self.control = Control(app)
+        self.updates = Updates(lambda: app.cfg.staff.settings_file, on_change=self.status_changed)
+        self.control = Control(app, updates=self.updates)
         self.mqtt: MqttLink | None = None
         self.osc: OscLink | None = None
         self._cfg: Config | None = None
@@ -144,6 +146,8 @@ class Fleet:
             "presses_today": self.presses_today,
             "last_response_ms": self.last_response_ms,
             "stutters": s.underruns_total,
+            "groups": list(s.cfg.mqtt.groups),  # who `kiosk fleet update --group` waits for
+            "update": await asyncio.to_thread(self.updates.record),  # the last update's outcome (update.json)
         }
 
     def device_info(self) -> DeviceInfo:

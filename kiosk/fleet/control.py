@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiosk.commands import (
     CommandError,
@@ -27,6 +27,9 @@ from kiosk.config import Config, load_config, read_staff_settings
 from kiosk.errors import ConfigError
 from kiosk.speaker import Rejected, Request
 from kiosk.staff.account import write_settings
+
+if TYPE_CHECKING:
+    from kiosk.fleet.download import Updates
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,9 @@ class Backend(Protocol):
 
 
 class Control:
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, updates: Updates | None = None):
         self._backend = backend
+        self._updates = updates  # the `update` command (kiosk.fleet.download); None: not taken here
         self._keys = IdempotencyKeys()
         self._unmuted: int | None = None  # the volume before muting, restored by unmuting
 
@@ -80,6 +84,12 @@ class Control:
         if command == "reload":
             parse_body(raw, set())
             return await self.reload()
+        if command == "update" and self._updates is not None:
+            if not self._backend.cfg.mqtt.accept_updates:
+                raise CommandError(403, "this speaker does not take updates over MQTT (mqtt.accept_updates is off)")
+            order = self._updates.order_of(raw)  # checked before it takes a token of the rate limit
+            self._take_token()
+            return self._updates.start(order)
         raise CommandError(404, f"unknown command '{command[:64]}'; known: play, stop, volume, mute, reload")
 
     # -- the commands themselves

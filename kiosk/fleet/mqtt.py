@@ -10,7 +10,7 @@ Every payload from the broker is untrusted: bounded in size and nesting, NaN and
 command is answered on `<p>/<id>/error`, never with a crash. A retained command is refused (it would otherwise
 replay at every reconnect).
 
-`fleet_status` and `send_command` serve `kiosk fleet status|say`.
+`fleet_status` and `send_command` serve `kiosk fleet status|say`, `session` serves `kiosk fleet update`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -329,6 +329,28 @@ async def send_command(cfg: MqttConfig, base: str, command: str, body: dict, sec
                     device = message.topic.value.removeprefix(f"{cfg.prefix}/").split("/", 1)[0]
                     errors.append({"device": device, **answer})
     return errors
+
+
+class Session:
+    """A command line's conversation with the broker (kiosk.fleet.update): publish, and read what arrives."""
+
+    def __init__(self, client: aiomqtt.Client):
+        self._client = client
+
+    async def publish(self, topic: str, body: dict) -> None:
+        await self._client.publish(topic, json.dumps(body), qos=1)
+
+    async def messages(self) -> AsyncIterator[tuple[str, bytes]]:
+        """(topic, payload) of each message on the topics subscribed, the retained ones first."""
+        async for message in self._client.messages:
+            yield message.topic.value, message.payload if isinstance(message.payload, bytes) else b""
+
+
+@contextlib.asynccontextmanager
+async def session(cfg: MqttConfig, topics: list[str]) -> AsyncIterator[Session]:
+    async with _connected(cfg) as client:
+        await client.subscribe([(topic, 1) for topic in topics])
+        yield Session(client)
 
 
 @contextlib.asynccontextmanager

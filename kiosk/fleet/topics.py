@@ -5,14 +5,14 @@
 <p>/<id>/event          -         JSON for each press and each line played
 <p>/<id>/action         -         button_<pin> on each press of a physical button (Home Assistant triggers)
 <p>/<id>/error          -         JSON answer to a command that was refused
-<p>/<id>/<command>      commands: play, stop, volume, mute, reload; also on <p>/all/... and <p>/group/<g>/...
+<p>/<id>/<command>      commands: play, stop, volume, mute, reload, update; also on <p>/all/... and <p>/group/<g>/...
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-COMMANDS = ("play", "stop", "volume", "mute", "reload")
+COMMANDS = ("play", "stop", "volume", "mute", "reload", "update")
 
 
 @dataclass(frozen=True)
