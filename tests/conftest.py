@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,40 @@ def synchronized_clock(monkeypatch):
     """This machine's clock is not synchronized (adjtimex says so), so the speaker would say "clock not set": tests
     run with a set clock unless they inject their own probe (tests/test_clock.py)."""
     monkeypatch.setattr("kiosk.clock.system_synchronized", lambda: True)
+
+
+# -- the checkout stays as it was
+
+REPO = Path(__file__).parent.parent
+
+
+def _tracked_changes() -> str | None:
+    """`git status` of the tracked files (None outside a git checkout): tests write to artifacts/ and tmp only."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    # On CI only: a developer's run shares the checkout with their own edits in progress.
+    session.config.stash[_CHECKOUT] = _tracked_changes() if os.environ.get("CI") else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_CHECKOUT, None)
+    if before is None:
+        return
+    after = _tracked_changes()
+    if after is not None and after != before:
+        session.config.get_terminal_writer().line(f"the tests changed tracked files:\n{after}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_CHECKOUT = pytest.StashKey[str | None]()
