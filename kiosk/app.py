@@ -26,6 +26,7 @@ from kiosk.history import Outcome
 from kiosk.listen import SampleStream
 from kiosk.metrics import Metrics
 from kiosk.parts import Parts
+from kiosk.plain_words import fault_words
 from kiosk.setup_code import spoken
 from kiosk.speaker import Rejected, Request
 from kiosk.speech.openai_engine import OpenAIEngine, draft_translations
@@ -241,7 +242,7 @@ class App:
         paused = [e for e in parts.engines.state() if e["in_backoff"]]
         if primary == "openai" and paused and paused[0]["name"] == "openai":
             standing_in = len(parts.engines.engines) > 1
-            why = f"OpenAI is paused ({paused[0]['reason']})" + (
+            why = f"the online voice is not working: {fault_words(paused[0]['reason'])}" + (
                 "; the local voice stands in until it is back" if standing_in else ""
             )
             return {"engine": "piper" if standing_in else "openai", "why": why}
@@ -339,7 +340,7 @@ class App:
         return await self._parts.history.as_json(days)
 
     async def history_csv(self, days: int) -> str:
-        return await self._parts.history.csv(days)
+        return await self._parts.history.csv(days, self.cfg)
 
     async def history_summary(self, days: int) -> dict:
         return await self._parts.history.summary(days)

@@ -16,6 +16,7 @@ from kiosk.config import staff_settings_problem
 from kiosk.history import Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.parts import Parts
+from kiosk.plain_words import fault_words, last_line, voice_paused
 from kiosk.speaker import Request
 from kiosk.staff.auth import PasswordFile
 from kiosk.update.rollout import RECORD, read_record
@@ -103,12 +104,18 @@ class StatusBoard:
             "playing": speaker.current.summary() if speaker.current else None,
             "queued": speaker.queued,
             "last_trace": trace.__dict__ if trace else None,
+            "last_line_words": last_line(trace.__dict__ if trace else None),
             "last_press_to_audio_ms": press_to_audio(last) if last else None,
             "underruns_total": self.underruns_total,
             "cache": {"lines_ready": len(ready_ids), "lines_configured": len(s.cfg.phrases), "ready_ids": ready_ids},
             "languages": languages,
             "language_now": s.language_choice.current,
-            "engine": {"name": s.engine.name, **s.engine_state, "chain": s.engines.state()},
+            "engine": {
+                "name": s.engine.name,
+                **s.engine_state,
+                "error_words": fault_words(s.engine_state.get("error")) if s.engine_state.get("error") else None,
+                "chain": s.engines.state(),
+            },
             "speaker_problem": s.device.problem,
             "cache_problem": s.announcer.cache_problem,
             "device": s.cfg.audio.device,
@@ -162,10 +169,11 @@ class StatusBoard:
         if s.device.problem:
             problems.append(f"Speaker missing or failing: {s.device.problem}. Retrying.")
         problems += s.secret_problems + self._file_problems()
-        for engine in s.engines.state():
+        chain = s.engines.state()
+        for engine in chain:
             if engine["in_backoff"]:
-                name, reason, wait = engine["name"], engine["reason"], engine["next_check_s"]
-                problems.append(f"Voice '{name}' paused: {reason}. Checking again in {wait} s.")
+                stands_in = engine["name"] != "piper" and any(e["name"] == "piper" for e in chain)
+                problems.append(voice_paused(engine["name"], engine["reason"], engine["next_check_s"], stands_in))
         if s.announcer.cache_problem:
             problems.append(f"New lines cannot be kept for offline use: {s.announcer.cache_problem}")
         if s.buttons and s.buttons.error:
@@ -194,9 +202,13 @@ class StatusBoard:
         return read_record(state_dir(self._parts.cfg.staff.settings_file) / RECORD)
 
     def ready_lines(self) -> list[str]:
-        """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's)."""
+        """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's) in every
+        offered language: a line a visitor would hear from the network in one of them is not ready offline."""
         s = self._parts
         ready = ready_ids(s.cfg, s.announcer)
+        for lang in s.cfg.languages[1:]:
+            in_it = set(ready_ids(s.cfg, s.announcer, lang.code))
+            ready = [pid for pid in ready if pid in in_it]
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(s.cfg.phrases))
         return ready
@@ -209,15 +221,16 @@ class StatusBoard:
         coverage = []
         for lang in s.cfg.languages:
             local = any(e.name == "piper" for e in s.announcer.chain_for(lang.code).engines)
+            ready = len(ready_ids(s.cfg, s.announcer, lang.code))
             coverage.append(
                 {
                     "code": lang.code,
                     "name": lang.spoken_name,
-                    "ready": len(ready_ids(s.cfg, s.announcer, lang.code)),
+                    "ready": ready,
                     "total": len(s.cfg.phrases),
                     "translated": translated(s.cfg, lang.code),
                     "local_voice": local,
-                    "note": None if local else "needs the network until cached",
+                    "note": None if local or ready == len(s.cfg.phrases) else "the rest need the network until cached",
                 }
             )
         return coverage

@@ -98,7 +98,7 @@ async def test_staff_flow_in_a_real_browser(service, page):
     service.test_pins.pin(17).drive_low()
     service.test_pins.pin(17).drive_high()
     await page.locator('[data-field="response_time"]', has_text="ms").wait_for()
-    assert await page.locator('[data-field="last_source"]').inner_text() == "a saved copy (offline)"
+    assert await page.locator('[data-field="last_line"]').inner_text() == "Played from a saved copy (offline)"
     await shot(page, "status")
 
     await page.click("nav >> text=Voice")

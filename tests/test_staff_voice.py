@@ -23,7 +23,7 @@ async def test_the_page_says_which_voice_speaks_and_why(staff, monkeypatch):  # 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert await service.reload()
     _, html, _ = await get(http, "/voice")
-    assert "Local voice “joe-us”" in html and "no OpenAI key is set" in html
+    assert "Local voice: Joe, American English" in html and "no OpenAI key is set" in html
 
 
 async def test_made_up_and_empty_values_are_refused(staff):  # noqa: F811

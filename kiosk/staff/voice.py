@@ -39,6 +39,7 @@ async def voice_page(
         local_voice=cfg.piper.voice,
         now=backend.voice_report(),
         choices=_voice_choices(backend),
+        labels={**MODEL_WORDS, **LOCAL_VOICE_WORDS},
         errors=errors or {},
         values=values or {},
         key_set=bool(key_file and key_file.exists()),
@@ -47,6 +48,15 @@ async def voice_page(
         key_mask=KEY_MASK,
         progress=backend.warm_progress(),
     )
+
+
+#: The choices' labels in words (the id stays in brackets, for whoever reads OpenAI's or Piper's own pages).
+MODEL_WORDS = {
+    "gpt-4o-mini-tts": "Most natural; follows “How to speak” (gpt-4o-mini-tts)",
+    "tts-1": "Quick, standard quality (tts-1)",
+    "tts-1-hd": "Standard, clearer (tts-1-hd)",
+}
+LOCAL_VOICE_WORDS = {"joe-us": "Joe, American English; comes with the speaker (joe-us)"}
 
 
 def _voice_choices(backend: StaffBackend) -> dict[str, list[str]]:

@@ -6,7 +6,6 @@ import { later, make, setField, showBox } from "./common.js";
 import { problemParts } from "./headline.js";
 
 const STATE_WORDS = { idle: "ready", speaking: "speaking", missing: "missing" };
-const SOURCE_WORDS = { cache: "a saved copy (offline)", openai: "OpenAI (online)", piper: "the local voice" };
 const ENGINE_WORDS = { openai: "OpenAI", piper: "Local voice" };
 
 function updateStatusPage(s) {
@@ -19,15 +18,14 @@ function updateStatusPage(s) {
   showBox("speaker_problem", Boolean(s.speaker_problem));
   const ms = s.last_press_to_audio_ms;
   setField(document, "response_time", ms == null ? "–" : `${Math.round(ms)} ms`);
-  const source = s.last_trace ? s.last_trace.source : null;
-  setField(document, "last_source", source ? SOURCE_WORDS[source] || source : "–");
+  setField(document, "last_line", s.last_line_words);
   setField(document, "stutters", String(s.underruns_total));
   setField(document, "lines_configured", String(s.cache.lines_configured));
   setField(document, "engine_name", ENGINE_WORDS[s.engine.name] || s.engine.name);
   const reachable = s.engine.reachable;
   setField(document, "engine_reachable", reachable ? "online" : reachable === false ? "cannot be reached" : "not checked yet");
-  setField(document, "engine_error", s.engine.error || "");
-  showBox("engine_error", Boolean(s.engine.error));
+  setField(document, "engine_error", s.engine.error_words || "");
+  showBox("engine_error", Boolean(s.engine.error_words));
   setField(document, "disk", String(s.disk_free_gb));
   setField(document, "uptime", s.uptime_text);
   renderList("problems", s.problems, problemItem);
