@@ -66,12 +66,14 @@ async def test_a_bad_settings_file_changes_nothing(staff):  # noqa: F811
         (b"phrases:\n  Bad Id: x\n", "id must be"),
         (b"phrases: [unclosed\n", "not valid YAML"),
         (b"\xff\xfe", "not valid UTF-8"),
-        (b"ssh_keys: {}\n", "cannot be set from the staff page"),
+        (b"ssh_keys: {}\n", "the uploaded file: ssh_keys: cannot be set from the staff page"),
+        (b"volume: 50\n", "the uploaded file: volume: belongs under audio: (as audio:"),
         (b"quiet_hours:\n  - {start: '09:00', end: '09:00'}\n", "never apply"),
     ]
     for content, message in bad_files:
         status, html, _ = await post(http, "/account/settings", upload(token, content))
         assert status == 400 and message in html, (content, status, html[-400:])
+        assert str(service.cfg.staff.settings_file) not in html  # a file the person did not upload is not named
     status, _html, _ = await post(http, "/account/settings", {"csrf": token})
     assert status == 400
     assert service.cfg.phrases == before and settings_of(service) is None

@@ -27,11 +27,11 @@ MAX_YAML_DEPTH = 32  # the composer recurses: 10 000 '[' would end in RecursionE
 MAX_YAML_NODES = 100_000  # counted with aliases expanded: "billion laughs" is a few lines of anchors
 
 
-def load_config(path: Path | str, staff_settings: dict | None = None, *, strict: bool = False) -> Config:
+def load_config(path: Path | str, staff_settings: dict | None = None, *, uploaded: bool = False) -> Config:
     """Read and validate a config file with the staff page's settings laid over it; ConfigError lists every
     problem. `staff_settings` stands in for the settings file (to check a change before saving it). Settings this
-    version does not know at all (saved by a later one before a rollback) are ignored, unless `strict` (a file
-    staff upload, where an unknown name is a mistake to point out).
+    version does not know at all (saved by a later one before a rollback) are ignored, unless `uploaded` (a file
+    staff upload, where an unknown name is a mistake to point out, and the problems name "the uploaded file").
 
     Only the operator's file may stop the speaker: a settings file that cannot be read, or does not fit the
     operator's file, is set aside (see `set_aside_staff_settings`) and the operator's file is used alone."""
@@ -39,10 +39,10 @@ def load_config(path: Path | str, staff_settings: dict | None = None, *, strict:
     data = _read_yaml_mapping(path)
     settings_path = staff_settings_path(data)
     if staff_settings is not None:
-        return _with_staff_settings(data, staff_settings, settings_path, strict)
+        return _with_staff_settings(data, staff_settings, settings_path, uploaded)
     saved = read_staff_settings(settings_path)
     try:
-        return _with_staff_settings(data, saved, settings_path, strict)
+        return _with_staff_settings(data, saved, settings_path, False)
     except ConfigError as exc:
         operator_only = _valid_or_none(data) if saved else None
         if operator_only is None:  # the operator's own file has problems: they are reported with the rest
@@ -51,10 +51,11 @@ def load_config(path: Path | str, staff_settings: dict | None = None, *, strict:
         return operator_only
 
 
-def _with_staff_settings(data: dict, staff_settings: dict, settings_path: Path, strict: bool) -> Config:
+def _with_staff_settings(data: dict, staff_settings: dict, settings_path: Path, uploaded: bool) -> Config:
     problems: list[str] = []
+    source = "the uploaded file" if uploaded else _show(settings_path, 1000)
     if staff_settings:
-        data = overlay_staff_settings(data, staff_settings, _show(settings_path, 1000), problems, strict=strict)
+        data = overlay_staff_settings(data, staff_settings, source, problems, strict=uploaded)
     return validate(data, problems)
 
 

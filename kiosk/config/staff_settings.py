@@ -44,6 +44,8 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
         keys = STAFF_SETTABLE.get(section, set())
         if section not in STAFF_SETTABLE and not strict and _later_setting(section):
             log.warning("staff settings %s: %s is not known to this version of kiosk; ignored", source, _show(section))
+        elif section not in STAFF_SETTABLE and (home := _section_of(section)):
+            problems.append(f"{source}: {_show(section)}: belongs under {home}: (as {home}: {{{section}: …}})")
         elif section not in STAFF_SETTABLE:
             problems.append(f"{source}: {_show(section)}: cannot be set from the staff page")
         elif section == "button_phrases":
@@ -62,6 +64,11 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
         else:
             problems.append(f"{source}: {section}: must be a mapping of keys, not {_kind(value)}")
     return merged
+
+
+def _section_of(key: object) -> str | None:
+    """The section a staff setting written at the top level belongs in ("volume" → "audio")."""
+    return next((section for section, keys in STAFF_SETTABLE.items() if keys and key in keys), None)
 
 
 def _later_setting(section: object, key: object = None) -> bool:

@@ -42,7 +42,7 @@ def restore_settings(config_path: Path, settings_path: Path, upload: bytes) -> N
     operator's kiosk.yaml; the settings it replaces are kept as `<file>.bak`. Raises ConfigError listing every
     problem, and then nothing has changed."""
     settings = yaml_mapping_of(upload, "the uploaded file")
-    load_config(config_path, settings, strict=True)  # raises ConfigError with every problem
+    load_config(config_path, settings, uploaded=True)  # raises ConfigError with every problem
     write_settings(settings_path, settings)
 
 
