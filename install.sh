@@ -451,6 +451,8 @@ service_dirs() {
     # to kiosk; systemd would create them at the first start, but `kiosk cache list` works before that.
     if [ -d "$etc" ]; then
         say "$etc: exists"
+        # Made before this script by hand, perhaps 0755: the unit's ConfigurationDirectoryMode wants 0750.
+        run chmod 0750 "$etc"
     else
         tell "creating $etc"
         run mkdir -p "$etc"
@@ -499,6 +501,9 @@ service_config() {
     local config=$etc/kiosk.yaml
     if [ -e "$config" ]; then
         say "kept $config (never overwritten; the current example is $here/config/kiosk.yaml)"
+        # Written by hand before the install (root:root 0640): the service reads it as group kiosk.
+        host chgrp "$USER_NAME" "$config"
+        run chmod g+r "$config"
     else
         tell "writing $config from the example $here/config/kiosk.yaml"
         run install -m 0640 "$here/config/kiosk.yaml" "$config"

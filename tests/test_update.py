@@ -19,6 +19,7 @@ from release_files import flip_byte, make_archive, wheel_bytes
 from service_manager import ProcessManager
 
 from kiosk import __version__
+from kiosk.errors import KioskError
 from kiosk.update.archive import BadRelease, build_release, read_release
 from kiosk.update.releases import Releases, copy_venv
 from kiosk.update.rollout import Updater, read_record
@@ -263,3 +264,30 @@ def test_old_releases_are_pruned_but_never_the_running_or_previous_one(tmp_path)
     assert releases.installed() == ["2.1.0", "2.0.0", "1.10.0", "1.2.0", "0.9.0"]
     assert not releases.path("3.0.0").exists()
     assert (releases.current(), releases.previous()) == ("2.0.0", "0.9.0")
+
+
+def test_a_rollback_by_hand_to_a_release_that_does_not_run_stays_on_the_one_that_runs(tmp_path, program):
+    class Manager:
+        """Runs whatever `current` names; the release 0.0.9 exits at once."""
+
+        def __init__(self):
+            self.runs = 0
+
+        def restart(self):
+            self.runs += 1
+
+        def state(self):
+            from kiosk.update.rollout import ServiceState
+
+            broken = program.current() == "0.0.9"
+            return ServiceState(not broken, None if broken else f"run-{self.runs}", "failed" if broken else "active")
+
+    (program.path("0.0.9") / "bin").mkdir(parents=True)
+    program.switch("0.0.9")
+    program.switch(__version__)  # previous: 0.0.9, which does not run
+    record = tmp_path / "update.json"
+    updater = Updater(program, Manager(), record, limit_s=1, settle_s=0.2, sleep=lambda s: time.sleep(0.05))
+    with pytest.raises(KioskError, match=f"did not go back from {__version__} to 0.0.9, which does not run"):
+        updater.rollback()
+    assert program.current() == __version__
+    assert read_record(record)["result"] == "failed"

@@ -102,8 +102,12 @@ class Updater:
         problem = self._restart_and_watch()
         if problem is None:
             return self._note("rolled back", went_from, f"went back from {went_from} to {went_to} by hand")
-        message = f"went back from {went_from} to {went_to}, which does not run: {problem}"
-        return self._note("failed", went_from, message)
+        self.releases.rollback()  # forward again: the release that ran stays the one that runs
+        again = self._restart_and_watch()
+        after = f"; back on {went_from}" if again is None else f"; {went_from} did not start again either: {again}"
+        message = f"did not go back from {went_from} to {went_to}, which does not run: {problem}{after}"
+        self._note("failed", went_to, message)
+        raise KioskError(message)
 
     def _restart_and_watch(self) -> str | None:
         """Restart the service and watch it: None once it has been ready for the settling time as one process,
