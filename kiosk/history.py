@@ -29,9 +29,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kiosk.history_csv import iso_time, outcomes_csv
 from kiosk.history_summary import summarize
+
+if TYPE_CHECKING:
+    from kiosk.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ _PROBES = (
 )
 _TIME_OK = f"typeof(time) IN ('integer', 'real') AND time BETWEEN 0 AND {_LATEST_TIME:.0f}"
 _OUTCOMES = (
-    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language FROM requests "
+    "SELECT time, origin, line, source, response_ms, outcome, error, text_chars, language, clock_trusted IS NOT 0 "
+    "FROM requests "
     f"WHERE time >= ? AND {_TIME_OK} AND typeof(origin) = 'text' AND typeof(outcome) = 'text' "
     "AND typeof(line) IN ('text', 'null') AND typeof(source) IN ('text', 'null') "
     "AND (response_ms IS NULL OR typeof(response_ms) IN ('integer', 'real') AND abs(response_ms) < 1e9) "
@@ -92,6 +97,7 @@ class Outcome:
     error: str | None = None
     text_chars: int | None = None
     language: str | None = None  # the language heard; None where the exhibit offers no languages
+    clock_trusted: bool = True  # False: recorded while the clock was not set (kiosk.clock), so its time is doubtful
 
 
 class History:
@@ -142,7 +148,7 @@ class History:
     # -- recording (from the event loop; never blocks)
 
     def record(self, outcome: Outcome) -> None:
-        self._pending.append((outcome, int(self.clock_trusted())))
+        self._pending.append((outcome, int(self.clock_trusted() and outcome.clock_trusted)))
         self._note_pending()
 
     def event(self, text: str, at: float | None = None) -> None:
@@ -180,9 +186,9 @@ class History:
         await self.flush()
         return await self._in_db_thread(self._outcomes, self._clock() - days * 86400)
 
-    async def csv(self, days: int) -> str:
-        """The last `days` days as CSV, oldest first (kiosk.history_csv)."""
-        return outcomes_csv(await self.outcomes(days))
+    async def csv(self, days: int, cfg: Config | None = None) -> str:
+        """The last `days` days as CSV, oldest first, named and worded from `cfg` (kiosk.history_csv)."""
+        return outcomes_csv(await self.outcomes(days), cfg)
 
     async def as_json(self, days: int) -> list[dict]:
         return [{**asdict(row), "time": iso_time(row.time)} for row in await self.outcomes(days)]
@@ -299,7 +305,7 @@ class History:
         return cursor.rowcount == 1
 
     def _outcomes(self, since: float) -> list[Outcome]:
-        return [Outcome(*row) for row in self._connection().execute(_OUTCOMES, (since,))]
+        return [Outcome(*row[:-1], bool(row[-1])) for row in self._connection().execute(_OUTCOMES, (since,))]
 
     def _recent_events(self, count: int) -> list[dict]:
         cursor = self._connection().execute(_EVENTS, (count,))
