@@ -149,8 +149,8 @@ class StatusBoard:
                 "pin": b.pin,
                 "name": b.name or f"Button on GPIO {b.pin}",
                 "action": b.action,
-                "phrase": b.phrase,
-                "text": s.cfg.phrases.get(b.phrase, "") if b.phrase else "",
+                "phrase": b.phrase if b.action == "speak" else None,  # a line left on another kind says nothing
+                "text": s.cfg.phrases.get(b.phrase, "") if b.phrase and b.action == "speak" else "",
                 "has_led": b.led is not None,
                 "last_pressed": s.last_pressed.get(b.pin),
             }

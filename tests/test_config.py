@@ -173,3 +173,20 @@ def test_staff_settings_a_later_version_saved_are_ignored_after_a_rollback(tmp_p
     with pytest.raises(ConfigError) as info:
         load_config(operator, later, uploaded=True)
     assert "the uploaded file: captions_theme: cannot be set from the staff page" in info.value.problems
+
+
+def test_a_line_on_a_button_that_says_none_is_ignored_when_saved_and_refused_when_uploaded(tmp_path):
+    settings = tmp_path / "staff.yaml"
+    operator = tmp_path / "kiosk.yaml"
+    operator.write_text(
+        f"staff:\n  settings_file: {settings}\nphrases:\n  a: A.\n  b: B.\n"
+        "languages:\n  - code: en\n  - code: de\n"
+        "buttons:\n  - {pin: 17, phrase: a}\n  - {pin: 5, action: language}\n"
+    )
+    saved = {"button_phrases": {"17": "b", "5": "a"}}  # an older form put a line on the Language button
+    settings.write_text(yaml.safe_dump(saved))
+    cfg = load_config(operator)
+    assert [(b.pin, b.phrase) for b in cfg.buttons] == [(17, "b"), (5, None)] and settings.exists()
+    with pytest.raises(ConfigError) as info:
+        load_config(operator, saved, uploaded=True)
+    assert info.value.problems == ["the uploaded file: button_phrases.5: the button on GPIO 5 says no line of its own"]

@@ -49,7 +49,7 @@ def overlay_staff_settings(base: dict, staff: dict, source: str, problems: list[
         elif section not in STAFF_SETTABLE:
             problems.append(f"{source}: {_show(section)}: cannot be set from the staff page")
         elif section == "button_phrases":
-            merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems)
+            merged["buttons"] = _assign_buttons(base.get("buttons"), value, source, problems, strict)
         elif keys is None:
             merged[section] = value
         elif isinstance(value, dict):
@@ -86,7 +86,10 @@ def _later_setting(section: object, key: object = None) -> bool:
     return dataclasses.is_dataclass(section_type) and key not in {f.name for f in dataclasses.fields(section_type)}
 
 
-def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[str]) -> Any:
+def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[str], strict: bool = False) -> Any:
+    """The operator's buttons with the staff's lines on them. Only a button that speaks (action: speak, the default)
+    takes a line: one given to a language, stop or volume button is refused in an uploaded file, and ignored in the
+    saved one (an older version's form allowed it; refusing it there would set the staff's settings aside)."""
     if not isinstance(assignment, dict) or not isinstance(buttons, list):
         if assignment:
             problems.append(f"{source}: button_phrases: needs buttons in the config and a mapping of pin: line")
@@ -95,9 +98,13 @@ def _assign_buttons(buttons: Any, assignment: Any, source: str, problems: list[s
     pins = {_str(b.get("pin")) for b in buttons if isinstance(b, dict)}
     for pin in sorted(set(assignment) - pins):
         problems.append(f"{source}: button_phrases.{_show(pin)}: no button on GPIO {_show(pin)} in the config")
+    speaking = {_str(b.get("pin")) for b in buttons if isinstance(b, dict) and b.get("action", "speak") == "speak"}
+    for pin in sorted((set(assignment) & pins) - speaking) if strict else ():
+        where = f"{source}: button_phrases.{_show(pin)}"
+        problems.append(f"{where}: the button on GPIO {_show(pin)} says no line of its own")
     return [
         {**b, "phrase": assignment[_str(b.get("pin"))]}
-        if isinstance(b, dict) and _str(b.get("pin")) in assignment and b.get("action") != "stop"
+        if isinstance(b, dict) and _str(b.get("pin")) in assignment.keys() & speaking
         else b
         for b in buttons
     ]

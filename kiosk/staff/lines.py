@@ -41,7 +41,7 @@ async def lines_page(
     ready = set((await backend.status())["cache"].get("ready_ids", []))
     said_by: dict[str, list[str]] = {}
     for b in cfg.buttons:
-        if b.phrase:
+        if plays_a_line(b):
             said_by.setdefault(b.phrase, []).append(button_name(b))
     others = _translated_languages(cfg)
     lines = []
@@ -69,7 +69,10 @@ async def lines_page(
         status=status,
         lines=lines,
         phrases=cfg.phrases,
-        buttons=[{"pin": b.pin, "name": button_name(b), "action": b.action, "phrase": b.phrase} for b in cfg.buttons],
+        buttons=[
+            {"pin": b.pin, "name": button_name(b), "action": b.action, "phrase": b.phrase if plays_a_line(b) else None}
+            for b in cfg.buttons
+        ],
         ready=ready,
         errors=errors or {},
         values=values,
@@ -94,6 +97,13 @@ def _language_label(lang: Any) -> str:
 
 def button_name(button: Any) -> str:
     return button.name or f"Button on GPIO {button.pin}"
+
+
+def plays_a_line(button: Any) -> bool:
+    """Whether a button says a line of its own (action: speak). A language, stop, volume, replay or slower button
+    does not, even when a line is stored on it (the staff settings of an older version could put one there): it is
+    never shown as saying it, nor given one here."""
+    return button.action == "speak" and bool(button.phrase)
 
 
 def _length(text: str) -> dict:
@@ -173,7 +183,7 @@ async def delete_line(request: web.Request) -> web.Response:
     cfg = request.app[BACKEND].cfg
     if pid not in cfg.phrases:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
-    users = [button_name(b) for b in cfg.buttons if b.phrase == pid]
+    users = [button_name(b) for b in cfg.buttons if plays_a_line(b) and b.phrase == pid]
     users += [f"the {a.time} announcement" for a in cfg.schedule if a.phrase == pid]
     users += ["attract mode" for phrase in cfg.attract.phrases if phrase == pid][:1]
     users += ["the closed line" for phrase in [cfg.closed_phrase] if phrase == pid]
@@ -278,8 +288,26 @@ async def preview_line(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/buttons")
 async def assign_buttons(request: web.Request) -> web.Response:
+    """Which line each button that plays one says. A line for any other button (language, stop, volume, replay,
+    slower) is refused and nothing is saved: the form never offers it, so such a post is not the page's."""
     form, cfg = request[FORM], request.app[BACKEND].cfg
     assignment, errors = {}, {}
+    by_pin = {str(b.pin): b for b in cfg.buttons}
+    for name in form:
+        pin = name.removeprefix("button.") if name.startswith("button.") else None
+        if pin is None:
+            continue
+        button = by_pin.get(pin)
+        if button is None:
+            shown = pin[:_SHOWN_CODE_CHARS] + ("…" if len(pin) > _SHOWN_CODE_CHARS else "")
+            errors["buttons"] = f"there is no button on GPIO {shown}; reload the page"
+        elif button.action != "speak":
+            kind = button.action.replace("_", " ")
+            errors[f"button.{pin}"] = (
+                f"{button_name(button)} is a {kind} button: it plays no line of its own, so it cannot be given one"
+            )
+    if errors:
+        return await lines_page(request, errors, status=400)
     for button in cfg.buttons:
         if button.action != "speak":  # only a speak button says a line of its own
             continue

@@ -53,15 +53,26 @@ export function fillIn(form, fields) {
   form.dispatchEvent(new CustomEvent("kiosk:filled", { bubbles: true }));
 }
 
+// A control that only chooses what to listen to or look at (the Lines page's "In [language]" beside "Play on the
+// speaker" and "Listen here") is sent with its form but is no edit: marked data-not-edit, it never makes the form
+// "Not saved yet" nor the page ask before it is left.
+function isEdit(el) {
+  return !el.hasAttribute("data-not-edit");
+}
+
 function snapshot(form) {
-  return JSON.stringify(readFields(form).map((field) => field.value));
+  return JSON.stringify(
+    controls(form)
+      .filter(isEdit)
+      .map((el) => (el.type === "checkbox" || el.type === "radio" ? el.checked : el.value)),
+  );
 }
 
 // What the form holds as saved: a field the server filled with something not saved yet (a translation draft)
 // says what is saved in data-saved, so that the form counts as unsaved until Save.
 function savedSnapshot(form) {
   return JSON.stringify(
-    controls(form).map((el) => {
+    controls(form).filter(isEdit).map((el) => {
       if (el.dataset && el.dataset.saved !== undefined) return el.dataset.saved;
       return el.type === "checkbox" || el.type === "radio" ? el.checked : el.value;
     }),
@@ -105,10 +116,12 @@ function refreshDirty(form) {
   }
 }
 
-// Staff changed a field: the form may now differ from what is saved, and "Saved" no longer says how things are.
+// Staff changed a field: the form may now differ from what is saved, and then "Saved" no longer says how things are
+// (a choice that is no edit, such as the language to listen in, leaves it be).
 export function edited(form) {
   if (!form || !clean.has(form)) return;
   refreshDirty(form);
+  if (!isDirty(form)) return;
   form.querySelectorAll('.form-msg[data-kind="done"], .form-msg[data-kind="note"]').forEach((m) => m.remove());
 }
 
@@ -121,9 +134,21 @@ export function say(form, kind, text) {
   if (anchor) anchor.after(message);
   else form.append(message);
   if (kind !== "busy") announce(text);
-  if (kind === "done") later(message, 8000, () => message.remove());
+  if (kind === "done") {
+    later(message, 8000, () => message.remove());
+    showOnScreen(message);
+  }
   if (kind === "error") message.scrollIntoView({ block: "nearest" });
   return message;
+}
+
+// The confirmation is seen where the person is: on a phone a form's buttons wrap into rows, and "Saved" under the
+// last row could land below the screen while the Save tapped is on it. Then the page moves just enough to show it
+// (the button stays on screen; nothing moves when it is already in view). Screen readers hear it through #announce.
+function showOnScreen(message) {
+  const box = message.getBoundingClientRect();
+  if (box.top >= 0 && box.bottom <= window.innerHeight) return;
+  message.scrollIntoView({ block: "nearest" });
 }
 
 // ---- the errors the speaker sent back, each tied to its field for screen readers
