@@ -486,14 +486,27 @@ async def test_headline_says_connection_lost_when_the_service_stops(start_servic
     await log_in(page, svc, "/status")
     await page.locator("#headline", has_text="All good").wait_for()
     await timed(
-        "service stopped → 'Connection lost — retrying…'",
+        "service stopped → 'The speaker does not answer … retrying…'",
         lambda: stop(svc),
-        page.locator('#headline[data-state="lost"]', has_text="Connection lost — retrying…"),
+        page.locator('#headline[data-state="lost"]', has_text="The speaker does not answer"),
     )
     assert await page.get_attribute("body", "data-connection") == "lost"
     opacity = await page.evaluate("getComputedStyle(document.getElementById('status')).opacity")
     assert float(opacity) < 0.5, "live values are greyed out, not shown as if current"
     await shot(page, "status-connection-lost-phone")
+
+
+async def test_headline_says_when_it_is_the_phone_that_has_no_network(start_service, browser):
+    svc = await start_service()
+    page = await new_page(browser, PHONE)
+    await log_in(page, svc, "/status")
+    await page.locator("#headline", has_text="All good").wait_for()
+    await page.context.set_offline(True)  # Wi-Fi off: the speaker is fine
+    await page.locator('#headline[data-state="lost"]', has_text="This phone or computer has no network").wait_for(
+        timeout=10_000
+    )
+    await page.context.set_offline(False)
+    await page.locator("#headline", has_text="All good").wait_for(timeout=10_000)
 
 
 # -- history
@@ -525,9 +538,10 @@ async def test_history_charts_and_csv_download(start_service, browser):
         await page.click("#history >> text=Download")
     download = await download_info.value
     assert download.suggested_filename == "exhibit-speaker-history-30-days.csv"
-    rows = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text())))
-    presses = [(r["origin"], r["line"], r["outcome"]) for r in rows if r["origin"].startswith("button:")]
-    assert sorted(presses) == sorted([("button:17", "welcome", "done")] * 3 + [("button:23", "quartz", "done")] * 2)
+    rows = list(csv.DictReader(io.StringIO(Path(await download.path()).read_text(encoding="utf-8-sig"))))
+    presses = [(r["Button"], r["Line"], r["Outcome"]) for r in rows if r["Who"] == "visitor button"]
+    names = {b.pin: b.name or f"GPIO {b.pin}" for b in svc.cfg.buttons}
+    assert sorted(presses) == sorted([(names[17], "welcome", "played")] * 3 + [(names[23], "quartz", "played")] * 2)
 
     for query in ("days=0", "days=abc", "days=3651", "weeks=2"):
         response = await page.request.get(f"{base(svc)}/status/history.csv?{query}")

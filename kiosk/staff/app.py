@@ -35,10 +35,14 @@ from kiosk.staff.common import (
     tokens_match,
 )
 from kiosk.staff.login import COOKIE, logged_out
+from kiosk.staff.session_store import SessionStore
 from kiosk.staff.status_page import short_headline
 from kiosk.web.hosts import HostNames
 
 log = logging.getLogger(__name__)
+
+#: Beside the password file: the sessions that outlive a restart of the service (kiosk.staff.session_store).
+SESSIONS_FILE = "staff-sessions.json"
 
 #: Every page of the staff app, each with its own `routes`.
 PAGES = (login, setup, status_page, lines, voice, volume, schedule, account_page, update, label)
@@ -49,7 +53,9 @@ def make_staff_app(
 ) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, middlewares=[_security_headers, _guard])
     app[BACKEND] = backend
-    app[SESSIONS] = Sessions(backend.cfg.staff.session_hours * 3600, clock)
+    staff = backend.cfg.staff
+    store = SessionStore(staff.password_file.with_name(SESSIONS_FILE), lambda: backend.cfg.staff.password_file)
+    app[SESSIONS] = Sessions(staff.session_hours * 3600, clock, store=store)
     app[LIMITER] = LoginLimiter(clock=clock)
     app[CHECKER] = PasswordChecker(lambda: password_file(backend))
     app[HOSTS] = hosts or HostNames()

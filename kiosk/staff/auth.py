@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kiosk.errors import ConfigError
 from kiosk.fileio import write_atomically
+from kiosk.staff.session_store import SessionStore, StoredSession, token_digest
 
 # scrypt at N=2^14, r=8 (the parameters RFC 7914 suggests for interactive logins) needs 16 MiB and about
 # 0.13 s on a 2-core x86 machine: slow for a guesser, quick enough for a login. Checked off the event loop.
@@ -150,20 +151,36 @@ class Session:
 
 class Sessions:
     """Server-side sessions that slide with activity: a session ends `idle_s` after its last request, and in any
-    case `lifetime_s` after login. The cookie holds only a random token; a restart logs everyone out."""
+    case `lifetime_s` after login. The cookie holds only a random token; with a `store`, sessions outlive a restart
+    of the service (see kiosk.staff.session_store), not a reboot or a new password."""
 
-    def __init__(self, lifetime_s: float, clock: Callable[[], float] = time.monotonic, idle_s: float = IDLE_S):
+    #: How often a request's moving on of its idle deadline is written down (each login and logout at once).
+    SAVE_TOUCH_EVERY_S = 300.0
+
+    def __init__(
+        self,
+        lifetime_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        idle_s: float = IDLE_S,
+        store: SessionStore | None = None,
+    ):
         self.lifetime_s = lifetime_s
         self.idle_s = min(idle_s, lifetime_s)
         self._clock = clock
-        self._sessions: dict[str, Session] = {}
+        self._store = store
+        self._saved_at = clock()
+        stored = store.load() if store else []
+        self._sessions: dict[str, Session] = {  # by the token's digest: a restored session's token is unknown
+            s.digest: Session("", s.csrf, s.expires, s.idle_until) for s in stored if _alive(s, clock())
+        }
 
     def create(self) -> Session:
         self._expire()
         now = self._clock()
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         session = Session(token, csrf, now + self.lifetime_s, now + self.idle_s)
-        self._sessions[token] = session
+        self._sessions[token_digest(token)] = session
+        self._save()
         return session
 
     def get(self, token: str | None, *, touch: bool = True) -> Session | None:
@@ -171,30 +188,41 @@ class Sessions:
         page polling in the background passes False, so an open tab alone does not keep a session alive."""
         if not token:
             return None
-        session = self._sessions.get(token)
+        digest = token_digest(token)
+        session = self._sessions.get(digest)
         now = self._clock()
         if session is None or not _alive(session, now):
-            self._sessions.pop(token, None)
+            if self._sessions.pop(digest, None) is not None:
+                self._save()
             return None
         if touch:
             session.idle_until = min(now + self.idle_s, session.expires)
+            if now - self._saved_at >= self.SAVE_TOUCH_EVERY_S:
+                self._save()
         return session
 
     def end_all_but(self, token: str) -> None:
         """Every other session ends (after a password change)."""
-        self._sessions = {t: s for t, s in self._sessions.items() if t == token}
+        keep = token_digest(token)
+        self._sessions = {d: s for d, s in self._sessions.items() if d == keep}
+        self._save()
 
     def end(self, token: str | None) -> None:
-        if token:
-            self._sessions.pop(token, None)
+        if token and self._sessions.pop(token_digest(token), None) is not None:
+            self._save()
 
     def _expire(self) -> None:
         now = self._clock()
-        for token in [t for t, s in self._sessions.items() if not _alive(s, now)]:
-            del self._sessions[token]
+        for digest in [d for d, s in self._sessions.items() if not _alive(s, now)]:
+            del self._sessions[digest]
+
+    def _save(self) -> None:
+        self._saved_at = self._clock()
+        if self._store is not None:
+            self._store.save([StoredSession(d, s.csrf, s.expires, s.idle_until) for d, s in self._sessions.items()])
 
 
-def _alive(session: Session, now: float) -> bool:
+def _alive(session: Session | StoredSession, now: float) -> bool:
     return now < session.expires and now < session.idle_until
 
 

@@ -86,7 +86,10 @@ function shortHeadline(s) {
 
 function lost() {
   document.body.dataset.connection = "lost"; // live values are greyed out: they are no longer current
-  headline("lost", "Connection lost — retrying…");
+  // Which end is down, as far as the browser knows: its own network, or the speaker.
+  headline("lost", navigator.onLine === false
+    ? "This phone or computer has no network (Wi-Fi off?) — retrying…"
+    : "The speaker does not answer (restarting, or off the network) — retrying…");
 }
 
 export function loggedOut() {
