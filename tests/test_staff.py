@@ -29,6 +29,10 @@ def api_key(monkeypatch):
 
 @pytest.fixture
 def operator(tmp_path, server):
+    return write_operator(tmp_path, server)
+
+
+def write_operator(tmp_path, server, extra=""):
     (tmp_path / "key").write_text("sk-original-key\n")
     path = tmp_path / "kiosk.yaml"
     path.write_text(
@@ -39,7 +43,7 @@ def operator(tmp_path, server):
         f"staff:\n  bind: 127.0.0.1\n  port: 0\n  password_file: {tmp_path / 'state' / 'pw'}\n"
         f"  settings_file: {tmp_path / 'state' / 'staff.yaml'}\n"
         "buttons:\n  - pin: 17\n    phrase: welcome\n    cooldown_ms: 0\n  - pin: 22\n    action: stop\n"
-        "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is hard.\n"
+        "phrases:\n  welcome: Welcome to the hall of minerals.\n  quartz: Quartz is hard.\n" + extra
     )
     return path
 

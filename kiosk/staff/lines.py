@@ -11,6 +11,7 @@ from aiohttp import web
 
 from kiosk.config import Config, phrase_problem
 from kiosk.errors import KioskError
+from kiosk.plain_words import fault_words
 from kiosk.speaker import Rejected
 from kiosk.staff.common import BACKEND, FORM, render, save_changes
 from kiosk.trace import SPEECH_S_PER_CHAR
@@ -203,11 +204,31 @@ async def play_line(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"no line '{pid}'")
     language = str(request[FORM].get("language", "")).strip() or None
     try:
-        request.app[BACKEND].play(phrase=pid, text=None, origin="staff", language=language)
+        played = request.app[BACKEND].play(phrase=pid, text=None, origin="staff", language=language)
     except Rejected as exc:
         status = 400 if exc.reason == "unknown_language" else 409
         return await lines_page(request, {f"{pid}.text": f"not played: {exc}"}, status=status)
+    failure = await _failure_soon(played)
+    if failure:
+        return await lines_page(request, {f"{pid}.text": f"Not played: {failure}."}, status=409)
     raise web.HTTPSeeOther("/lines")
+
+
+#: How long "Play on the speaker" waits before it says the line is playing: a line that cannot be spoken (no
+#: network, a refused key) fails well within it, and the page then says so instead.
+PLAY_ANSWER_S = 6.0
+
+
+async def _failure_soon(played: Any) -> str | None:
+    """Why the line failed, in staff words, if it fails within PLAY_ANSWER_S; None while it plays or once done."""
+    deadline = asyncio.get_running_loop().time() + PLAY_ANSWER_S
+    while played.state in ("queued", "playing") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if played.state == "dropped":
+        return "another line took its place"
+    if played.state == "failed":
+        return fault_words(played.trace.error if played.trace else None)
+    return None
 
 
 #: How long the page's own script waits for an answer (SEND_TIMEOUT_MS in send.js, 20 s): drafts asked for by it
