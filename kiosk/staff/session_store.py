@@ -97,4 +97,3 @@ def _stored(item: dict) -> StoredSession:
     if not (expires == expires and idle == idle):  # NaN
         raise ValueError("not a time")
     return StoredSession(digest, csrf, expires, idle)
-
