@@ -340,3 +340,18 @@ async def check_menus_fit(page, size):
         assert menu["left"] >= 0 and menu["right"] <= size["width"], menu
         assert menu["widest"] <= menu["room"], (menu["label"], menu["widest"], menu["room"])
         assert menu["overflow"] <= 0, menu
+
+
+def test_a_config_problem_whose_message_holds_a_colon_stays_whole_beside_its_field():
+    from kiosk.staff.common import _field_errors
+
+    problems = [
+        "schedule[0].phrase: no line 'x' in phrases (known keys: welcome, quartz)",
+        "/var/lib/kiosk/staff-settings.yaml: openai.speed: must be at most 4",
+        "something went wrong: try again",
+    ]
+    assert _field_errors(problems, None) == {
+        "schedule.0.phrase": "no line 'x' in phrases (known keys: welcome, quartz)",
+        "speed": "must be at most 4",
+        "form": "something went wrong: try again",
+    }

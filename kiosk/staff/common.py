@@ -132,8 +132,7 @@ def _field_errors(problems: list[str], fallback: str | None) -> dict[str, str]:
     """Map "section.key: message" problems to form fields (openai.speed → speed, quiet_hours[0].end → ...)."""
     errors: dict[str, str] = {}
     for problem in problems:
-        where, _, message = problem.rpartition(": ")
-        where = where.split(": ")[-1]
+        where, message = _where_and_message(problem)
         field = (
             where.removeprefix("openai.")
             .removeprefix("speech.")
@@ -144,6 +143,20 @@ def _field_errors(problems: list[str], fallback: str | None) -> dict[str, str]:
         )
         errors.setdefault(field if "." in field or field in _FORM_FIELDS else fallback or "form", message)
     return errors
+
+
+#: A config problem's place: "schedule[0].phrase", "openai.speed" (after an optional source such as a file's name).
+_CONFIG_PATH = re.compile(r"[A-Za-z_][\w]*(\[\d+\])?(\.[A-Za-z_][\w]*(\[\d+\])?)*")
+
+
+def _where_and_message(problem: str) -> tuple[str, str]:
+    """("schedule[0].phrase", "no line 'x' in phrases (known keys: a, b)") from such a problem: the place is the first
+    part that looks like one, so a message holding ": " of its own stays whole."""
+    parts = problem.split(": ")
+    for i, part in enumerate(parts[:-1]):
+        if _CONFIG_PATH.fullmatch(part):
+            return part, ": ".join(parts[i + 1 :])
+    return "", problem
 
 
 _FORM_FIELDS = {"model", "voice", "instructions", "speed", "engine", "volume", "api_key"}

@@ -1,5 +1,5 @@
 // The staff pages' shared script, loaded by every page (base.html); a page with script of its own loads that too
-// (status.js, lines.js, voice.js, volume.js; Schedule, Account and Login need nothing more than this). Every page
+// (status.js, lines.js, voice.js, volume.js, schedule.js; Account and Login need nothing more than this). Every page
 // works without them (plain forms and links); with them, forms answer in place, nothing typed is lost, every page
 // shows whether the speaker is well, and lines can be heard in the browser.
 //
