@@ -233,3 +233,30 @@ async def test_history_needs_the_api_token(server, tmp_path, alsa_file, pins):
                 assert r.status == 200 and (await r.text()).startswith("\ufeffDate and time,Clock set,Exhibit")
     finally:
         await service.stop()
+
+
+async def test_a_history_a_later_version_widened_keeps_working_after_a_rollback(tmp_path):
+    # A later release added a table and a column with a default, then was switched back: this version reads and
+    # writes the same file, and leaves what it does not know alone.
+    path = tmp_path / "h.sqlite3"
+    clock = Clock(NOW)
+    history = History(path, keep_days=400, clock=clock)
+    await history.open()
+    history.record(outcome(clock.now))
+    await history.flush()
+    await history.close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE requests ADD COLUMN heard_ms REAL DEFAULT 0")
+        db.execute("CREATE TABLE visitors (time REAL, count INTEGER)")
+        db.execute("INSERT INTO visitors VALUES (1, 2)")
+    history = History(path, keep_days=400, clock=clock)
+    await history.open()
+    try:
+        history.record(outcome(clock.now + 1, line="quartz"))
+        await history.flush()
+        assert [r.line for r in await history.outcomes(days=1)] == ["welcome", "quartz"]
+        assert history.problem is None
+    finally:
+        await history.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count FROM visitors").fetchall() == [(2,)]
