@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 import zipfile
 from pathlib import Path
 
 
-def wheel_bytes(version: str, name: str = "kiosk") -> bytes:
+def wheel_bytes(version: str, name: str = "kiosk", padding: int = 0) -> bytes:
+    """A wheel of `name` `version` holding only its metadata, and `padding` random bytes stored as they are (for an
+    archive of a given size)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         info = f"{name}-{version}.dist-info"
@@ -19,6 +22,8 @@ def wheel_bytes(version: str, name: str = "kiosk") -> bytes:
         zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         zf.writestr(f"{info}/RECORD", "")
         zf.writestr("kiosk/__init__.py", "")
+        if padding:
+            zf.writestr("kiosk/padding.bin", os.urandom(padding), compress_type=zipfile.ZIP_STORED)
     return buffer.getvalue()
 
 

@@ -4,17 +4,15 @@ last update's outcome shows in staff words on the page and as it is in /api/stat
 Chromium at phone size."""
 
 import asyncio
-import io
 import json
 import os
-import zipfile
 from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
 from packaging.version import Version
-from release_files import flip_byte, make_archive
+from release_files import flip_byte, make_archive, wheel_bytes
 from test_staff import PASSWORD, csrf_of, get, log_in, operator, post, staff  # noqa: F401 (fixtures)
 from test_staff_ux import AXE, PHONE, base, check_page, new_page, start_service  # noqa: F401 (fixtures)
 
@@ -26,20 +24,6 @@ from kiosk.update import spool
 NEWER = str(Version(f"{Version(__version__).major + 1}.0.0"))
 OLDER = "0.0.0.dev0"
 ACCEPTED = "is being installed; the speaker restarts on it within a minute, and goes back to"
-
-
-def wheel_of(version: str, padding: int = 0) -> bytes:
-    """A kiosk wheel holding `padding` random bytes (stored, not deflated): an archive larger than the staff
-    app's 64 KB form limit."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
-        info = f"kiosk-{version}.dist-info"
-        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: kiosk\nVersion: {version}\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{info}/RECORD", "")
-        zf.writestr("kiosk/__init__.py", "")
-        zf.writestr("kiosk/padding.bin", os.urandom(padding))
-    return buffer.getvalue()
 
 
 def form(token: str | None, content: bytes | None, filename: str = "kiosk-release.tar", token_last: bool = False):
@@ -75,7 +59,7 @@ async def test_an_accepted_release_waits_in_the_spool_and_a_second_one_is_refuse
     assert status == 200 and f"This speaker runs version <strong>{__version__}</strong>" in html
     assert "waiting to be installed" not in html and spool_files(service) == {}
 
-    archive = make_archive(tmp_path, NEWER, wheel=wheel_of(NEWER, padding=300_000))
+    archive = make_archive(tmp_path, NEWER, wheel=wheel_bytes(NEWER, padding=300_000))
     assert archive.stat().st_size > 256 * 1024  # far past the 64 KB every other form may send
     status, html, _ = await post(http, "/account/update", form(token, archive.read_bytes(), archive.name))
     assert status == 200, html[-600:]
@@ -97,7 +81,7 @@ async def test_two_uploads_at_once_hand_over_one(staff, tmp_path):  # noqa: F811
     archives = []
     for n in range(2):
         (tmp_path / str(n)).mkdir()
-        archives.append(make_archive(tmp_path / str(n), NEWER, wheel=wheel_of(NEWER, padding=100_000)))
+        archives.append(make_archive(tmp_path / str(n), NEWER, wheel=wheel_bytes(NEWER, padding=100_000)))
     answers = await asyncio.wait_for(
         asyncio.gather(*(post(http, "/account/update", form(token, a.read_bytes(), a.name)) for a in archives)),
         timeout=15,
@@ -149,7 +133,7 @@ async def test_every_bad_release_is_refused_with_its_sentence_and_leaves_nothing
 async def test_an_oversized_upload_is_cut_off_and_removed(staff, tmp_path, monkeypatch):  # noqa: F811
     service, http, token = await logged_in(staff)
     monkeypatch.setattr(update, "MAX_BYTES", 16 * 1024)
-    archive = make_archive(tmp_path, NEWER, wheel=wheel_of(NEWER, padding=64 * 1024))
+    archive = make_archive(tmp_path, NEWER, wheel=wheel_bytes(NEWER, padding=64 * 1024))
     status, html, _ = await post(http, "/account/update", form(token, archive.read_bytes(), archive.name))
     assert status == 413 and f"{archive.name} is larger than 16 KB, so it is not a release" in html
     assert spool_files(service) == {}
@@ -276,7 +260,7 @@ def test_outcome_words_need_no_time_and_say_the_year_when_it_is_not_this_one():
 
 async def test_a_release_uploaded_from_a_phone(start_service, browser, tmp_path):  # noqa: F811
     svc = await start_service()
-    archive = make_archive(tmp_path, NEWER, wheel=wheel_of(NEWER, padding=200_000))
+    archive = make_archive(tmp_path, NEWER, wheel=wheel_bytes(NEWER, padding=200_000))
     page = await new_page(browser, PHONE)
     await page.goto(f"{base(svc)}/account")
     await page.fill("#password", PASSWORD)
