@@ -278,7 +278,7 @@ async def test_volume_and_quiet_hours(staff):
     assert status == 400 and "whole number" in html
     bad = {"csrf": token, "volume": "60", "quiet.0.start": "25:00", "quiet.0.end": "07:00", "quiet.0.volume": "0"}
     status, html, _ = await post(http, "/volume", bad)
-    assert status == 400 and "is not a time like 22:00" in html and settings_of(service) is None
+    assert status == 400 and "25:00 is not a time of day (00:00 to 23:59)" in html and settings_of(service) is None
     good = {**bad, "quiet.0.start": "22:00"}
     assert (await post(http, "/volume", good))[0] == 303
     assert service.cfg.audio.volume == 60 and service.cfg.quiet_volume(datetime(2026, 12, 1, 23, 0)) == 0

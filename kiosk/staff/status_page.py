@@ -1,15 +1,23 @@
 """The Status page: how the speaker is, the headline every page shows, the history (charts and CSV), and a
-button's LED blinked so that staff can find it."""
+button's LED blinked so that staff can find it.
+
+Dates and times are shown in one style (kiosk.staff.timefmt: "Fri 4 Dec, 16:45:03", 24-hour) and in the speaker's
+own time zone: the server formats them (each event's `shown`, the charts' `day_labels`), and what the charts place
+on a time axis comes as `local` seconds that the page reads as UTC, so a phone in another time zone shows the
+speaker's times, never its own.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import date, datetime
 from typing import Any
 
 from aiohttp import web
 
 from kiosk.staff.common import BACKEND, render, render_html, whole_number
+from kiosk.staff.timefmt import local_seconds, short_day, short_moment
 from kiosk.web.api import ApiError, history_days
 
 routes = web.RouteTableDef()
@@ -23,7 +31,7 @@ async def home(request: web.Request) -> web.Response:
 @routes.get("/status")
 async def status_page(request: web.Request, errors: dict | None = None, status: int = 200) -> web.Response:
     backend = request.app[BACKEND]
-    info = await backend.status()
+    info = _with_times(await backend.status())
     problems = [problem_parts(problem) for problem in info["problems"]]
     return render(
         "status.html",
@@ -40,7 +48,7 @@ async def status_page(request: web.Request, errors: dict | None = None, status: 
 @routes.get("/status.json")
 async def status_json(request: web.Request) -> web.Response:
     # The speaker's own clock, so that the page can say "pressed 2 s ago" whatever the phone's clock says.
-    info = {**await request.app[BACKEND].status(), "server_time": time.time()}
+    info = {**_with_times(await request.app[BACKEND].status()), "server_time": time.time()}
     return web.json_response(info, dumps=_dumps)
 
 
@@ -58,7 +66,28 @@ async def history_json(request: web.Request) -> web.Response:
     close (`presence`: whether a motion sensor is configured)."""
     backend = request.app[BACKEND]
     summary = await backend.history_summary(_history_days(request))
-    return web.json_response({**summary, "presence": backend.cfg.presence.enabled}, dumps=_dumps)
+    return web.json_response({**_chart_times(summary), "presence": backend.cfg.presence.enabled}, dumps=_dumps)
+
+
+def _with_times(info: dict) -> dict:
+    """The status with each event's moment as the page shows it (`shown`: "Fri 4 Dec, 16:45:03")."""
+    today = date.today()
+    events = [
+        {**e, "shown": short_moment(datetime.fromtimestamp(e["time"]), today, seconds=True)} for e in info["events"]
+    ]
+    return {**info, "events": events}
+
+
+def _chart_times(summary: dict) -> dict:
+    """The history summary with what the charts show as dates and times: each day's label ("Fri 4 Dec"), and each
+    response time's moment and now as the speaker's local seconds (`local`, `now_local`; see local_seconds)."""
+    today = date.today()
+    return {
+        **summary,
+        "day_labels": [short_day(date.fromisoformat(d), today) for d in summary["days"]],
+        "response": [{**p, "local": local_seconds(p["time"])} for p in summary["response"]],
+        "now_local": local_seconds(time.time()),
+    }
 
 
 @routes.get("/status/history.csv")

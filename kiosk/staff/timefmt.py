@@ -4,12 +4,16 @@
   "16:45", "9:30", "16.45" or "1645"; anything else is refused with a message saying why, never guessed at.
 - A date is "Fri 4 Dec 2026" (weekday, day, English month abbreviation, year), a moment "Fri 4 Dec 2026, 16:45".
   The month and weekday names are fixed here, not taken from the server's locale.
+- Where dates are mostly recent (the Status page: events, charts) a date is "Fri 4 Dec", the year added only when
+  it is not this year, and a moment "Fri 4 Dec, 16:45:03" (events: seconds matter there).
+
+Every time is the speaker's own local time (the museum's): the phone that shows it may be in another time zone.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 #: What staff may type for a time of day (before the range check): H:MM or HH:MM (":" or "."), or HHMM.
 _TYPED_TIME = re.compile(r"(\d{1,2})[:.](\d{2})|(\d{2})(\d{2})")
@@ -53,3 +57,27 @@ def day(d: date) -> str:
 def moment(when: datetime) -> str:
     """A moment as the staff pages show it: "Fri 4 Dec 2026, 16:45" (seconds are not shown)."""
     return f"{day(when)}, {when:%H:%M}"
+
+
+def short_day(d: date, today: date) -> str:
+    """A date as the Status page shows it: "Fri 4 Dec", with the year when it is not `today`'s ("Thu 31 Dec 2025")."""
+    shown = f"{WEEKDAY_NAMES[d.weekday()]} {d.day} {MONTHS[d.month - 1]}"
+    return shown if d.year == today.year else f"{shown} {d.year}"
+
+
+def clock(when: datetime, *, seconds: bool = False) -> str:
+    """A time of day, 24-hour: "16:45", or "16:45:03" where seconds matter."""
+    return f"{when:%H:%M:%S}" if seconds else f"{when:%H:%M}"
+
+
+def short_moment(when: datetime, today: date, *, seconds: bool = False) -> str:
+    """A moment as the Status page shows it: "Fri 4 Dec, 16:45:03" (the year only when it is not this year)."""
+    return f"{short_day(when.date(), today)}, {clock(when, seconds=seconds)}"
+
+
+def local_seconds(at: float) -> int:
+    """The speaker's local wall-clock time at `at` (a Unix time) as seconds since 1970-01-01 00:00 *local*: a
+    browser that reads it as UTC (getUTCHours, …) shows the speaker's time whatever its own time zone."""
+    when = datetime.fromtimestamp(at).astimezone()
+    offset = when.utcoffset() or timedelta(0)
+    return round(at + offset.total_seconds())

@@ -1,6 +1,11 @@
 // The Status page's history charts, drawn with uPlot (vendored: static/vendor, MIT, a classic script the page loads
 // before its modules) from /status/history.json. Each chart has its numbers as a table beside it, for screen
 // readers and for anyone who wants the figures.
+//
+// Dates and times are the speaker's, in one style ("Fri 4 Dec", "16:45", 24-hour), whatever the phone's locale or
+// time zone: the days come labelled by the speaker (day_labels), and the moments on the response chart as the
+// speaker's local seconds (local, now_local), read here as UTC. No axis uses uPlot's time scale, which would label
+// in the browser's locale and time zone ("11/5", "4am").
 
 import { make } from "./common.js";
 
@@ -11,6 +16,50 @@ const AXIS = { stroke: "#535d68", grid: { stroke: "#e1e5e9", width: 1 }, ticks: 
 const charts = new Map(); // chart box → { plot, observer }
 let refreshTimer = null;
 let pressTimer = null;
+
+// ---- dates and times as the speaker has them (one style: kiosk/staff/timefmt.py)
+
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]; // getUTCDay() order
+const DAY_S = 86400;
+const DAY_INCRS = [1, 2, 7, 14]; // days between labels on a per-day axis
+// Seconds between labels on the response chart's axis: each a whole number of local minutes, hours or days.
+const TIME_INCRS = [900, 1800, 3600, 7200, 10800, 21600, 43200, DAY_S, 2 * DAY_S, 7 * DAY_S, 14 * DAY_S];
+
+function two(n) {
+  return String(n).padStart(2, "0");
+}
+
+// `local`: the speaker's local seconds (see kiosk.staff.timefmt.local_seconds); `year`: this year at the speaker.
+function dayOf(local, year) {
+  const d = new Date(local * 1000);
+  const shown = `${WEEKDAYS[d.getUTCDay()]} ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]}`;
+  return d.getUTCFullYear() === year ? shown : `${shown} ${d.getUTCFullYear()}`;
+}
+
+function clockOf(local) {
+  const d = new Date(local * 1000);
+  return `${two(d.getUTCHours())}:${two(d.getUTCMinutes())}`;
+}
+
+function hourSpan(hour) {
+  return `${two(hour)}:00–${two((hour + 1) % 24)}:00`;
+}
+
+// A per-day chart's x is the day's place counted back from today (0, -1, …), so that today always has its label.
+function dayAxis(h) {
+  const last = h.days.length - 1;
+  return {
+    ...AXIS,
+    space: 70,
+    incrs: DAY_INCRS,
+    values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) && h.day_labels[t + last]) || ""),
+  };
+}
+
+function dayPlaces(h) {
+  return h.days.map((_, i) => i - (h.days.length - 1));
+}
 
 function boxFor(section, name) {
   return section.querySelector(`[data-chart="${name}"]`);
@@ -102,7 +151,7 @@ function perDay(section, h) {
   const shown = lines.slice(0, MAX_LINES);
   const rest = lines.slice(MAX_LINES);
   if (rest.length) shown.push(["other lines", h.days.map((_, i) => sum(rest.map(([, counts]) => counts[i])))]);
-  const x = h.days.map((day) => new Date(`${day}T00:00:00`).getTime() / 1000);
+  const x = dayPlaces(h);
   const series = shown.map(([name], i) => ({
     label: name,
     stroke: COLORS[i % COLORS.length],
@@ -110,14 +159,14 @@ function perDay(section, h) {
     points: { show: true, size: 6, fill: COLORS[i % COLORS.length], filter: daysWithPresses },
   }));
   plot(box, {
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
-    axes: [{ ...AXIS }, { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
+    scales: { x: { time: false, range: [x[0] - 0.5, 0.5] }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
+    axes: [dayAxis(h), { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
     series: [{}, ...series],
   }, [x, ...shown.map(([, counts]) => counts)]);
   legend(section, "per_day", shown.map(([name], i) => [`${name}: ${sum(shown[i][1])}`, COLORS[i % COLORS.length]]));
   table(section, "per_day", "Presses per line, last 30 days", ["Line", "Presses", "Busiest day"], lines.map(([name, counts]) => {
     const top = Math.max(...counts);
-    return [name, String(sum(counts)), top ? `${h.days[counts.indexOf(top)]} (${top})` : "–"];
+    return [name, String(sum(counts)), top ? `${h.day_labels[counts.indexOf(top)]} (${top})` : "–"];
   }));
 }
 
@@ -127,7 +176,7 @@ function byHour(section, h) {
   plot(box, {
     scales: { x: { time: false, range: [-0.5, 23.5] }, y: { range: (u, min, max) => [0, Math.max(2, max + 1)] } },
     axes: [
-      { ...AXIS, incrs: [1, 2, 3, 6], values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? `${t}:00` : "")) },
+      { ...AXIS, incrs: [1, 2, 3, 6], values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? `${two(t)}:00` : "")) },
       { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] },
     ],
     series: [{}, {
@@ -140,7 +189,7 @@ function byHour(section, h) {
     }],
   }, [hours, h.presses_by_hour]);
   const rows = hours.filter((hour) => h.presses_by_hour[hour] > 0)
-    .map((hour) => [`${hour}:00–${hour + 1}:00`, String(h.presses_by_hour[hour])]);
+    .map((hour) => [hourSpan(hour), String(h.presses_by_hour[hour])]);
   table(section, "by_hour", "Presses by hour of the day", ["Hour", "Presses"], rows);
 }
 
@@ -155,17 +204,26 @@ function response(section, h) {
   }
   const sources = [...new Set(points.map((p) => p.source || "unknown"))];
   const words = { cache: "saved copy", openai: "OpenAI", piper: "local voice" };
-  const x = points.map((p) => p.time);
+  const x = points.map((p) => p.local);
   const data = sources.map((source) => points.map((p) => ((p.source || "unknown") === source ? p.ms : null)));
-  // At least the last day is shown, so that a few presses today are dots in a day, not spread over the chart.
-  const now = Date.now() / 1000;
-  const from = Math.min(x[0], now - 86400);
+  // At least the last day is shown, so that a few presses today are dots in a day, not spread over the chart. "Now"
+  // is the speaker's: the phone's clock and time zone play no part.
+  const now = h.now_local;
+  const to = Math.max(now, x[x.length - 1]);
+  const from = Math.min(x[0], now - DAY_S);
+  const pad = (to - from) / 50; // a dot at either end is drawn whole
+  const year = new Date(now * 1000).getUTCFullYear();
+  const moments = (u, ticks, axis, space, incr) =>
+    ticks.map((t) => (incr >= DAY_S || t % DAY_S === 0 ? dayOf(t, year) : clockOf(t)));
   plot(box, {
     scales: {
-      x: { time: true, range: [from, Math.max(now, x[x.length - 1])] },
+      x: { time: false, range: [from - pad, to + pad] },
       y: { range: (u, min, max) => [0, Math.max(100, max * 1.1)] },
     },
-    axes: [{ ...AXIS }, { ...AXIS, values: (u, ticks) => ticks.map((t) => `${t} ms`), size: 70 }],
+    axes: [
+      { ...AXIS, space: 70, incrs: TIME_INCRS, values: moments },
+      { ...AXIS, values: (u, ticks) => ticks.map((t) => `${t} ms`), size: 70 },
+    ],
     series: [{}, ...sources.map((source, i) => ({
       label: words[source] || source,
       stroke: COLORS[i % COLORS.length],
@@ -199,7 +257,7 @@ function approaches(section, h) {
     table(section, "approaches", "", [], []);
     return;
   }
-  const x = h.days.map((day) => new Date(`${day}T00:00:00`).getTime() / 1000);
+  const x = dayPlaces(h);
   const bars = (label, color, align) => ({
     label,
     stroke: color,
@@ -210,10 +268,10 @@ function approaches(section, h) {
   });
   plot(box, {
     scales: {
-      x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] }, // half a day beside the first and last
+      x: { time: false, range: [x[0] - 0.5, 0.5] }, // half a day beside the first and last
       y: { range: (u, min, max) => [0, Math.max(2, max + 1)] },
     },
-    axes: [{ ...AXIS }, { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
+    axes: [dayAxis(h), { ...AXIS, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }],
     series: [{}, bars("Came close", COLORS[0], -1), bars("Pressed a button", COLORS[1], 1)],
   }, [x, h.approaches, h.button_presses]);
   legend(section, "approaches", [
@@ -221,7 +279,7 @@ function approaches(section, h) {
     [`Button presses: ${sum(h.button_presses)}`, COLORS[1]],
   ]);
   const rows = h.days.flatMap((day, i) => (h.approaches[i] || h.button_presses[i]
-    ? [[day, String(h.approaches[i]), String(h.button_presses[i])]] : []));
+    ? [[h.day_labels[i], String(h.approaches[i]), String(h.button_presses[i])]] : []));
   table(section, "approaches", "Visitors who came close and button presses per day",
     ["Day", "Came close", "Button presses"], rows);
 }
@@ -236,7 +294,7 @@ function summary(section, h) {
   const busiest = h.presses_by_hour.indexOf(Math.max(...h.presses_by_hour));
   const typical = median(h.response.map((p) => p.ms).filter((v) => v != null));
   note.textContent = `${h.total} presses in the last 30 days (tests from this page not counted). ` +
-    `Busiest hour: ${busiest}:00–${busiest + 1}:00.` +
+    `Busiest hour: ${hourSpan(busiest)}.` +
     (typical == null ? "" : ` Typical response time: ${Math.round(typical)} ms.`);
 }
 

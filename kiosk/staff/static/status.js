@@ -1,5 +1,6 @@
 // The Status page: its live values from each status the headline polls (every second here), the buttons lighting
-// up as they are pressed, and the history charts (charts.js).
+// up as they are pressed, and the history charts (charts.js). Dates and times come formatted by the speaker (each
+// event's "shown": "Fri 4 Dec, 16:45:03", in its own time zone), never in the phone's locale or time zone.
 
 import { drawSoon } from "./charts.js";
 import { later, make, setField, showBox } from "./common.js";
@@ -61,7 +62,7 @@ function problemItem(problem) {
 
 function eventItem(e) {
   const item = make("li");
-  item.append(make("time", { datetime: `${e.date}T${e.clock}` }, `${e.date} ${e.clock}`), ` ${e.text}`);
+  item.append(make("time", { datetime: `${e.date}T${e.clock}` }, e.shown), ` ${e.text}`);
   if (e.count > 1) item.append(" ", make("span", { class: "count" }, `×${e.count}`));
   return item;
 }
