@@ -10,6 +10,9 @@ import re
 SOURCE_WORDS = {"cache": "a saved copy (offline)", "openai": "the online voice", "piper": "the local voice"}
 VOICE_NAMES = {"openai": "The online voice", "piper": "The local voice"}
 
+_UNREACHABLE = "it could not be reached (is the network down?)"
+_TOO_SLOW = "it took too long to answer"
+
 # A fault's text (SpeechError, OSError, ...) mapped to words by what it says; first match wins.
 _FAULTS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"run out of credit|insufficient_quota|quota", re.I), "its account has run out of credit"),
@@ -33,6 +36,11 @@ def fault_words(error: str | None, fallback: str = "it failed") -> str:
     if not error:
         return fallback
     return next((words for pattern, words in _FAULTS if pattern.search(error)), fallback)
+
+
+def unreachable(error: str) -> bool:
+    """Whether a fault says the voice could not be reached at all (rather than refusing one request)."""
+    return fault_words(error) in (_UNREACHABLE, _TOO_SLOW)
 
 
 def voice_paused(name: str, reason: str | None, wait_s: int | None, local_stands_in: bool) -> str:

@@ -307,7 +307,9 @@ class Service:
         try:
             return await self._serve(app, cfg.captions.bind, cfg.captions.port)
         except KioskError as exc:  # the port is taken, or the address is not this machine's
-            self.app.event(f"live captions are off: {exc}")
+            log.warning("live captions are off: %s", exc)
+            why = "another program uses their port" if "in use" in str(exc) else "their address is not this speaker's"
+            self.app.event(f"Live captions are off: {why} (captions: in the config says where they are served)")
             return None
 
     async def _serve(self, app: web.Application, bind: str, port: int) -> int:

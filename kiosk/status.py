@@ -16,7 +16,7 @@ from kiosk.config import staff_settings_problem
 from kiosk.history import Outcome
 from kiosk.metrics import CONTENT_TYPE, Metrics
 from kiosk.parts import Parts
-from kiosk.plain_words import fault_words, last_line, voice_paused
+from kiosk.plain_words import fault_words, last_line, unreachable, voice_paused
 from kiosk.speaker import Request
 from kiosk.staff.auth import PasswordFile
 from kiosk.update.rollout import RECORD, read_record
@@ -81,9 +81,13 @@ class StatusBoard:
         press_to_audio_ms = press_to_audio(req)
         if press_to_audio_ms is not None:
             m.first_audio.labels(trace.source).observe(press_to_audio_ms / 1000)
+        if trace.source == self._parts.engine.name and (not trace.error or unreachable(trace.error)):
+            # What a line just found is newer than the last probe: the Voice card must not say "online" meanwhile.
+            reached = not trace.error
+            self._parts.engine_state.update(reachable=reached, error=trace.error, checked_at=time.time())
         if req.state == "failed":  # every press is in the history; only what went wrong is news for staff
             what = f"'{req.phrase}'" if req.phrase else f"a text of {len(req.text)} characters"
-            self._on_event(f"{_origin_words(req.origin)}: {what} could not be spoken ({trace.error})")
+            self._on_event(f"{_origin_words(req.origin)}: {what} could not be spoken: {fault_words(trace.error)}")
 
     def add_reporter(self, status: Callable[[], dict], problems: Callable[[], list[str]]) -> None:
         """An adapter's own state: `status()` is merged into the status JSON, `problems()` added to the list."""
@@ -171,9 +175,11 @@ class StatusBoard:
         problems += s.secret_problems + self._file_problems()
         chain = s.engines.state()
         for engine in chain:
+            stands_in = engine["name"] != "piper" and any(e["name"] == "piper" for e in chain)
             if engine["in_backoff"]:
-                stands_in = engine["name"] != "piper" and any(e["name"] == "piper" for e in chain)
                 problems.append(voice_paused(engine["name"], engine["reason"], engine["next_check_s"], stands_in))
+            elif engine["name"] == s.engine.name and s.engine_state.get("reachable") is False:
+                problems.append(voice_paused(engine["name"], s.engine_state.get("error"), None, stands_in))
         if s.announcer.cache_problem:
             problems.append(f"New lines cannot be kept for offline use: {s.announcer.cache_problem}")
         if s.buttons and s.buttons.error:

@@ -19,6 +19,7 @@ from kiosk.cache import USAGE_FLUSH_S
 from kiosk.config import load_config
 from kiosk.errors import ConfigError, KioskError
 from kiosk.parts import Parts
+from kiosk.plain_words import VOICE_NAMES, fault_words
 from kiosk.speech.openai_engine import OpenAIEngine
 from kiosk.systemd import Notifier
 from kiosk.warm import new_progress, warm
@@ -51,7 +52,7 @@ class Upkeep:
         await warm(self._parts.announcer, self._parts.cfg.all_lines(), progress)
         await asyncio.to_thread(self._app.ready_lines)
         for error in progress["errors"]:
-            self._app.event(f"could not prepare a line: {error}")
+            self._app.event(f"A line could not be made ready offline: {fault_words(error)}")
 
     # -- the voices
 
@@ -84,7 +85,7 @@ class Upkeep:
             state.update(reachable=True, error=None)
         except KioskError as exc:
             if state.get("error") != str(exc):
-                self._app.event(f"engine {engine.name} unreachable: {exc}")
+                self._app.event(f"{VOICE_NAMES.get(engine.name, 'A voice')} cannot be used: {fault_words(str(exc))}")
             state.update(reachable=False, error=str(exc))
         state["checked_at"] = time.time()
 
