@@ -10,10 +10,12 @@ libraries are imported only when their link is configured (kiosk.fleet.mqtt, kio
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from kiosk import __version__
@@ -29,8 +31,12 @@ if TYPE_CHECKING:
     from kiosk.fleet.osc import OscLink
     from kiosk.speaker import Request
 
+log = logging.getLogger(__name__)
+
 Job = Callable[[], Coroutine[Any, Any, None]]
 _FINISHED = ("done", "stopped", "failed")
+#: The days of history read at the start for what was counted before it (today's presses: a day may have 25 hours).
+_SEED_DAYS = 2
 
 
 class Fleet:
@@ -45,6 +51,10 @@ class Fleet:
         self.presses_today = 0
         self.last_press: float | None = None
         self.last_response_ms: float | None = None
+        #: Counted here from this second on; what came before is read from the history (`_seed`), which keeps whole
+        #: seconds: a press in this very second is counted here only, never twice.
+        self._counting_since = math.floor(time.time())
+        self._seeding: asyncio.Future | None = None
 
     def jobs(self, cfg: Config) -> dict[str, Job | None]:
         """The children to (re)start for `cfg` by name, None for one to stop; a link whose settings did not change
@@ -91,7 +101,8 @@ class Fleet:
         self.status_changed()
 
     def request_changed(self, req: Request) -> None:
-        if req.state in _FINISHED and req.trace is not None:
+        """A line ended: an event. A line stopped while it played has no trace (its task was cancelled)."""
+        if req.state in _FINISHED and (req.trace is not None or req.state == "stopped"):
             response_ms = press_to_audio(req)
             if response_ms is not None:
                 self.last_response_ms = response_ms
@@ -101,7 +112,7 @@ class Fleet:
                         "type": "played",
                         "origin": req.origin,
                         "line": req.phrase,
-                        "source": req.trace.source,
+                        "source": req.trace.source if req.trace else None,
                         "response_ms": response_ms,
                         "outcome": req.state,
                         "time": time.time(),
@@ -130,6 +141,9 @@ class Fleet:
     async def snapshot(self) -> dict:
         """The retained status on the broker: small, and only what changes when something worth knowing does."""
         s = self._app
+        if self._seeding is None:
+            self._seeding = asyncio.ensure_future(self._seed())
+        await asyncio.shield(self._seeding)  # once, before the first status: never a count of 0 after a restart
         ready = await asyncio.to_thread(s.ready_lines)
         self._count_press(0)
         return {
@@ -158,6 +172,33 @@ class Fleet:
             allow_text=cfg.api.allow_text,
             staff_url=staff_url(cfg, self._app.staff_port),
         )
+
+    async def _seed(self) -> None:
+        """Add what the history has from before this start: today's presses of the physical buttons (the museum's
+        day, as `_count_press` counts them), the last press and the last response time. Counted as the staff
+        page's charts count button presses (kiosk.history_summary): a row per press whose origin is a button."""
+        try:
+            rows = await self._app.history_rows(_SEED_DAYS)
+        except Exception:  # the history's own problems are told on the status; the counts start from here
+            log.exception("reading today's presses from the history failed")
+            return
+        now = self._app.local_time()
+        midnight = time.time() - (now - now.replace(hour=0, minute=0, second=0, microsecond=0)).total_seconds()
+        presses, last_press, last_response = 0, None, None
+        for row in rows:  # oldest first
+            at = datetime.fromisoformat(row["time"]).timestamp()
+            if at >= self._counting_since:
+                continue
+            if row["origin"].startswith("button:"):
+                presses, last_press = presses + (at >= midnight), at
+            if row["response_ms"] is not None:
+                last_response = row["response_ms"]
+        self._count_press(0)
+        self.presses_today += presses
+        if self.last_press is None:  # one pressed since the start is newer
+            self.last_press = last_press
+        if self.last_response_ms is None:
+            self.last_response_ms = last_response
 
     def _count_press(self, count: int = 1) -> None:
         today = self._app.local_time().date()
