@@ -26,6 +26,7 @@ from kiosk.captions.lines import Feed, LineCaption
 from kiosk.captions.timing import Pace, align, estimate
 from kiosk.chime import Chime, beep
 from kiosk.errors import CacheError, KioskError, SpeechError
+from kiosk.in_step import Start, first_audio, record
 from kiosk.listen import Syntheses, once
 from kiosk.loudness import Levelled, Leveller, linear
 from kiosk.player import Playback, Player
@@ -115,17 +116,25 @@ class Announcer:
                 playback.stop()
 
     async def say(
-        self, text: str, *, gain: float = 1.0, language: str | None = None, speed: float = 1.0, private: bool = False
+        self,
+        text: str,
+        *,
+        gain: float = 1.0,
+        language: str | None = None,
+        speed: float = 1.0,
+        private: bool = False,
+        start: Start | None = None,
     ) -> Trace:
         """Speak `text` (in `language`'s voice, at `speed` times its own) and return once it has played; faults are
         reported in `Trace.error`, never raised. A `private` line (a setup code) is only synthesized and played:
-        not looked up in nor stored to the cache, not captioned, and its trace names no key (a hash of the code)."""
+        not looked up in nor stored to the cache, not captioned, and its trace names no key (a hash of the code).
+        A cached line starts at `start` (kiosk.in_step); a streamed one when its audio is in."""
         started = self._clock()
         text = text.strip()
         caption = LineCaption(None if private else self.captions, text, language, self.pace)
         try:
             if not private:
-                return await self._say(text, started, gain, language, caption, speed)
+                return await self._say(text, started, gain, language, caption, speed, start)
             trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption, speed, private)
             trace.key = ""
             return trace
@@ -133,18 +142,21 @@ class Announcer:
             caption.end()
 
     async def _say(
-        self, text: str, started: float, gain: float, language: str | None, caption: LineCaption, speed: float
+        self, text: str, started: float, gain: float, language: str | None, caption: LineCaption, speed: float, start
     ) -> Trace:
+        line = f"'{text[:40]}'"
         for key in self.keys_for(text, language, speed):
             entry = await self._lookup(key)
             if entry is not None:
-                trace = await self._play_cached(entry, started, gain, caption)
+                trace = await self._play_cached(entry, started, gain, caption, start)
                 trace.language = language
+                record(trace, start, line)
                 return trace
         chime = self._ring(gain)
         try:
             trace = await self._play_streamed(text, started, gain, self.chain_for(language), caption, speed)
             trace.language = language
+            record(trace, start, line)
         finally:
             self._chime_playback = None
         if chime is not None and chime.stats.first_audio_at is not None:
@@ -215,11 +227,15 @@ class Announcer:
             log.warning("phrase cache unreadable, asking the engine instead: %s", exc)
             return None
 
-    async def _play_cached(self, entry: CachedAudio, started: float, gain: float, caption: LineCaption) -> Trace:
-        """Play a cached line block by block, each verified just before it is fed; the first plays at once."""
+    async def _play_cached(
+        self, entry: CachedAudio, started: float, gain: float, caption: LineCaption, start: Start | None = None
+    ) -> Trace:
+        """Play a cached line block by block, each verified just before it is fed; the first plays at once (or is
+        held by the writer thread until `start`)."""
         level_db = self._level_db(entry.info.levelled, entry.info.engine)
         playback = self._start(entry.info.fmt, streamed=False, gain=gain * linear(level_db))
         playback.whole_periods = True
+        playback.start_at = start.mono if start else None
         caption.attach(playback, entry.info.words or estimate(entry.info.text, entry.info.duration_s))
         attempt = Attempt([playback])
         try:
@@ -392,7 +408,7 @@ class Announcer:
                 self._current = None
 
     def _trace(self, source, engine, key, chars, started, attempt: Attempt, failover: list[str]) -> Trace:
-        return Trace.played(
+        trace = Trace.played(
             (source, engine, key, chars),
             attempt.playbacks,
             started=started,
@@ -403,3 +419,5 @@ class Announcer:
             error=attempt.error,
             failover=failover,
         )
+        first_audio(trace, attempt.playbacks)
+        return trace

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
-from kiosk import clock
+from kiosk import clock, in_step
 from kiosk.build import BUNDLED_VOICE, build_local_voice, piper_installed
 from kiosk.captions.feed import CaptionFeed
 from kiosk.config import Config, text_problem
@@ -112,17 +112,26 @@ class App:
         origin: str,
         policy: str | None = None,
         language: str | None = None,
+        at: float | None = None,
     ) -> Request:
-        """Queue a configured line (in `language`, else the default) or (where allowed) free text; raises Rejected
-        saying why not."""
+        """Queue a configured line (in `language`, else the default) or (where allowed) free text, to start at `at`
+        (Unix seconds, kiosk.in_step; None: at once); raises Rejected saying why not."""
         text, language = self.line_text(phrase=phrase, text=text, language=language)
         try:
-            return self.say(
+            try:  # `at` as a moment on the monotonic clock, now; not judged by a clock that is not synchronized
+                start = (
+                    None if at is None else in_step.plan(at, synchronized=self._parts.clock.trusted(), tell=self.event)
+                )
+            except in_step.BadStart as exc:
+                raise Rejected(str(exc), "bad_start") from None
+            req = self.say(
                 text, origin=origin, policy=policy or self.cfg.api.when_busy, phrase=phrase, language=language
             )
         except Rejected as exc:
             self.refused(origin, phrase, exc.reason)
             raise
+        req.start = start  # before the speaker loop can take it: nothing was awaited since it was queued
+        return req
 
     def say(
         self,

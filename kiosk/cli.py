@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from kiosk import __version__, logs
+from kiosk import __version__, in_step, logs
 from kiosk.alsa_output import has_sound_card, wav_file_device
 from kiosk.announcer import Announcer
 from kiosk.build import build_cache, build_chain, build_player, build_voices, open_announcer
@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--group", metavar="G", help="the speakers in group G (mqtt.groups)")
     target.add_argument("--device", metavar="ID", help="one speaker (its mqtt.device_id)")
     fleet_say.add_argument("phrase", metavar="PHRASE", help="the id of a configured line")
+    lead = "start together this many seconds after sending (default 0.5 for --all and --group; 0: each at once)"
+    fleet_say.add_argument("--lead", metavar="SECONDS", type=float, help=lead)
     fleet_say.set_defaults(func=cmd_fleet_say)
     fleet_update.add_command(fleet_commands, common)
     update_commands.add_commands(commands, common)
@@ -379,8 +381,9 @@ def cmd_fleet_say(args: argparse.Namespace) -> int:
         if name is not None and not PHRASE_ID.fullmatch(name):
             raise ConfigError([f"fleet say: {what} {name!r} is not a name (lowercase letters, digits, '-' and '_')"])
     base = target_base(mqtt.prefix, device=args.device, group=args.group)
-    errors = asyncio.run(send_command(mqtt, base, "play", {"phrase": args.phrase}))
-    print(f"sent '{args.phrase}' to {base}/play")
+    lead = in_step.lead_for(args.lead, together=args.device is None)  # stamped once connected (kiosk.fleet.fleet_cli)
+    errors = asyncio.run(send_command(mqtt, base, "play", {"phrase": args.phrase, **({"at": lead} if lead else {})}))
+    print(f"sent '{args.phrase}' to {base}/play" + (f", to start {lead.seconds:g} s later" if lead else ""))
     for error in errors:
         print(f"{_printable(error['device'])}: {_printable(str(error.get('error')))}", file=sys.stderr)
     return EXIT_FAULT if errors else 0

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kiosk.in_step import BadStart, start_time
 from kiosk.speaker import Rejected
 
 MAX_BODY_BYTES = 16 * 1024
@@ -25,6 +26,7 @@ REJECTED_STATUS = {
     "busy": 409,
     "queue_full": 409,
     "bad_text": 400,
+    "bad_start": 400,
 }
 
 
@@ -96,6 +98,14 @@ def string_field(body: dict, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise CommandError(400, f"'{name}' must be a string")
     return value
+
+
+def start_field(body: dict) -> float | None:
+    """A play command's optional start time `at` (Unix seconds, kiosk.in_step): a finite number, never a bool."""
+    try:
+        return start_time(body.get("at"))
+    except BadStart as exc:
+        raise CommandError(400, str(exc)) from None
 
 
 def check_choice(phrase: str | None, text: str | None) -> None:

@@ -25,6 +25,7 @@ from kiosk.config import Config, resolve_api_key
 from kiosk.errors import KioskError
 
 LOW_DISK_BYTES = 200_000_000
+BROKER_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -49,6 +50,8 @@ def run_checks(cfg: Config, config_path: str) -> list[Finding]:
         ("cache", lambda: _cache_writable(cfg)),
         ("disk", lambda: _disk(cfg)),
     ]
+    if cfg.mqtt.enabled:
+        checks.append(("MQTT broker", lambda: broker(cfg)))
     findings = []
     for what, check in checks:
         try:
@@ -150,6 +153,19 @@ def _cache_writable(cfg: Config) -> tuple[str, str]:
         return "fail", f"{root} is not writable ({exc.strerror or exc}): new lines will not be cached"
     entries = sum(1 for _ in root.glob("*.pcm"))
     return "ok", f"{root} writable, {entries} entries"
+
+
+def broker(cfg: Config) -> tuple[str, str]:
+    """Log in to the MQTT broker as the speaker does (credentials, TLS), within a few seconds."""
+    from kiosk.fleet.mqtt import probe  # the MQTT client, only when a broker is configured
+
+    where = f"{cfg.mqtt.host.strip()}:{cfg.mqtt.port}"
+    problem = asyncio.run(probe(cfg.mqtt, timeout=BROKER_TIMEOUT_S))
+    if problem:
+        return "fail", f"cannot reach the broker at {where}: {problem}"
+    tls = "TLS" if cfg.mqtt.tls_ca_file else "no TLS"
+    login = f"as {cfg.mqtt.username}" if cfg.mqtt.username else "anonymously"
+    return "ok", f"{where} accepts this speaker ({login}, {tls})"
 
 
 def _disk(cfg: Config) -> tuple[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import queue
 import threading
@@ -19,11 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from kiosk import in_step
 from kiosk.errors import AudioError
+from kiosk.gain import MAX_GAIN, scale
 from kiosk.pcm import AudioFormat, FrameAligner
 from kiosk.preroll import Arrivals, Preroll
 
 log = logging.getLogger(__name__)
+
+__all__ = ["MAX_GAIN", "AudioSink", "Playback", "PlaybackStats", "Player", "scale"]
 
 _END = object()
 _IDLE_WAKE_S = 0.5
@@ -58,6 +61,9 @@ class PlaybackStats:
     frames: int = 0
     underruns: int = 0
     first_audio_at: float | None = None
+    first_write_at: float | None = None  # just before the first write: monotonic, and the wall clock (kiosk.in_step)
+    first_write_wall: float | None = None
+    late_s: float | None = None  # the first write after `Playback.start_at`: how late (0 or less: on time)
     stopped: bool = False
     error: AudioError | None = None
 
@@ -92,6 +98,8 @@ class Playback:
         #: Write only whole periods until the end (a source that feeds well ahead, such as the cache, block by
         #: block): the device then gets the very bytes it would get were the line fed in one piece.
         self.whole_periods = False
+        #: Monotonic time to hold the first write until (kiosk.in_step), set before the first feed; None: at once.
+        self.start_at: float | None = None
         #: Called from the writer thread with the monotonic time the first sample was heard: at the first write,
         #: and again each time the device ran dry and the rest of the audio was heard that much later (captions).
         self.on_heard: Callable[[float], None] | None = None
@@ -279,7 +287,11 @@ class Player:
             ended = _take(playback, pending, aligner, arrivals, poll_s if starved else None) or ended
             if not (started or ended or self._may_start(playback, arrivals)):
                 continue
+            if not started and playback.start_at is not None:
+                playback.stats.late_s = in_step.hold(playback.start_at, playback._stop, self._clock, self._beat)
             started = True
+            if playback.stopping:
+                continue  # stopped while held: silenced at the top
             if ended and len(pending) <= period_bytes:
                 self._write(sink, playback, bytes(pending), pad_to=period_bytes)
                 if aligner.pending:
@@ -290,6 +302,9 @@ class Player:
                 chunk = bytes(pending[:period_bytes])
                 del pending[:period_bytes]
                 self._write(sink, playback, chunk)
+
+    def _beat(self) -> None:
+        self.heartbeat = self._clock()
 
     def _track_heard(self, playback: Playback) -> None:
         """Before a write: when the first sample was heard, moved on by however long the device has been dry (all
@@ -316,61 +331,13 @@ class Player:
         padding = b"\x00" * (pad_to - len(audio)) if pad_to > len(audio) else b""
         samples = audio if playback.gain == 1.0 else scale(audio, playback.gain, playback.fmt.sample_width)
         self._track_heard(playback)
+        if playback.stats.first_write_at is None:
+            playback.stats.first_write_at, playback.stats.first_write_wall = self._clock(), time.time()
         playback.stats.underruns += sink.write(samples + padding)
         playback.stats.frames += len(audio) // playback.fmt.frame_bytes
         if playback.stats.first_audio_at is None:
             playback.stats.first_audio_at = self._clock()
         playback._wrote(len(audio))
-
-
-# Gain without a Python loop over the samples (numpy is not a dependency of the core, and audioop is deprecated and
-# gone in Python 3.13). Each 16-bit sample s is widened, with C-speed byte slicing, into a 64-bit lane holding
-# s + 2^15; the lanes are read as one big integer, multiplied by the gain in 1/65536 steps, and an offset is added to
-# every lane at once, so that each lane holds s*k + 2^47 + 2^15: always positive and below 2^64 for gains up to
-# MAX_GAIN (no carry into the next lane). Bits 16-31 of each lane are then round(s*k / 2^16) as a two's complement
-# 16-bit sample. A gain above 1 is kept from taking any sample over -1 dBFS: a period whose loudest sample would go
-# over is given just the gain that reaches it instead (turned down for those 40 ms rather than clipped; only a
-# streamed line's learned loudness gain does that, kiosk.loudness). About 10x faster than a loop over the samples.
-_FLIP_SIGN = bytes(b ^ 0x80 for b in range(256))
-_GAIN_STEPS = 1 << 16
-#: The highest gain `scale` applies (+24 dB: the most a line is raised to match loudness).
-MAX_GAIN = 16.0
-#: No sample is raised above this (-1 dBFS).
-_BOOST_CEILING = round(32767 * 10 ** (-1 / 20))
-
-
-def scale(pcm: bytes, gain: float, sample_width: int) -> bytes:
-    """Signed 16-bit little-endian samples multiplied by `gain` (0 to MAX_GAIN), rounded; raised no further than
-    -1 dBFS, never clipped."""
-    if sample_width != 2:
-        raise AudioError(f"software gain supports 16-bit audio, not {8 * sample_width}-bit")
-    n = len(pcm) // 2
-    k = round(min(MAX_GAIN, max(0.0, gain)) * _GAIN_STEPS)
-    if k > _GAIN_STEPS and n:
-        k = min(k, _loudest_fitting_k(pcm[: 2 * n]))
-    lanes = bytearray(8 * n)
-    lanes[0::8] = pcm[0 : 2 * n : 2]
-    lanes[1::8] = pcm[1 : 2 * n : 2].translate(_FLIP_SIGN)
-    total = int.from_bytes(lanes, "little") * k + _lane_offset(n, k)
-    wide = total.to_bytes(8 * n, "little")
-    out = bytearray(2 * n)
-    out[0::2] = wide[2::8]
-    out[1::2] = wide[3::8]
-    return bytes(out)
-
-
-def _loudest_fitting_k(pcm: bytes) -> int:
-    """The largest gain step at which no sample of `pcm` goes over -1 dBFS after rounding."""
-    samples = memoryview(pcm).cast("h")  # s16le: the byte order of every machine this runs on
-    peak = max(max(samples), -min(samples))
-    return max(_GAIN_STEPS, (_BOOST_CEILING * _GAIN_STEPS - (1 << 15)) // peak) if peak else 1 << 62
-
-
-@functools.lru_cache(maxsize=16)
-def _lane_offset(n: int, k: int) -> int:
-    """2^47 + 2^15 - k * 2^15 in each of `n` 64-bit lanes (periods have one size, so this is computed once)."""
-    lane = (1 << 47) + (1 << 15) - (k << 15)
-    return int.from_bytes(lane.to_bytes(8, "little") * n, "little")
 
 
 def _resolve(waiter: asyncio.Future) -> None:

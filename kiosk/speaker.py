@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kiosk.announcer import Announcer
+from kiosk.in_step import Start
 from kiosk.speech.text import max_audio_s
 from kiosk.trace import Trace
 
@@ -50,6 +51,7 @@ class Request:
     requested_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     trace: Trace | None = None
+    start: Start | None = None  # when to start (a group's command: kiosk.in_step); None: at once
 
     def summary(self) -> dict:
         return {
@@ -115,8 +117,10 @@ class Speaker:
         language: str | None = None,
         speed: float = 1.0,
         private: bool = False,
+        start: Start | None = None,
     ) -> Request:
-        """Accept a line to speak according to `policy`; raises Rejected when it is not accepted."""
+        """Accept a line to speak according to `policy` (at `start`, else at once); raises Rejected when it is not
+        accepted."""
         req = Request(
             id=f"{self._prefix}-{next(self._ids)}",
             text=text,
@@ -127,6 +131,7 @@ class Speaker:
             speed=speed,
             private=private,
             requested_at=self._clock(),
+            start=start,
         )
         busy = self._current is not None or bool(self._queue)
         if busy and policy == "ignore":
@@ -172,11 +177,15 @@ class Speaker:
         req.state = "playing"
         req.started_at = self._clock()
         self._notify(req)
+        at = {"start": req.start} if req.start is not None else {}
         task = self._current_task = asyncio.ensure_future(
-            self.announcer.say(req.text, gain=req.gain, language=req.language, speed=req.speed, private=req.private)
+            self.announcer.say(
+                req.text, gain=req.gain, language=req.language, speed=req.speed, private=req.private, **at
+            )
         )
         overdue = False
-        limit_s = line_limit_s(req.text) / min(1.0, req.speed)  # a slower line takes longer
+        waits_s = max(0.0, req.start.mono - time.monotonic()) if req.start and req.start.mono else 0.0
+        limit_s = line_limit_s(req.text) / min(1.0, req.speed) + waits_s  # a slower line takes longer
         try:
             overdue = await self._wait_within_limit(task, limit_s, beat)
             req.trace = task.result()

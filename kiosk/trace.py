@@ -35,6 +35,12 @@ class Trace:
     first_sound_ms: float | None = None  # first frame of the chime or of the speech, whichever came first
     loudness_lufs: float | None = None  # the line's loudness as played (before the staff volume); None: unmeasured
     language: str | None = None  # the language heard (None: the exhibit offers no languages)
+    first_audio_mono: float | None = None  # monotonic time just before the first frame went to the device
+    first_audio_wall: float | None = None  # the same moment on the wall clock (Unix seconds), to compare speakers
+    start_at: float | None = None  # the start time the command asked for (Unix seconds; kiosk.in_step)
+    start_mono: float | None = None  # that start on the monotonic clock; None: played at once (see in_step)
+    late_ms: float | None = None  # how far past its start time the line began, when it was late
+    in_step: str | None = None  # "on time", or why the line did not start at its start time
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

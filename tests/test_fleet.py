@@ -23,7 +23,7 @@ from kiosk.speaker import Rejected, Request
 EXAMPLE = Path(__file__).parent.parent / "config" / "kiosk.yaml"
 
 
-PLAY_FIELDS = "id, language, phrase, text"
+PLAY_FIELDS = "at, id, language, phrase, text"
 
 
 class FakeBackend:

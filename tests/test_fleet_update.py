@@ -228,7 +228,9 @@ async def test_bad_commands_an_older_version_and_a_wrong_hash_are_refused_and_le
             assert refused["result"] == "refused" and refused["version"] == NEW
             assert "the download's SHA-256 is not the command's" in refused["message"]
             assert list(spool(solo).iterdir()) == []
-            status = await watch.wait_for(lambda s: s.topic == "kiosk/solo/status" and b"SHA-256" in s.payload)
+            status = await watch.wait_for(
+                lambda s: s.topic == "kiosk/solo/status" and "SHA-256" in str(json.loads(s.payload)["update"])
+            )
             assert json.loads(status.payload)["update"]["result"] == "refused"
 
             # the older archive under a newer version's name: the hash matches, the archive itself is refused

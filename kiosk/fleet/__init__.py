@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable, Coroutine
 from datetime import date, datetime
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from kiosk import __version__
 from kiosk.config import ButtonConfig, Config
 from kiosk.fleet.control import Control
-from kiosk.fleet.discovery import DeviceInfo
+from kiosk.fleet.discovery import DeviceInfo, staff_url
 from kiosk.fleet.download import Updates
 from kiosk.status import press_to_audio
 
@@ -207,11 +206,3 @@ class Fleet:
         self.presses_today += count
         if count:
             self.last_press = time.time()
-
-
-def staff_url(cfg: Config, port: int | None = None) -> str | None:
-    """Where staff reach this speaker's page: its first configured host name, else <hostname>.local."""
-    if not cfg.staff.enabled:
-        return None
-    host = cfg.hostnames[0] if cfg.hostnames else f"{socket.gethostname().lower()}.local"
-    return f"http://{host}:{port or cfg.staff.port}/"

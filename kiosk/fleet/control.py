@@ -22,6 +22,7 @@ from kiosk.commands import (
     parse_body,
     parse_json,
     refused,
+    start_field,
     string_field,
     too_many,
 )
@@ -53,7 +54,9 @@ class Backend(Protocol):
 
     settings_lock: asyncio.Lock
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str) -> Request: ...
+    def play(
+        self, *, phrase: str | None, text: str | None, origin: str, language: str | None, at: float | None
+    ) -> Request: ...
     def stop_speaking(self) -> bool: ...
     def allow_trigger(self) -> float | None: ...
     async def reload(self) -> bool: ...
@@ -73,13 +76,13 @@ class Control:
         """Carry out `command` with an MQTT payload (JSON as the HTTP API takes it; the volume as a bare number,
         as Home Assistant sends it, or {"volume": N}; mute as ON or OFF)."""
         if command == "play":
-            body = parse_body(raw, {"phrase", "text", "id", "language"})
+            body = parse_body(raw, {"phrase", "text", "id", "language", "at"})
             key = string_field(body, "id")
             if key is not None and bad_idempotency_key(key):
                 raise CommandError(400, "'id' must be 1 to 255 printable characters")
             phrase, text = string_field(body, "phrase"), string_field(body, "text")
-            language = string_field(body, "language")
-            return self.play(phrase=phrase, text=text, origin=origin, key=key, language=language)
+            language, at = string_field(body, "language"), start_field(body)
+            return self.play(phrase=phrase, text=text, origin=origin, key=key, language=language, at=at)
         if command == "stop":
             parse_body(raw, set())
             return self.stop()
@@ -111,7 +114,9 @@ class Control:
         origin: str,
         key: str | None = None,
         language: str | None = None,
+        at: float | None = None,
     ) -> dict:
+        """Speak a line (at `at`, Unix seconds: kiosk.in_step; None: at once)."""
         check_choice(phrase, text)
         if key is not None:
             earlier = self._keys.get(key, (phrase, text, language))
@@ -121,7 +126,8 @@ class Control:
         if retry_after is not None:
             raise too_many(retry_after)
         try:
-            req = self._backend.play(phrase=phrase, text=text, origin=origin, language=language)
+            when = {} if at is None else {"at": at}
+            req = self._backend.play(phrase=phrase, text=text, origin=origin, language=language, **when)
         except Rejected as exc:
             raise refused(exc) from None
         answer = {"id": req.id, "state": req.state, **({"language": req.language} if req.language else {})}

@@ -7,8 +7,13 @@ the retained status (on change, at most once a second) and events, and carries o
 back-off (1 s doubling to a minute); staff see the state in the status JSON and the problems list.
 
 Every payload from the broker is untrusted: bounded in size and nesting, NaN and unknown fields refused; a bad
-command is answered on `<p>/<id>/error`, never with a crash. A retained command is refused (it would otherwise
-replay at every reconnect).
+command is answered on `<p>/<id>/error` and kept as the status's `last_refusal` (kiosk.fleet.refusals), never with a
+crash. A retained command is refused, whenever it comes: MQTT 5's retain-as-published shows the retain flag on
+messages delivered live as well as on the replay at subscribing. An empty retained message on a command topic is
+someone clearing a retained command, not a command: it is let pass.
+
+Discovery topics this speaker published once and wants no more (a button removed) are emptied on the broker, so that
+Home Assistant forgets them: those published since it started, and at each connect those the broker still retains.
 
 `fleet_status` and `send_command` serve `kiosk fleet status|say`, `session` serves `kiosk fleet update`.
 """
@@ -25,14 +30,15 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError  # not exported by aiomqtt itself
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from kiosk.commands import MAX_BODY_BYTES, CommandError, parse_json
+from kiosk.commands import CommandError
 from kiosk.config import MqttConfig, read_secret_file
 from kiosk.errors import ConfigError, KioskError
-from kiosk.fleet import discovery
+from kiosk.fleet import discovery, fleet_cli, refusals, stale_sockets
 from kiosk.fleet.control import Control
 from kiosk.fleet.topics import Topics
 
@@ -48,6 +54,8 @@ STATUS_CHECK_S = 5.0
 GOODBYE_S = 0.3
 OUTBOX_LIMIT = 100
 SLOW_COMMANDS = ("volume", "mute", "reload")  # they write the settings file and reload: not in the receive loop
+#: How long, at most, to wait for the broker's retained discovery configs of this speaker after subscribing.
+SWEEP_S = 2.0
 
 Snapshot = Callable[[], Awaitable[dict]]
 Discovery = Callable[[], discovery.DeviceInfo]
@@ -81,6 +89,10 @@ class MqttLink:
         self._dirty = asyncio.Event()
         self._rediscover = False
         self._jobs: set[asyncio.Task] = set()
+        self._discovered: set[str] = set()  # discovery topics published with an entity (to empty when unwanted)
+        self._sweeping: set[str] | None = None  # at connect: this speaker's discovery topics the broker retains
+        self._last_refusal: dict | None = None
+        self._resend_status = False
 
     # -- what the service hands in
 
@@ -116,6 +128,7 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect and serve; on any failure wait (back-off) and connect again. Never returns."""
+        stale_sockets.quiet(asyncio.get_running_loop())
         delay = FIRST_RETRY_S
         while True:
             self._state, self._retry_in = "connecting", None
@@ -127,6 +140,8 @@ class MqttLink:
                 error = _plain(exc)
             except ConfigError as exc:
                 error = exc.problems[0]
+            except Exception as exc:  # the client library's own fault: one line, and connect again
+                error = f"{type(exc).__name__}: {_plain(exc)}"
             if self._connected and time.monotonic() - started >= STABLE_AFTER_S:
                 delay = FIRST_RETRY_S
             if self._connected or self._error != error:
@@ -149,8 +164,10 @@ class MqttLink:
     async def _announce(self, client: aiomqtt.Client) -> None:
         """Online, subscribed, discovered; then the status whenever it changes."""
         await client.publish(self.topics.availability, "online", qos=1, retain=True)
-        await client.subscribe([(topic, 1) for topic in self.topics.command_topics()])
+        live_retain = SubscribeOptions(qos=1, retainAsPublished=True)  # a retained command shows as one, always
+        await client.subscribe([(topic, live_retain) for topic in self.topics.command_topics()])
         if self.cfg.discovery:
+            await self._sweep(client)
             await client.subscribe(f"{self.cfg.discovery_prefix}/status", qos=1)
             await self._publish_discovery(client)
         self._connected = True
@@ -158,11 +175,37 @@ class MqttLink:
         self._on_event(f"connected to the MQTT broker {self.broker} as {self.topics.device}")
         await self._publish_status(client)
 
+    async def _sweep(self, client: aiomqtt.Client) -> None:
+        """Learn which discovery configs of this speaker the broker retains (from an earlier run or config), so that
+        `_publish_discovery` empties those no longer wanted. The broker sends them right after the subscription;
+        a round trip to it after that (a QoS 1 publish) shows they have all arrived."""
+        own = discovery.own_filter(self.cfg.discovery_prefix, self.topics.device)
+        self._sweeping = set()
+        try:
+            await client.subscribe(own, options=SubscribeOptions(qos=1, noLocal=True))
+            await client.publish(self.topics.availability, "online", qos=1, retain=True)
+            deadline = time.monotonic() + SWEEP_S
+            while len(client.messages) and time.monotonic() < deadline:  # the receiver takes what came
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)
+            await client.unsubscribe(own)
+        finally:
+            found, self._sweeping = self._sweeping, None
+        self._discovered |= found
+
     async def _publish_discovery(self, client: aiomqtt.Client) -> None:
+        """Every entity this speaker has, and an empty retained config for each it had and has no more."""
         self._rediscover = False
-        for topic, payload in discovery.messages(self.cfg.discovery_prefix, self.topics, self._device_info()):
+        found = discovery.messages(self.cfg.discovery_prefix, self.topics, self._device_info())
+        wanted = discovery.wanted(found)
+        removed = [(topic, None) for topic in sorted(self._discovered - wanted) if topic not in dict(found)]
+        for topic, payload in [*found, *removed]:
             body = b"" if payload is None else json.dumps(payload).encode()
             await client.publish(topic, body, qos=1, retain=True)
+            if payload is None:
+                self._discovered.discard(topic)
+            else:
+                self._discovered.add(topic)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Receive, announce and publish side by side: when the connection drops the receiver notices at once and
@@ -193,8 +236,11 @@ class MqttLink:
                 if bytes(payload).strip() == b"online":  # Home Assistant restarted: it forgot every device
                     await self._publish_discovery(client)
                 continue
+            if self._sweeping is not None and topic.endswith("/config") and message.retain and payload:
+                self._sweeping.add(topic)
+                continue
             command = self.topics.command_of(topic)
-            if command is None:
+            if command is None or (message.retain and not payload):  # the clearing of a retained command
                 continue
             if command in SLOW_COMMANDS:
                 job = asyncio.create_task(self._command(command, topic, bytes(payload), message.retain))
@@ -207,7 +253,7 @@ class MqttLink:
         """Carry out one command; a refusal, or a fault of ours, is answered on the error topic."""
         try:
             if retained:
-                raise CommandError(400, "retained commands are refused (they would repeat at every reconnect)")
+                raise CommandError(400, refusals.RETAINED)
             await self._control.payload(command, payload, origin="mqtt")
         except CommandError as exc:
             self._answer_error(command, topic, payload, exc.status, str(exc), exc.headers)
@@ -216,13 +262,13 @@ class MqttLink:
             self._answer_error(command, topic, payload, 500, f"the command failed: {_plain(exc)}", {})
 
     def _answer_error(self, command: str, topic: str, payload: bytes, status: int, message: str, headers) -> None:
-        answer: dict[str, Any] = {"command": command, "topic": topic, "status": status, "error": message}
-        request_id = _request_id(payload)
-        if request_id is not None:
-            answer["id"] = request_id
-        if "Retry-After" in headers:
-            answer["retry_after_s"] = int(headers["Retry-After"])
+        """On the error topic, and in the status (Home Assistant's "Last refusal"); a refused volume or mute sends
+        the status again even if nothing else changed, so that Home Assistant shows the value the speaker has."""
+        answer = refusals.answer(command, topic, payload, status, message, headers)
         self._send(self.topics.error, answer)
+        self._last_refusal = refusals.last_refusal(answer)
+        self._resend_status = self._resend_status or command in refusals.STATEFUL
+        self._dirty.set()
 
     async def _publish_status(self, client: aiomqtt.Client) -> None:
         """The retained status whenever it differs from the last one sent, at most once a second."""
@@ -234,8 +280,10 @@ class MqttLink:
             self._dirty.clear()
             if self._rediscover and self.cfg.discovery:
                 await self._publish_discovery(client)
-            body = json.dumps(await self._snapshot(), sort_keys=True, default=str)
-            if body != last:
+            status = {**await self._snapshot(), "last_refusal": self._last_refusal}
+            body = json.dumps(status, sort_keys=True, default=str)
+            if body != last or self._resend_status:
+                self._resend_status = False
                 await client.publish(self.topics.status, body, qos=1, retain=True)
                 last = body
             await asyncio.sleep(STATUS_MIN_INTERVAL_S)
@@ -254,7 +302,7 @@ class MqttLink:
             self._outbox.put_nowait((topic, body, False))
 
 
-def _client(cfg: MqttConfig, identifier: str, will: str | None = None) -> aiomqtt.Client:
+def _client(cfg: MqttConfig, identifier: str, will: str | None = None, timeout: float = 10) -> aiomqtt.Client:
     """A client for `cfg`: credentials read from the password file, TLS when a CA file is set."""
     password = read_secret_file(cfg.password_file, "mqtt.password_file") if cfg.password_file else None
     return aiomqtt.Client(
@@ -266,69 +314,50 @@ def _client(cfg: MqttConfig, identifier: str, will: str | None = None) -> aiomqt
         will=aiomqtt.Will(will, "offline", qos=1, retain=True) if will else None,
         keepalive=cfg.keepalive_s,
         tls_params=aiomqtt.TLSParameters(ca_certs=str(cfg.tls_ca_file)) if cfg.tls_ca_file else None,
-        timeout=10,
-        clean_session=True,
+        timeout=timeout,
+        protocol=aiomqtt.ProtocolVersion.V5,  # for retain-as-published (Mosquitto 2 and most brokers speak it)
+        clean_start=True,  # and no session kept after a disconnect (MQTT 5's session expiry defaults to 0)
         max_queued_incoming_messages=200,  # a flood of commands is dropped by the client, not queued without end
     )
 
 
-def _request_id(payload: bytes) -> str | None:
-    """The "id" of a play command, to tie an error to its command (only if the payload is sound)."""
-    try:
-        body = parse_json(payload)
-    except CommandError:
-        return None
-    request_id = body.get("id") if isinstance(body, dict) else None
-    return request_id[:255] if isinstance(request_id, str) else None
+LOGIN_REFUSED = (4, 5, 134, 135)  # MQTT 3.1.1 and 5: bad user name or password, not authorized
 
 
 def _plain(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, aiomqtt.MqttCodeError) and "Connection Refused" in text:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, MqttConnectError) and getattr(exc.rc, "value", exc.rc) in LOGIN_REFUSED:
         return "the broker refused the login (check mqtt.username and mqtt.password_file)"
     return text[:300]
+
+
+async def probe(cfg: MqttConfig, timeout: float = 5.0) -> str | None:
+    """Connect and disconnect with `cfg`'s credentials and TLS (kiosk doctor): None, or why not in one line."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with _client(cfg, f"kiosk-doctor-{os.getpid()}-{uuid.uuid4().hex[:6]}", timeout=timeout):
+                return None
+    except TimeoutError:
+        return f"no answer within {timeout:.0f} s"
+    except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+        return _plain(exc)
+    except ConfigError as exc:
+        return exc.problems[0]
 
 
 # -- `kiosk fleet ...`
 
 
 async def fleet_status(cfg: MqttConfig, seconds: float = 1.0) -> dict[str, dict]:
-    """Every speaker the broker knows under the prefix: {device: {"availability": ..., "status": {...}}}, from the
-    retained topics collected for `seconds`."""
-    speakers: dict[str, dict] = {}
+    """Every speaker the broker knows under the prefix (kiosk.fleet.fleet_cli.status_of)."""
     async with _connected(cfg) as client:
-        await client.subscribe([(f"{cfg.prefix}/+/availability", 0), (f"{cfg.prefix}/+/status", 0)])
-        for message in await _collect(client, seconds):
-            device, kind = message.topic.value.removeprefix(f"{cfg.prefix}/").split("/", 1)
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if not payload or len(payload) > MAX_BODY_BYTES:
-                continue
-            entry = speakers.setdefault(device, {"availability": None, "status": {}})
-            if kind == "availability":
-                entry["availability"] = payload.decode("utf-8", "replace")[:20]
-            else:
-                with contextlib.suppress(CommandError):
-                    status = parse_json(payload)
-                    entry["status"] = status if isinstance(status, dict) else {}
-    return dict(sorted(speakers.items()))
+        return await fleet_cli.status_of(client, cfg.prefix, seconds)
 
 
 async def send_command(cfg: MqttConfig, base: str, command: str, body: dict, seconds: float = 1.0) -> list[dict]:
-    """Publish one command to `base` (a speaker, a group or all) and return the errors speakers answered with
-    within `seconds`, each with its "device"."""
-    request_id = body.setdefault("id", uuid.uuid4().hex) if command == "play" else None
-    errors = []
+    """Publish one command at QoS 1 and return the refusals answered (kiosk.fleet.fleet_cli.command)."""
     async with _connected(cfg) as client:
-        await client.subscribe(f"{cfg.prefix}/+/error", qos=1)
-        await client.publish(f"{base}/{command}", json.dumps(body), qos=1)
-        for message in await _collect(client, seconds):
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            with contextlib.suppress(CommandError):
-                answer = parse_json(payload)
-                if isinstance(answer, dict) and (request_id is None or answer.get("id") == request_id):
-                    device = message.topic.value.removeprefix(f"{cfg.prefix}/").split("/", 1)[0]
-                    errors.append({"device": device, **answer})
-    return errors
+        return await fleet_cli.command(client, cfg.prefix, base, command, body, seconds)
 
 
 class Session:
@@ -360,15 +389,3 @@ async def _connected(cfg: MqttConfig):
             yield client
     except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
         raise KioskError(f"cannot reach the MQTT broker {cfg.host}:{cfg.port} ({_plain(exc)})") from exc
-
-
-async def _collect(client: aiomqtt.Client, seconds: float) -> list[aiomqtt.Message]:
-    got: list[aiomqtt.Message] = []
-
-    async def gather() -> None:
-        async for message in client.messages:
-            got.append(message)
-
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(gather(), seconds)
-    return got

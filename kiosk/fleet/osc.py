@@ -1,6 +1,9 @@
 """OSC show control over UDP; the only module that imports the OSC library (python-osc).
 
-    /kiosk/play <phrase>     speak a configured line (the HTTP API's rules, rate limit and wording)
+    /kiosk/play <phrase> [<language>]             speak a configured line (the HTTP API's rules, rate limit, words)
+    /kiosk/play_at <phrase> <at> [<language>]     the same, starting at `at` (Unix seconds; kiosk.in_step): a double,
+                                                  an integer or a decimal string; a 32-bit float is refused (it
+                                                  cannot hold a Unix time closer than two minutes)
     /kiosk/stop              stop speaking and forget what waits
     /kiosk/volume <0-100>    set the volume as the staff page does (saved, then the config reloaded)
 
@@ -18,8 +21,9 @@ from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
+from pythonosc.parsing import osc_types
 
-from kiosk.commands import CommandError
+from kiosk.commands import CommandError, start_field
 from kiosk.config import OscConfig
 from kiosk.errors import KioskError
 from kiosk.fleet.control import Control
@@ -28,7 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 8192
 MAX_MESSAGES = 16  # per datagram (a bundle)
-ADDRESSES = ("/kiosk/play", "/kiosk/stop", "/kiosk/volume")
+ADDRESSES = ("/kiosk/play", "/kiosk/stop", "/kiosk/volume")  # named to a sender of an unknown address
+PLAY_AT_ARGS = "/kiosk/play_at takes the id of a configured line, its start time, and optionally a language code"
 ORIGIN = "osc"
 
 
@@ -86,9 +91,9 @@ class OscLink:
             self._reply(sender, "/kiosk/error", "", f"more than {MAX_MESSAGES} messages in one bundle")
             return
         for message in messages:
-            self._handle(message.address, list(message.params), sender)
+            self._handle(message.address, list(message.params), sender, _type_tags(message.dgram))
 
-    def _handle(self, address: str, args: list[Any], sender: tuple) -> None:
+    def _handle(self, address: str, args: list[Any], sender: tuple, tags: str = "") -> None:
         shown = "".join(c if c.isprintable() else "?" for c in address[:64])
         try:
             if address == "/kiosk/play":
@@ -98,6 +103,9 @@ class OscLink:
                     )
                 language = args[1] if len(args) == 2 else None
                 self._control.play(phrase=args[0], text=None, origin=ORIGIN, language=language)
+            elif address == "/kiosk/play_at":
+                phrase, at, language = _play_at(args, tags)
+                self._control.play(phrase=phrase, text=None, origin=ORIGIN, language=language, at=at)
             elif address == "/kiosk/stop":
                 if args:
                     raise CommandError(400, "/kiosk/stop takes no arguments")
@@ -141,6 +149,31 @@ class OscLink:
             self._transport.sendto(builder.build().dgram, sender)
         except Exception as exc:  # a sender that cannot be answered is not our problem
             log.debug("cannot answer OSC sender %s: %s", sender, exc)
+
+
+def _play_at(args: list[Any], tags: str) -> tuple[str, float, str | None]:
+    """/kiosk/play_at's arguments: (phrase, start time, language or None)."""
+    if len(args) not in (2, 3) or not isinstance(args[0], str) or not all(isinstance(a, str) for a in args[2:]):
+        raise CommandError(400, PLAY_AT_ARGS)
+    at = args[1]
+    if tags[1:2] == "f":
+        raise CommandError(400, "'at' must be a double, an integer or a string: a 32-bit float is minutes off")
+    if isinstance(at, str):
+        try:
+            at = float(at)
+        except ValueError:
+            raise CommandError(400, PLAY_AT_ARGS) from None
+    return args[0], start_field({"at": at}), args[2] if len(args) == 3 else None
+
+
+def _type_tags(dgram: bytes) -> str:
+    """The message's type tags without the comma ("sd": a string, then a double); "" when it has none."""
+    try:
+        _, index = osc_types.get_string(dgram, 0)
+        tags, _ = osc_types.get_string(dgram, index)
+    except osc_types.ParseError:
+        return ""
+    return tags[1:] if tags.startswith(",") else ""
 
 
 class _Protocol(asyncio.DatagramProtocol):

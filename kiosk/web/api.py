@@ -27,6 +27,7 @@ from kiosk.commands import (
     check_choice,
     parse_body,
     refused,
+    start_field,
     string_field,
     too_many,
 )
@@ -50,7 +51,9 @@ ApiError = CommandError
 class Backend(Protocol):
     """What the API needs of the speaker: the part of kiosk.app.App it uses (its tests' fakes implement it)."""
 
-    def play(self, *, phrase: str | None, text: str | None, origin: str, language: str | None = None) -> Request: ...
+    def play(
+        self, *, phrase: str | None, text: str | None, origin: str, language: str | None = None, at: float | None = None
+    ) -> Request: ...
     def line_text(
         self, *, phrase: str | None, text: str | None, language: str | None = None
     ) -> tuple[str, str | None]: ...
@@ -146,8 +149,9 @@ async def _body(request: web.Request, allowed: set[str]) -> dict:
 
 async def play(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
-    body = await _body(request, {"phrase", "text", "language"})
+    body = await _body(request, {"phrase", "text", "language", "at"})
     phrase, text, language = string_field(body, "phrase"), string_field(body, "text"), string_field(body, "language")
+    at = start_field(body)  # a start time, Unix seconds (kiosk.in_step)
     check_choice(phrase, text)
     idempotency = request.app[IDEMPOTENCY]
     key = _idempotency_key(request)
@@ -159,7 +163,9 @@ async def play(request: web.Request) -> web.Response:
     if retry_after is not None:
         raise too_many(retry_after)
     try:
-        req = backend.play(phrase=phrase, text=text, origin="api", language=language)
+        req = backend.play(
+            phrase=phrase, text=text, origin="api", language=language, **({} if at is None else {"at": at})
+        )
     except Rejected as exc:
         raise refused(exc) from None
     answer = {"id": req.id, "state": req.state, **({"language": req.language} if req.language else {})}
