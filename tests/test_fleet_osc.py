@@ -73,7 +73,11 @@ async def test_osc_play_speaks_a_line_and_bad_messages_are_refused(tmp_path, ser
             ("/kiosk/volume", 55.5, "'volume' must be a whole number from 0 to 100"),
             ("/kiosk/volume", float("nan"), "'volume' must be a whole number from 0 to 100"),
             ("/kiosk/stop", "now", "/kiosk/stop takes no arguments"),
-            ("/kiosk/*", None, "unknown address '/kiosk/*'; known: /kiosk/play, /kiosk/stop, /kiosk/volume"),
+            (
+                "/kiosk/*",
+                None,
+                "unknown address '/kiosk/*'; known: /kiosk/play, /kiosk/play_at, /kiosk/stop, /kiosk/volume",
+            ),
         ]:
             client.send_message(address, args)
             error = await reply(client)

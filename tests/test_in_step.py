@@ -215,6 +215,10 @@ async def test_a_group_starts_a_cached_line_together(tmp_path, server, broker):
             spreads.append(abs(starts[0] - starts[1]) * 1000)
         print(f"spread between the two speakers: {[round(s, 3) for s in spreads]} ms")
         assert max(spreads) < IN_STEP_MS
+        played_events = await watch.wait_for(
+            lambda s: s.topic == "kiosk/a/event" and b'"in_step": "on time"' in s.payload, timeout=5
+        )
+        assert json.loads(played_events.payload)["late_ms"] < in_step.LATE_S * 1000  # the fleet sees it too
 
         # a start time already past: at once, and said late
         at = time.time() - 2.0

@@ -115,6 +115,12 @@ class Fleet:
                         "response_ms": response_ms,
                         "outcome": req.state,
                         "time": time.time(),
+                        # A line given a start time: how it kept it ("on time", or why not) and by how much it missed.
+                        **(
+                            {"in_step": req.trace.in_step, "late_ms": req.trace.late_ms}
+                            if req.trace and req.trace.in_step
+                            else {}
+                        ),
                     }
                 )
         self.status_changed()

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 8192
 MAX_MESSAGES = 16  # per datagram (a bundle)
-ADDRESSES = ("/kiosk/play", "/kiosk/stop", "/kiosk/volume")  # named to a sender of an unknown address
+ADDRESSES = ("/kiosk/play", "/kiosk/play_at", "/kiosk/stop", "/kiosk/volume")  # named to a sender of an unknown address
 PLAY_AT_ARGS = "/kiosk/play_at takes the id of a configured line, its start time, and optionally a language code"
 ORIGIN = "osc"
 
