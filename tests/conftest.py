@@ -102,6 +102,16 @@ def synchronized_clock(monkeypatch):
     monkeypatch.setattr("kiosk.clock.system_synchronized", lambda: True)
 
 
+@pytest.fixture
+def broker(tmp_path):
+    """A real Mosquitto on a free loopback port (tests/mosquitto.py), for the fleet tests."""
+    from mosquitto import Broker
+
+    running = Broker(tmp_path).start()
+    yield running
+    running.stop()
+
+
 # -- the checkout stays as it was
 
 REPO = Path(__file__).parent.parent

@@ -15,7 +15,7 @@ import time
 import aiomqtt
 import jinja2
 import pytest
-from mosquitto import Broker, Watcher, free_port
+from mosquitto import Watcher, free_port
 from test_fleet_mqtt import online, speakers, status_of, until
 
 from kiosk import doctor
@@ -33,13 +33,6 @@ def api_key(monkeypatch):
     monkeypatch.setattr(fleet_mqtt, "MAX_RETRY_S", 1.0)
     monkeypatch.setattr(fleet_mqtt, "STATUS_CHECK_S", 0.5)
     monkeypatch.setattr(fleet_mqtt, "STATUS_MIN_INTERVAL_S", 0.2)
-
-
-@pytest.fixture
-def broker(tmp_path):
-    running = Broker(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def ha_render(template: str, payload: bytes) -> str:

@@ -17,7 +17,7 @@ import yaml
 from conftest import file_sink_opener
 from fake_openai import pcm_for
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Watcher
+from mosquitto import Watcher
 
 from kiosk.config import load_config
 from kiosk.fleet import mqtt as fleet_mqtt
@@ -35,13 +35,6 @@ def api_key(monkeypatch):
     monkeypatch.setattr(fleet_mqtt, "FIRST_RETRY_S", 0.2)  # reconnect within the tests' waits
     monkeypatch.setattr(fleet_mqtt, "MAX_RETRY_S", 1.0)
     monkeypatch.setattr(fleet_mqtt, "STATUS_CHECK_S", 0.5)  # lines made ready by warming show up soon
-
-
-@pytest.fixture
-def broker(tmp_path):
-    running = Broker(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def write_config(tmp_path: Path, name: str, server_url: str, port: int, groups=(), extra="") -> Path:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import file_sink_opener
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Watcher
+from mosquitto import Watcher
 from test_fleet_mqtt import online, status_of, until, write_config
 
 from kiosk.config import load_config
@@ -30,13 +30,6 @@ def api_key(monkeypatch):
     monkeypatch.setattr(fleet_mqtt, "FIRST_RETRY_S", 0.2)
     monkeypatch.setattr(fleet_mqtt, "MAX_RETRY_S", 1.0)
     monkeypatch.setattr(fleet_mqtt, "STATUS_CHECK_S", 0.5)
-
-
-@pytest.fixture
-def broker(tmp_path):
-    running = Broker(tmp_path).start()
-    yield running
-    running.stop()
 
 
 async def start(config: Path, pins: MockFactory | None = None) -> Service:

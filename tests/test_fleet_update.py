@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from mosquitto import Broker, Watcher
+from mosquitto import Watcher
 from release_files import flip_byte, make_archive
 from test_fleet_mqtt import kiosk, online, speakers, until
 
@@ -40,13 +40,6 @@ def quick(monkeypatch):
     monkeypatch.setattr(fleet_mqtt, "STATUS_CHECK_S", 0.5)
     monkeypatch.setattr(fleet_mqtt, "STATUS_MIN_INTERVAL_S", 0.2)
     monkeypatch.setattr(fleet_update, "BASELINE_S", 0.5)
-
-
-@pytest.fixture
-def broker(tmp_path):
-    running = Broker(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def spool(speaker) -> Path:

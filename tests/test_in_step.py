@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import file_sink_opener
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Watcher
+from mosquitto import Watcher
 
 from kiosk import in_step
 from kiosk.commands import CommandError, start_field
@@ -120,13 +120,6 @@ def test_fleet_say_leads_a_group_but_not_one_speaker():
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-secret")
     monkeypatch.setattr(fleet_mqtt, "FIRST_RETRY_S", 0.2)
-
-
-@pytest.fixture
-def broker(tmp_path):
-    running = Broker(tmp_path).start()
-    yield running
-    running.stop()
 
 
 def write_config(tmp_path: Path, name: str, server_url: str, port: int, phrases: dict[str, str]) -> Path:
