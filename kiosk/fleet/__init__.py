@@ -121,6 +121,12 @@ class Fleet:
                             if req.trace and req.trace.in_step
                             else {}
                         ),
+                        # When its first audio went to the device, on the wall clock: speakers compared on one clock.
+                        **(
+                            {"first_audio_wall": req.trace.first_audio_wall}
+                            if req.trace and req.trace.first_audio_wall is not None
+                            else {}
+                        ),
                     }
                 )
         self.status_changed()
