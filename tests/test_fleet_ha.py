@@ -99,9 +99,9 @@ async def test_a_removed_button_leaves_no_trigger_behind_on_reload_and_at_start(
         await watch.publish("homeassistant/device_automation/kiosk_other/button_5/config", b"{}", retain=True)
     assert TRIGGER.format(5) in await retained_on(broker.port, "homeassistant/#")
     with_buttons(config, 17)
-    async with speakers(tmp_path, server, broker.port, ("solo", [])):
-        async with Watcher(broker.port) as watch:
-            await watch.wait_for(status_of("solo"))
+    async with Watcher(broker.port, ("homeassistant/#",)) as ha, speakers(tmp_path, server, broker.port, ("solo", [])):
+        # emptied once the speaker has read what the broker keeps for it (a moment after it connects)
+        await ha.wait_for(lambda s: s.topic == TRIGGER.format(5) and not s.payload, timeout=10)
         retained = await retained_on(broker.port, "homeassistant/#")
         assert TRIGGER.format(5) not in retained and TRIGGER.format(17) in retained
         assert "homeassistant/device_automation/kiosk_other/button_5/config" in retained  # another's: left alone
