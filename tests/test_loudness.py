@@ -199,7 +199,10 @@ async def test_lines_reach_the_device_at_the_target(server, tmp_path, engine):
     cfg = loudness_config(server.url, tmp_path / "cache", engine)
     async with open_announcer(cfg, open_sink=file_sink_opener(device.name)) as announcer:
         first, made = await device.heard(announcer, LINES[0])  # nothing learned yet: as the engine made it
-        assert first.source == engine and first.loudness_lufs == pytest.approx(made.lufs, abs=0.3)
+        assert first.source == engine
+        # As the engine made it, less what the ceiling took off a period that peaked at full scale (piper's output
+        # varies from run to run, and now and then peaks there): a little quieter at the device, never louder.
+        assert_trace_tells(first, made)
         again, replayed = await device.heard(announcer, LINES[0])
         assert again.source == "cache"
         assert replayed.lufs == pytest.approx(TARGET, abs=1.0) and replayed.true_peak_db <= CEILING_DBTP + 0.1
