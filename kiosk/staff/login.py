@@ -41,9 +41,7 @@ def _login_form(
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    form = await read_form(request)
-    if not tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
-        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+    form = await checked_form(request)
     limiter, address = request.app[LIMITER], request.remote or "?"
     wait = limiter.begin(address)  # counted before the (slow) check, so parallel guesses cannot slip past
     if wait:
@@ -117,6 +115,14 @@ def form_token(request: web.Request) -> str:
     new one (only a token this page made is ever shown back in the page)."""
     token = request.cookies.get(LOGIN_COOKIE, "")
     return token if TOKEN.fullmatch(token) else new_token()
+
+
+async def checked_form(request: web.Request) -> dict:
+    """A form sent before login (login, setup code), its token checked against the cookie `with_form_token` set."""
+    form = await read_form(request)
+    if not tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+    return form
 
 
 def with_form_token(response: web.Response, token: str) -> web.Response:

@@ -14,8 +14,8 @@ import logging
 from aiohttp import web
 
 from kiosk.staff.auth import password_problem
-from kiosk.staff.common import BACKEND, LIMITER, SESSIONS, password_file, read_form, render, tokens_match
-from kiosk.staff.login import COOKIE, LOGIN_COOKIE, form_token, with_form_token
+from kiosk.staff.common import BACKEND, LIMITER, SESSIONS, password_file, render
+from kiosk.staff.login import COOKIE, LOGIN_COOKIE, checked_form, form_token, with_form_token
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ def setup_form(request: web.Request, errors: dict[str, str] | None = None, statu
 
 @routes.post("/setup")
 async def set_with_code(request: web.Request) -> web.Response:
-    form = await read_form(request)
-    if not tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE, "")):
-        raise web.HTTPForbidden(text="missing or wrong CSRF token; reload the page")
+    form = await checked_form(request)
     code, new, repeat = (form.get(name) if isinstance(form.get(name), str) else "" for name in _FIELDS)
     problem = password_problem(new)
     if problem or new != repeat:
