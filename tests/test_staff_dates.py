@@ -29,6 +29,7 @@ from test_staff_ux import (  # noqa: F401 (start_service is a fixture)
     until,
 )
 from test_staff_ux import log_in as browser_log_in
+from test_staff_ux import new_page as ux_new_page
 
 from kiosk.history import Outcome
 from kiosk.staff.auth import PasswordFile
@@ -142,22 +143,7 @@ async def test_quiet_hours_typed_24_hour_are_saved_as_before(staff):  # noqa: F8
 async def new_page(browser, size, timezone_id=None):
     """A page as test_staff_ux's, in the phone's own time zone when one is given, recording canvas text."""
     options = {"timezone_id": timezone_id} if timezone_id else {}
-    context = await browser.new_context(viewport=size, device_scale_factor=1, locale="en-US", **options)
-    await context.add_init_script(RECORD_CANVAS)
-    page = await context.new_page()
-    page.set_default_timeout(STEP_MS)
-    page.set_default_navigation_timeout(STEP_MS)
-    page.test_errors = []
-    page.on("pageerror", lambda exc: page.test_errors.append(str(exc)))
-    page.on(
-        "console",
-        lambda msg: (
-            msg.type == "error"
-            and not msg.text.startswith("Failed to load resource")
-            and page.test_errors.append(msg.text)
-        ),
-    )
-    return page
+    return await ux_new_page(browser, size, init_script=RECORD_CANVAS, locale="en-US", **options)
 
 
 async def test_volume_page_reads_24_hour_times_at_both_sizes(start_service, browser):  # noqa: F811

@@ -96,8 +96,12 @@ async def stop(svc):
     await svc.stop()
 
 
-async def new_page(browser, size=PHONE):
-    context = await browser.new_context(viewport=size, device_scale_factor=1, accept_downloads=True)
+async def new_page(browser, size=PHONE, init_script=None, **context_options):
+    """A page that collects script errors in `page.test_errors`; `context_options` go to the browser context (a
+    locale, a time zone), `init_script` runs in every document before its own scripts."""
+    context = await browser.new_context(viewport=size, device_scale_factor=1, accept_downloads=True, **context_options)
+    if init_script:
+        await context.add_init_script(init_script)
     page = await context.new_page()
     page.set_default_timeout(STEP_MS)
     page.set_default_navigation_timeout(STEP_MS)
