@@ -55,19 +55,28 @@ import netns  # noqa: E402
 LINE = "Quartz is the second most common mineral in the Earth's crust."
 
 
-def write_config(home: Path, name: str, server_url: str, port: int) -> Path:
+def speaker_config(home: Path, server_url: str, rest: str) -> Path:
+    """`home/kiosk.yaml` for one speaker: its own cache, history and settings, the `null` device, no staff page, an
+    API that never rate-limits the benchmark; `rest` adds its network and lines."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "kiosk.yaml"
     path.write_text(
         f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {home / 'cache'}\n"
         f"history:\n  file: {home / 'history.sqlite3'}\naudio:\n  device: 'null'\n"
         f"staff:\n  enabled: false\n  settings_file: {home / 'settings.yaml'}\n"
-        f"api:\n  port: 0\n  rate_limit_per_min: 100000\n"
-        f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n  device_id: {name}\n  discovery: false\n"
-        f"osc:\n  enabled: true\n  bind: 127.0.0.1\n  port: 0\n"
-        f"phrases:\n  quartz: {LINE}\n"
+        f"api:\n  port: 0\n  rate_limit_per_min: 100000\n{rest}"
     )
     return path
+
+
+def write_config(home: Path, name: str, server_url: str, port: int) -> Path:
+    return speaker_config(
+        home,
+        server_url,
+        f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n  device_id: {name}\n  discovery: false\n"
+        f"osc:\n  enabled: true\n  bind: 127.0.0.1\n  port: 0\n"
+        f"phrases:\n  quartz: {LINE}\n",
+    )
 
 
 async def start_speakers(tmp: Path, server_url: str, port: int, count: int) -> list[Service]:
@@ -201,17 +210,13 @@ WELCOME = "Welcome to the hall of minerals."  # 2 s of audio: rounds stay short
 def netns_config(home: Path, name: str, server_url: str, broker: str) -> Path:
     """A speaker's config for `kiosk run` in its namespace: the `null` device, only MQTT on the network, the clock
     trusted as it is (every namespace shares this machine's clock; `clock.check` would find no NTP client here)."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "kiosk.yaml"
-    path.write_text(
-        f"openai:\n  base_url: {server_url}/v1\ncache:\n  dir: {home / 'cache'}\n"
-        f"history:\n  file: {home / 'history.sqlite3'}\naudio:\n  device: 'null'\n"
-        f"staff:\n  enabled: false\n  settings_file: {home / 'settings.yaml'}\n"
-        f"captions:\n  enabled: false\napi:\n  port: 0\n  rate_limit_per_min: 100000\nclock:\n  check: false\n"
+    return speaker_config(
+        home,
+        server_url,
+        "captions:\n  enabled: false\nclock:\n  check: false\n"
         f"mqtt:\n  host: {broker}\n  port: 1883\n  device_id: {name}\n  groups: [hall]\n  discovery: false\n"
-        f"  keepalive_s: 10\nphrases:\n  welcome: {WELCOME}\n"
+        f"  keepalive_s: 10\nphrases:\n  welcome: {WELCOME}\n",
     )
-    return path
 
 
 def start_broker(tmp: Path, address: str) -> subprocess.Popen:
