@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kiosk.config.phrases import LANGUAGE_NAMES
+from kiosk.plain_words import fault_kind
 
 if TYPE_CHECKING:
     from kiosk.config import Config
@@ -70,25 +71,26 @@ _OUTCOMES = {
     "text_disabled": "refused: free text is not allowed",
     "bad_text": "refused: the text cannot be spoken",
 }
-#: A failure's message (the engine's, the sound system's...) → a few words for staff; the first that matches.
-_FAILURES = (
-    (("internal error",), "software fault"),
-    (("no speech engine available",), "no voice available"),
-    (("no openai api key",), "no key for the online voice"),
-    (("run out of credit", "insufficient_quota"), "voice service out of credit"),
-    (("api key",), "voice service refused the key"),
-    (("gave up",), "took too long"),
-    (("cut after",), "voice cut off"),
-    (("cannot connect", "timed out connecting", "name resolution", "network", "connection"), "no network"),
-    (("stalled", "no audio within", "took longer", "no answer", "too slowly", "timed out"), "voice too slow"),
-    (("far more audio",), "voice ran on"),
-    (("answered 429",), "voice service busy"),
-    (("answered 5",), "voice service failed"),
-    (("answered", "no audio"), "voice service refused"),
-    (("piper",), "local voice failed"),
-    (("alsa", "audio", "sound"), "sound system problem"),
-    (("cache",), "offline copy unreadable"),
-)
+#: What a failure was (kiosk.plain_words.fault_kind), in a few words for a curator's column.
+_FAILURES = {
+    "software": "software fault",
+    "no_voice": "no voice available",
+    "no_key": "no key for the online voice",
+    "quota": "voice service out of credit",
+    "key_refused": "voice service refused the key",
+    "gave_up": "took too long",
+    "cut_off": "voice cut off",
+    "unreachable": "no network",
+    "too_slow": "voice too slow",
+    "ran_on": "voice ran on",
+    "busy": "voice service busy",
+    "service_failed": "voice service failed",
+    "refused": "voice service refused",
+    "local_voice": "local voice failed",
+    "sound": "sound system problem",
+    "cache": "offline copy unreadable",
+    "stopped": "stopped",
+}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -142,11 +144,9 @@ def outcome_words(outcome: str, error: str | None) -> str:
 
 def failure_words(error: str | None) -> str:
     """A failure's message as a few words for staff: never its addresses, ports or exception names."""
-    message = (error or "").lower()
-    for needles, words in _FAILURES:
-        if any(needle in message for needle in needles):
-            return words
-    return "unknown problem" if message else "no reason given"
+    if not error:
+        return "no reason given"
+    return _FAILURES.get(fault_kind(error) or "", "unknown problem")
 
 
 class _Words:

@@ -10,37 +10,74 @@ import re
 SOURCE_WORDS = {"cache": "a saved copy (offline)", "openai": "the online voice", "piper": "the local voice"}
 VOICE_NAMES = {"openai": "The online voice", "piper": "The local voice"}
 
-_UNREACHABLE = "it could not be reached (is the network down?)"
-_TOO_SLOW = "it took too long to answer"
-
-# A fault's text (SpeechError, OSError, ...) mapped to words by what it says; first match wins.
-_FAULTS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"run out of credit|insufficient_quota|quota", re.I), "its account has run out of credit"),
-    (re.compile(r"key was refused|\b401\b|\b403\b|api key|no key", re.I), "it refused the key"),
-    (
-        re.compile(r"cannot connect|connect call failed|name resolution|no route|unreachable|network", re.I),
-        "it could not be reached (is the network down?)",
-    ),
-    (re.compile(r"took longer|timed? ?out|no answer|no audio within", re.I), "it took too long to answer"),
-    (re.compile(r"\b429\b|rate limit|too many", re.I), "it is busy (too many requests); it will be tried again"),
-    (re.compile(r"\b5\d\d\b|server error|unavailable", re.I), "its service is having trouble"),
-    (re.compile(r"no speech engine|no voice", re.I), "no voice was available"),
-    (re.compile(r"corrupt|damaged", re.I), "its saved copy was damaged and has been removed"),
-    (re.compile(r"sound card|alsa|playback device|\bpcm\b", re.I), "the sound system failed"),
-    (re.compile(r"stopped|interrupted|cancel", re.I), "it was stopped"),
+#: What a fault's text (SpeechError, OSError, ...) says happened, by what it contains; the first kind that matches.
+#: One table for every place staff read about a fault: each says the kind in its own words (the staff pages here, the
+#: history CSV in kiosk.history_csv).
+_KINDS: list[tuple[str, re.Pattern[str]]] = [
+    (kind, re.compile(pattern, re.I))
+    for kind, pattern in (
+        ("software", r"internal error"),
+        ("no_voice", r"no speech engine|no voice"),
+        ("no_key", r"no openai api key"),
+        ("quota", r"run out of credit|insufficient_quota|quota"),
+        ("key_refused", r"api key|key was refused|\b401\b|\b403\b|no key"),
+        ("gave_up", r"gave up"),
+        ("cut_off", r"cut after"),
+        (
+            "unreachable",
+            r"cannot connect|connect call failed|timed out connecting|name resolution|no route|"
+            r"unreachable|network|connection",
+        ),
+        ("too_slow", r"stalled|no audio within|took longer|no answer|too slowly|timed? ?out"),
+        ("ran_on", r"far more audio"),
+        ("busy", r"\b429\b|rate limit|too many"),
+        ("service_failed", r"answered 5|\b5\d\d\b|server error|unavailable"),
+        ("refused", r"answered|no audio"),
+        ("local_voice", r"piper"),
+        ("sound", r"sound|alsa|audio|playback device|\bpcm\b"),
+        ("cache", r"cache|corrupt|damaged"),
+        ("stopped", r"stopped|interrupted|cancel"),
+    )
 ]
+
+#: Each kind as a clause on the staff pages ("Not played: …", "The online voice is not working: …").
+_CLAUSES = {
+    "software": "it failed inside the speaker's software",
+    "no_voice": "no voice was available",
+    "no_key": "it has no key (enter one on the Voice page)",
+    "quota": "its account has run out of credit",
+    "key_refused": "it refused the key",
+    "gave_up": "it took too long",
+    "cut_off": "its audio was cut off",
+    "unreachable": "it could not be reached (is the network down?)",
+    "too_slow": "it took too long to answer",
+    "ran_on": "it ran on far past the line",
+    "busy": "it is busy (too many requests); it will be tried again",
+    "service_failed": "its service is having trouble",
+    "refused": "it refused the request",
+    "local_voice": "the local voice failed",
+    "sound": "the sound system failed",
+    "cache": "its saved copy was damaged and has been removed",
+    "stopped": "it was stopped",
+}
+
+
+def fault_kind(error: str | None) -> str | None:
+    """What a fault's text says happened ("unreachable", "quota", ...; see _KINDS), or None when it says nothing
+    known."""
+    if not error:
+        return None
+    return next((kind for kind, pattern in _KINDS if pattern.search(error)), None)
 
 
 def fault_words(error: str | None, fallback: str = "it failed") -> str:
     """A fault's text as a short clause staff can read ("it could not be reached (is the network down?)")."""
-    if not error:
-        return fallback
-    return next((words for pattern, words in _FAULTS if pattern.search(error)), fallback)
+    return _CLAUSES.get(fault_kind(error) or "", fallback)
 
 
 def unreachable(error: str) -> bool:
     """Whether a fault says the voice could not be reached at all (rather than refusing one request)."""
-    return fault_words(error) in (_UNREACHABLE, _TOO_SLOW)
+    return fault_kind(error) in ("unreachable", "too_slow")
 
 
 def voice_paused(name: str, reason: str | None, wait_s: int | None, local_stands_in: bool) -> str:
