@@ -14,12 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import aiohttp
 from kiosk import __version__
 from kiosk.commands import CommandError, parse_body
 from kiosk.errors import KioskError
-from kiosk.fileio import write_atomically
+from kiosk.update import rollout
 from kiosk.update.archive import MAX_ARCHIVE_BYTES, newer
 from kiosk.update.rollout import RECORD, read_record
 from kiosk.update.spool import SPOOL_DIR, hand_over, incoming, state_dir
@@ -93,12 +91,8 @@ def _good_url(url: str) -> bool:
 
 
 def write_record(state: Path, result: str, version: str | None, message: str) -> None:
-    """The update record as kiosk.update.rollout's Updater writes it; a write that fails is logged, no more."""
-    record = {"result": result, "version": version, "running": __version__, "time": time.time(), "message": message}
-    try:
-        write_atomically(state / RECORD, json.dumps(record).encode() + b"\n", mode=0o644)
-    except OSError as exc:
-        log.warning("could not keep the update record in %s: %s", state, exc)
+    """A download's step in the update record the updater then goes on writing."""
+    rollout.write_record(state / RECORD, result, version, __version__, message)
 
 
 class Updates:

@@ -136,18 +136,17 @@ class Updater:
 
     def _note(self, result: str, version: str | None, message: str) -> str:
         self._say(message)
-        record = {
-            "result": result,
-            "version": version,
-            "running": self.releases.current(),
-            "time": time.time(),
-            "message": message,
-        }
-        try:
-            write_atomically(self._record, json.dumps(record).encode() + b"\n", mode=0o644)
-        except OSError as exc:
-            log.warning("could not keep the update record %s: %s", self._record, exc)
+        write_record(self._record, result, version, self.releases.current(), message)
         return message
+
+
+def write_record(path: Path, result: str, version: str | None, running: str | None, message: str) -> None:
+    """Keep an update's step or outcome for the staff page, /api/status and MQTT; a write that fails is logged."""
+    record = {"result": result, "version": version, "running": running, "time": time.time(), "message": message}
+    try:
+        write_atomically(path, json.dumps(record).encode() + b"\n", mode=0o644)
+    except OSError as exc:
+        log.warning("could not keep the update record %s: %s", path, exc)
 
 
 def read_record(path: Path) -> dict | None:

@@ -20,7 +20,6 @@ from kiosk.update.archive import MAX_ARCHIVE_BYTES, BadRelease, Release, newer, 
 
 SPOOL_DIR = "updates"
 INCOMING = "incoming.tar"
-RECORD = "update.json"
 
 
 def state_dir(settings_file: Path) -> Path:
