@@ -95,8 +95,8 @@ class StatusBoard:
 
     async def status(self) -> dict:
         s = self._parts
-        ready_ids = await asyncio.to_thread(self.ready_lines)
-        languages = await asyncio.to_thread(self.language_coverage)
+        by_language = await asyncio.to_thread(self._ready_in_each_language)  # reads the cache directory once
+        ready_ids, languages = self.ready_lines(by_language), self.language_coverage(by_language)
         speaker, trace = s.speaker, s.speaker.last_trace
         last = next((r for r in reversed(speaker.history.values()) if r.trace and r.started_at), None)
         disk = await asyncio.to_thread(shutil.disk_usage, s.cache.root)
@@ -207,19 +207,24 @@ class StatusBoard:
         is none or it cannot be read."""
         return read_record(state_dir(self._parts.cfg.staff.settings_file) / RECORD)
 
-    def ready_lines(self) -> list[str]:
+    def ready_lines(self, by_language: dict[str | None, list[str]] | None = None) -> list[str]:
         """Ids of the configured lines whose audio is in the cache (in the current voice or a fallback's) in every
         offered language: a line a visitor would hear from the network in one of them is not ready offline."""
         s = self._parts
-        ready = ready_ids(s.cfg, s.announcer)
-        for lang in s.cfg.languages[1:]:
-            in_it = set(ready_ids(s.cfg, s.announcer, lang.code))
-            ready = [pid for pid in ready if pid in in_it]
+        in_each = [set(ids) for ids in (by_language or self._ready_in_each_language()).values()]
+        ready = [pid for pid in s.cfg.phrases if all(pid in ids for ids in in_each)]
         self.metrics.lines_ready.set(len(ready))
         self.metrics.lines_configured.set(len(s.cfg.phrases))
         return ready
 
-    def language_coverage(self) -> list[dict]:
+    def _ready_in_each_language(self) -> dict[str | None, list[str]]:
+        """Per offered language (None: the one language of a speaker that offers none), the ids of the lines ready
+        offline as heard in it. Reads the cache directory: not on the event loop."""
+        s = self._parts
+        codes = [lang.code for lang in s.cfg.languages] or [None]
+        return {code: ready_ids(s.cfg, s.announcer, code) for code in codes}
+
+    def language_coverage(self, by_language: dict[str | None, list[str]]) -> list[dict]:
         """Per offered language: how many lines are ready offline as visitors would hear them in it (a line without
         a translation is heard in the default language), how many are translated, and whether it has a local voice
         (without one, a line not cached yet needs the network)."""
@@ -227,7 +232,7 @@ class StatusBoard:
         coverage = []
         for lang in s.cfg.languages:
             local = any(e.name == "piper" for e in s.announcer.chain_for(lang.code).engines)
-            ready = len(ready_ids(s.cfg, s.announcer, lang.code))
+            ready = len(by_language[lang.code])
             coverage.append(
                 {
                     "code": lang.code,
