@@ -485,6 +485,7 @@ class Fuzz:
             "/account/password",
             "/account/settings",
             "/account/settings.yaml",
+            "/account/update",
             "/status/history.json",
             "/status/history.csv",
             "/buttons/{id}/identify",
@@ -508,6 +509,7 @@ class Fuzz:
             "/schedule",
             "/account/password",
             "/account/settings",
+            "/account/update",
             "/buttons/{id}/identify",
         )
         natural = (
@@ -586,7 +588,11 @@ class Fuzz:
             phrase = self.pick([*self.t.service.cfg.phrases, "", "nope", self.text()])
             time_text = self.pick(("16:45", "", "25:00", "9:5", self.text()))
             fields = [("schedule.0.time", time_text), ("schedule.0.phrase", phrase)]
+            if self.chance(0.3):  # an announcement's words typed in place (they become a line)
+                fields.append(("schedule.0.text", self.line_text()))
             return [*fields, ("schedule.0.days", self.pick(("mon", "sun", "funday", self.text())))]
+        if route == "/account/update":  # a release file: never a real one here
+            return [("release", self.pick(("", "not a tar", "\x00" * 1000, self.text(), self.big())))]
         if route == "/account/password":  # random guesses: never the current password
             return [(name, self.pick(("", "short", self.text(), "p" * 5000))) for name in ("current", "new", "repeat")]
         if route == "/buttons":
@@ -893,7 +899,9 @@ class Fuzz:
         if self.chance(0.6):
             value = {self.pick(("phrase", "text", "phrase", "text", "volume", "", "\ud800")): value}
             if self.chance(0.3):
-                value[self.pick(("phrase", "text", "extra"))] = self.json_value(0)
+                value[self.pick(("phrase", "text", "extra", "at"))] = self.json_value(0)
+            if self.chance(0.1):  # a start time: now or near it (kiosk.in_step), or any value above
+                value["at"] = self.pick((time.time() + self.rng.uniform(-3, 3), self.json_value(0)))
         try:
             text = json.dumps(value, allow_nan=True, ensure_ascii=self.chance(0.6))
         except ValueError:  # an integer too long to print

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -193,12 +194,14 @@ SCALARS = (
     | TEXT
     | st.sampled_from(["welcome", "quartz", "nope", "", "   ", "x" * 4097, "\ud800"])
 )
-KEYS = TEXT | st.sampled_from(["phrase", "text", "phrase", "text", "volume", "language"])
+KEYS = TEXT | st.sampled_from(["phrase", "text", "phrase", "text", "volume", "language", "at"])
 JSON_VALUES = st.recursive(
     SCALARS,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=4),
     max_leaves=25,
 )
+#: A play's start time (kiosk.in_step): near now, far off, or any number or value at all.
+START_TIMES = st.floats(-3, 3).map(lambda d: time.time() + d) | st.floats() | st.integers() | SCALARS
 PLAY_BODIES = st.one_of(
     JSON_VALUES,
     st.fixed_dictionaries({}, optional={"phrase": JSON_VALUES, "text": JSON_VALUES, "language": JSON_VALUES}),
@@ -206,7 +209,7 @@ PLAY_BODIES = st.one_of(
     # mostly well-formed, so the accepted path (202) and the speaker's own refusals (404, 409) get their share
     st.fixed_dictionaries(
         {"phrase": st.sampled_from(["welcome", "quartz", "nope"]) | TEXT},
-        optional={"language": st.sampled_from(["de", "en", "fr", "", "DE"]) | TEXT},
+        optional={"language": st.sampled_from(["de", "en", "fr", "", "DE"]) | TEXT, "at": START_TIMES},
     ),
     st.fixed_dictionaries({"text": st.text(min_size=1, max_size=200) | TEXT}),
 )
