@@ -49,9 +49,15 @@ def start_time(value: Any) -> float | None:
     """The `at` field of a play command: None when absent; a finite number (not a bool), else BadStart."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadStart(BAD_AT)
-    return float(value)
+    try:
+        at = float(value)  # an integer of hundreds of digits does not fit a float
+    except OverflowError:
+        raise BadStart(BAD_AT) from None
+    if not math.isfinite(at):
+        raise BadStart(BAD_AT)
+    return at
 
 
 @dataclass
