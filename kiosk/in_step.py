@@ -63,12 +63,14 @@ def start_time(value: Any) -> float | None:
 @dataclass
 class Start:
     """When a line is to start: `at` as sent (wall clock), `mono` the same moment on the monotonic clock (None:
-    play at once, `why` says why). `tell` is handed the sentence for the events once the line has started."""
+    play at once, `why` says why). `tell` is handed the sentence for the events once the line has started.
+    `received` is when the command arrived (wall clock): a late line says whether it came late or started late."""
 
     at: float
     mono: float | None
     why: str | None = None
     tell: Callable[[str], None] = lambda sentence: None
+    received: float | None = None
 
 
 def plan(
@@ -82,26 +84,34 @@ def plan(
     """Turn `at` into a moment on the monotonic clock, once, on arrival. A clock that is not synchronized cannot
     judge `at` at all: the line plays at once. Otherwise `at` must lie within MAX_PAST_S behind and MAX_AHEAD_S
     ahead of now (else BadStart)."""
-    if not synchronized:
-        return Start(at, None, NOT_SYNCHRONIZED, tell)
     now_wall, now_mono = wall(), mono()
+    if not synchronized:
+        return Start(at, None, NOT_SYNCHRONIZED, tell, now_wall)
     ahead = at - now_wall
     if ahead < -MAX_PAST_S:
         raise BadStart(f"'at' is {-ahead / 3600:.1f} hours ago; a start time may be at most a day past")
     if ahead > MAX_AHEAD_S:
         raise BadStart(f"'at' is {ahead:.0f} s ahead; a start time may be at most {MAX_AHEAD_S:.0f} s ahead")
-    return Start(at, now_mono + ahead, None, tell)
+    return Start(at, now_mono + ahead, None, tell, now_wall)
 
 
-def hold(until: float, stop: threading.Event, clock: Callable[[], float], beat: Callable[[], None]) -> float:
-    """Writer thread: wait until monotonic `until` (or `stop`), sleeping, then spinning the last SPIN_S; return how
-    late the wait ended, in seconds (0 or less: on time)."""
+def hold(
+    until: float,
+    stop: threading.Event,
+    clock: Callable[[], float],
+    beat: Callable[[], None],
+    spin_s: float | None = None,
+) -> float:
+    """Writer thread: wait until monotonic `until` (or `stop`), sleeping, then spinning the last `spin_s` (default
+    SPIN_S; a real-time thread wakes within tens of microseconds and need not spin, and many spinning at once on a
+    few cores would only queue behind each other); return how late the wait ended, in seconds (0 or less: on time)."""
+    spin_s = SPIN_S if spin_s is None else spin_s
     while not stop.is_set():
         beat()
         left = until - clock()
-        if left <= SPIN_S:
+        if left <= spin_s:
             break
-        stop.wait(min(_SLICE_S, left - SPIN_S))
+        stop.wait(min(_SLICE_S, left - spin_s))
     while clock() < until and not stop.is_set():
         pass
     return clock() - until
@@ -123,7 +133,7 @@ def record(trace: Any, start: Start | None, line: str) -> None:
     trace, and in the events when it did not)."""
     if start is None:
         return
-    trace.start_at, trace.start_mono = start.at, start.mono
+    trace.start_at, trace.start_mono, trace.start_received_wall = start.at, start.mono, start.received
     if start.why is not None:
         trace.in_step = start.why
     elif trace.late_ms is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -30,6 +31,10 @@ __all__ = ["MAX_GAIN", "AudioSink", "Playback", "PlaybackStats", "Player", "scal
 
 _END = object()
 _IDLE_WAKE_S = 0.5
+#: The writer thread's real-time priority (SCHED_FIFO), where the system grants one (the unit's LimitRTPRIO): low,
+#: as PipeWire's and MPD's output threads take, yet above every ordinary thread, so a busy CPU (the captions display,
+#: the local voice, a page being served) neither delays a line held to a start time nor lets the device run dry.
+RT_PRIORITY = 10
 #: The device counts as having run dry when a write comes this much later than the audio before it ran out.
 _DRY_S = 0.02
 
@@ -190,6 +195,8 @@ class Player:
         self.heartbeat = clock()
         #: The device's failure on the last playback (gone, busy, refusing), None once one plays again.
         self.last_error: AudioError | None = None
+        #: Whether the writer thread got real-time scheduling (None until it has started).
+        self.realtime: bool | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -225,6 +232,7 @@ class Player:
         self._close_sink()
 
     def _serve(self) -> None:
+        self.realtime = _promote()
         while True:
             self.heartbeat = self._clock()
             try:
@@ -288,7 +296,9 @@ class Player:
             if not (started or ended or self._may_start(playback, arrivals)):
                 continue
             if not started and playback.start_at is not None:
-                playback.stats.late_s = in_step.hold(playback.start_at, playback._stop, self._clock, self._beat)
+                playback.stats.late_s = in_step.hold(
+                    playback.start_at, playback._stop, self._clock, self._beat, spin_s=0.0 if self.realtime else None
+                )
             started = True
             if playback.stopping:
                 continue  # stopped while held: silenced at the top
@@ -360,3 +370,15 @@ def _take(
             item = playback._chunks.get_nowait()
     except queue.Empty:
         return False
+
+
+def _promote() -> bool:
+    """Ask for real-time scheduling for the calling thread (Linux: pid 0 is the thread); False where it is not
+    granted (no LimitRTPRIO, RestrictRealtime=, another system), and the writer runs as an ordinary thread."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+    except (OSError, AttributeError) as exc:
+        log.info("the audio writer runs at ordinary priority (no real-time scheduling: %s)", exc)
+        return False
+    log.info("the audio writer runs at real-time priority %d", RT_PRIORITY)
+    return True

@@ -39,6 +39,7 @@ class Trace:
     first_audio_wall: float | None = None  # the same moment on the wall clock (Unix seconds), to compare speakers
     start_at: float | None = None  # the start time the command asked for (Unix seconds; kiosk.in_step)
     start_mono: float | None = None  # that start on the monotonic clock; None: played at once (see in_step)
+    start_received_wall: float | None = None  # when the command with the start time arrived (wall clock)
     late_ms: float | None = None  # how far past its start time the line began, when it was late
     in_step: str | None = None  # "on time", or why the line did not start at its start time
 

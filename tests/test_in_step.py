@@ -9,6 +9,10 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -277,3 +281,47 @@ def test_osc_play_at_takes_a_double_an_integer_or_a_string_never_a_32_bit_float(
             osc._play_at(args, "")
     with pytest.raises(CommandError, match="'at' must be"):
         osc._play_at(["welcome", "nan"], "ss")
+
+
+# -- the writer thread's real-time priority
+
+_PROMOTE = (
+    "import threading, os; from kiosk import player; result = []\n"
+    "t = threading.Thread(target=lambda: result.append((player._promote(), os.sched_getscheduler(0))))\n"
+    "t.start(); t.join(5); print(result[0][0], result[0][1] == os.SCHED_FIFO)\n"
+)
+
+
+def _promote_as(*prefix: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", _PROMOTE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parent.parent,
+        check=False,
+    )
+
+
+_AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@pytest.mark.parametrize(
+    ("who", "granted"),
+    [
+        ([], "True True"),  # root (CAP_SYS_NICE)
+        (["prlimit", "--rtprio=0", *_AS_NOBODY], "False False"),  # an ordinary user, no RLIMIT_RTPRIO
+        (["prlimit", "--rtprio=10", *_AS_NOBODY], "True True"),  # ... with the unit's LimitRTPRIO=10
+    ],
+    ids=["root", "user-without-limit", "user-with-LimitRTPRIO"],
+)
+def test_the_writer_takes_real_time_priority_where_it_is_granted(who, granted):
+    """The writer thread runs SCHED_FIFO where the system grants it, and as an ordinary thread (saying so, not an
+    error) where it does not."""
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("prlimit"):
+        pytest.skip("needs root, setpriv and prlimit (util-linux) to run as another user with a given RLIMIT_RTPRIO")
+    done = _promote_as(*who)
+    if "failed to set the RTPRIO resource limit" in done.stderr:
+        pytest.skip("this machine cannot raise RLIMIT_RTPRIO (no CAP_SYS_RESOURCE, as in a container)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == granted.split(), done.stdout + done.stderr

@@ -309,6 +309,17 @@ def test_install_sh_starts_the_service(speaker):
     assert units == "active"
 
 
+def test_the_audio_writer_gets_real_time_priority_under_the_unit(speaker):
+    """The unit's LimitRTPRIO and RestrictRealtime=no let the kiosk user's writer thread take SCHED_FIFO 10."""
+    wait_running(speaker)
+    pid = speaker.run("systemctl", "show", "-P", "MainPID", "kiosk").stdout.strip()
+    limits = speaker.run("cat", f"/proc/{pid}/limits").stdout
+    if re.search(r"Max realtime priority\s+0\s", limits):
+        pytest.skip("the container could not raise RLIMIT_RTPRIO (its host has no CAP_SYS_RESOURCE)")
+    threads = speaker.run("ps", "-L", "-o", "cls=,rtprio=", "-p", pid).stdout.split("\n")
+    assert ["FF", "10"] in [t.split() for t in threads], threads
+
+
 def test_a_update_runs_the_new_release(speaker, archives, timings):
     before = shown(speaker)["InvocationID"]
     code, out, took, seen = update(

@@ -117,7 +117,11 @@ class Fleet:
                         "time": time.time(),
                         # A line given a start time: how it kept it ("on time", or why not) and by how much it missed.
                         **(
-                            {"in_step": req.trace.in_step, "late_ms": req.trace.late_ms}
+                            {
+                                "in_step": req.trace.in_step,
+                                "late_ms": req.trace.late_ms,
+                                "received_wall": req.trace.start_received_wall,
+                            }
                             if req.trace and req.trace.in_step
                             else {}
                         ),
