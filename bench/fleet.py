@@ -3,7 +3,8 @@ across speakers for one `all/play`.
 
     .venv/bin/python bench/fleet.py                       # 4 speakers, 30 commands each way (about 40 s)
     .venv/bin/python bench/fleet.py --speakers 8 --commands 50
-    sudo .venv/bin/python bench/fleet.py --netns --speakers 20 --rounds 30   # a museum network (root; ~8 min)
+    sudo .venv/bin/python bench/fleet.py --netns --speakers 20 --rounds 30   # a museum network (root; ~2 min)
+    .venv/bin/python bench/fleet.py --fifty              # 50 speakers on one broker, discovery on (~6 min)
 
 Starts a real Mosquitto broker on loopback and N services in this process (ALSA `null` devices, mock GPIO, the
 loopback OpenAI-compatible test server), so the sender's clock and the speakers' clocks are one clock: a figure is
@@ -15,7 +16,10 @@ bridge and each speaker as its own `kiosk run` process in its own namespace, wit
 Each round publishes one `kiosk/all/play` (QoS 1) with a start time (`at` = now + `--lead`) and one without, and
 takes each speaker's first audio from its own `played` event (`first_audio_wall`: all namespaces share one clock).
 The spread of a round is last minus first across the speakers that played; a speaker with no event within the
-round's window is a miss, counted and reported.
+round's window is a miss, counted and reported (bench/fleet_netns.py).
+
+`--fifty`: many `kiosk run` speakers on one broker with Home Assistant discovery on: the broker's CPU, memory and
+messages per second at start, idle and during `all/play`, and what Home Assistant receives (bench/fleet_fifty.py).
 """
 
 from __future__ import annotations
@@ -153,6 +157,8 @@ async def main() -> int:
     parser.add_argument("--netns", action="store_true", help="speakers as `kiosk run` in network namespaces (root)")
     parser.add_argument("--rounds", type=int, default=30, help="--netns: rounds, each with and without a start time")
     parser.add_argument("--lead", type=float, default=0.5, help="--netns: the start time, seconds after publishing")
+    parser.add_argument("--fifty", action="store_true", help="many `kiosk run` speakers on one broker, discovery on")
+    parser.add_argument("--idle-s", type=float, default=60, help="--fifty: how long to watch the idle broker")
     parser.add_argument("--netem", default="delay 30ms 20ms loss 1%", help="--netns: tc netem on both veth ends")
     args = parser.parse_args()
     os.environ["OPENAI_API_KEY"] = "bench-key"
@@ -160,6 +166,12 @@ async def main() -> int:
         from fleet_netns import run_netns  # root only: kept apart from the in-process mode
 
         return await run_netns(args)
+    if args.fifty:
+        from fleet_fifty import run_fifty
+
+        args.speakers = args.speakers if "--speakers" in sys.argv else 50
+        args.rounds = args.rounds if "--rounds" in sys.argv else 10
+        return await run_fifty(args)
     args.out = args.out or ROOT / "bench" / "results" / "fleet.json"
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

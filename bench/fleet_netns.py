@@ -40,16 +40,19 @@ def netns_config(home: Path, name: str, server_url: str, broker: str) -> Path:
     )
 
 
-def start_broker(tmp: Path, address: str) -> subprocess.Popen:
-    """Mosquitto on the bridge's address (tests/mosquitto.py's Broker listens on loopback only)."""
+def start_broker(tmp: Path, address: str, port: int = 1883, extra: str = "") -> subprocess.Popen:
+    """Mosquitto on `address` (tests/mosquitto.py's Broker listens on loopback only, on a port of its own choice);
+    `extra` adds configuration lines."""
     conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener 1883 {address}\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\n")
+    conf.write_text(
+        f"listener {port} {address}\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 10000\n{extra}"
+    )
     log = open(tmp / "mosquitto.log", "ab")  # noqa: SIM115  closed with the process
     proc = subprocess.Popen([need_mosquitto(), "-c", str(conf)], stdout=log, stderr=log)
     log.close()
     deadline = time.monotonic() + 5
     while True:
-        with contextlib.suppress(OSError), socket.create_connection((address, 1883), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.2):
             return proc
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

@@ -54,6 +54,10 @@ STATUS_CHECK_S = 5.0
 GOODBYE_S = 0.3
 OUTBOX_LIMIT = 100
 SLOW_COMMANDS = ("volume", "mute", "reload")  # they write the settings file and reload: not in the receive loop
+#: Home Assistant restarted: each speaker sends its discovery again after a random delay up to this, so that a fleet's
+#: configs (13 per speaker: 6,500 for 500 speakers) reach it spread over seconds, not in one burst (bench/fleet.py
+#: --fifty). They are retained as well: this only covers a broker that lost them.
+BIRTH_SPREAD_S = 5.0
 #: How long, at most, to wait for the broker's retained discovery configs of this speaker after subscribing.
 SWEEP_S = 2.0
 
@@ -228,13 +232,24 @@ class MqttLink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _later(self, work) -> None:
+        """Run `work` beside the receive loop (a reference kept until it is done)."""
+        job = asyncio.create_task(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    async def _discover_again(self, client: aiomqtt.Client) -> None:
+        await asyncio.sleep(random.uniform(0, BIRTH_SPREAD_S))
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection dropped meanwhile: the next one announces all
+            await self._publish_discovery(client)
+
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
             if topic == f"{self.cfg.discovery_prefix}/status":
                 if bytes(payload).strip() == b"online":  # Home Assistant restarted: it forgot every device
-                    await self._publish_discovery(client)
+                    self._later(self._discover_again(client))
                 continue
             if self._sweeping is not None and topic.endswith("/config") and message.retain and payload:
                 self._sweeping.add(topic)
@@ -243,9 +258,7 @@ class MqttLink:
             if command is None or (message.retain and not payload):  # the clearing of a retained command
                 continue
             if command in SLOW_COMMANDS:
-                job = asyncio.create_task(self._command(command, topic, bytes(payload), message.retain))
-                self._jobs.add(job)
-                job.add_done_callback(self._jobs.discard)
+                self._later(self._command(command, topic, bytes(payload), message.retain))
             else:
                 await self._command(command, topic, bytes(payload), message.retain)
 
