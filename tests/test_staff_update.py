@@ -11,15 +11,21 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from conftest import file_sink_opener
+from gpiozero.pins.mock import MockFactory
 from packaging.version import Version
 from release_files import flip_byte, make_archive, wheel_bytes
-from test_staff import PASSWORD, csrf_of, get, log_in, operator, post, staff  # noqa: F401 (fixtures)
+from test_staff import PASSWORD, TIMEOUT, csrf_of, get, log_in, operator, post, staff  # noqa: F401 (fixtures)
 from test_staff_ux import AXE, PHONE, base, check_page, new_page, start_service  # noqa: F401 (fixtures)
 
 from kiosk import __version__
+from kiosk.config import load_config
+from kiosk.service import Service
 from kiosk.staff import update
 from kiosk.staff.auth import PasswordFile
+from kiosk.systemd import Notifier
 from kiosk.update import spool
+from kiosk.web.server import ConnectionLimits
 
 NEWER = str(Version(f"{Version(__version__).major + 1}.0.0"))
 OLDER = "0.0.0.dev0"
@@ -290,3 +296,72 @@ def _no_stray_uploads(tmp_path):
     """Whatever a test did, no temp upload file stays anywhere under its directory."""
     yield
     assert not list(tmp_path.rglob(".upload-*"))
+
+
+@pytest.fixture
+async def impatient_staff(tmp_path, operator, alsa_file):  # noqa: F811
+    """The staff page served with a 1 s request deadline (10 s in service) so that a slow upload is quick to test."""
+    service = Service(
+        load_config(operator),
+        config_path=operator,
+        open_sink=file_sink_opener(alsa_file[0]),
+        pin_factory=MockFactory(),
+        notifier=Notifier({}),
+        limits=ConnectionLimits(idle_timeout_s=1.0, request_timeout_s=1.0, body_grace_s=0.3),
+    )
+    await asyncio.wait_for(service.start(), timeout=10)
+    base = f"http://127.0.0.1:{service.staff_port}"
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(base, cookie_jar=jar, timeout=TIMEOUT, headers={"Origin": base}) as http:
+        yield service, http, None, None
+    await service.stop()
+
+
+def trickled(body: bytes, pieces: int, seconds: float):
+    """`body` sent in `pieces` spread over `seconds`: a phone on a museum's weak Wi-Fi."""
+
+    async def send():
+        step = -(-len(body) // pieces)
+        for start in range(0, len(body), step):
+            yield body[start : start + step]
+            await asyncio.sleep(seconds / pieces)
+
+    return send()
+
+
+async def test_a_slow_upload_of_a_signed_in_member_of_staff_is_not_cut_by_the_request_deadline(
+    impatient_staff, tmp_path
+):
+    """The connection guard cuts any body not in within its deadline (1 s here, 10 s in service); a release upload
+    whose token has been checked has UPLOAD_S instead, so a 64 MB release over a weak Wi-Fi still arrives."""
+    service, http, token = await logged_in(impatient_staff)
+    archive = make_archive(tmp_path, NEWER)
+    payload = form(token, archive.read_bytes(), archive.name)()
+    body = b"".join([bytes(part) async for part in _chunks(payload)])
+    headers = {"Content-Type": payload.content_type}
+    async with http.post("/account/update", data=trickled(body, 20, 3.0), headers=headers) as r:
+        html = await r.text()
+    assert r.status == 200 and f"{NEWER} {ACCEPTED}" in html, html[-400:]
+    assert spool_files(service) == {spool.INCOMING: archive.read_bytes()}
+
+    form_body = f"csrf={token}&note=".encode() + b"x" * 20_000
+    urlencoded = {"Content-Type": "application/x-www-form-urlencoded"}
+    with pytest.raises(aiohttp.ClientError):  # the same trickle to another form: cut at the deadline
+        async with http.post("/lines", data=trickled(form_body, 20, 3.0), headers=urlencoded) as r:
+            pytest.fail(f"answered {r.status} instead of being cut: {(await r.text())[-300:]}")
+
+
+async def _chunks(payload):
+    """The bytes aiohttp would send for a multipart `payload`."""
+
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        async def write(self, data):
+            self.parts.append(bytes(data))
+
+    sink = Sink()
+    await payload.write(sink)
+    for part in sink.parts:
+        yield part

@@ -30,6 +30,7 @@ from kiosk.staff.common import BACKEND, BODY_TIMEOUT_S, FORM, render, tokens_mat
 from kiosk.update import spool
 from kiosk.update.archive import MAX_ARCHIVE_BYTES, BadRelease
 from kiosk.update.rollout import RECORD, read_record
+from kiosk.web.server import LONGER_BODY
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ FIELD = "release"
 CHUNK = 256 * 1024
 #: No release is larger (the updater refuses one that is); a larger upload is refused as it arrives.
 MAX_BYTES = MAX_ARCHIVE_BYTES
+#: A release over a museum's Wi-Fi may take minutes (64 MB at 2 Mbit/s is over four): once the page's token has been
+#: checked, the upload has this long in all, and at most UPLOAD_IDLE_S between two pieces (as the fleet's download).
+UPLOAD_S = 300.0
+UPLOAD_IDLE_S = 30.0
 #: A temp file this old is left from an upload that never ended (a power cut): removed at the next upload.
 STALE_S = 3600.0
 _PARTIAL = ".upload-"
@@ -76,6 +81,7 @@ async def open_upload(request: web.Request, csrf: str) -> MultipartReader:
 @routes.post(PATH)
 async def upload_release(request: web.Request) -> web.Response:
     reader: MultipartReader = request[FORM]
+    request.get(LONGER_BODY, lambda seconds: None)(UPLOAD_S)  # signed in, token checked: past the guard's 10 s
     state = spool.state_dir(request.app[BACKEND].cfg.staff.settings_file)
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
@@ -95,7 +101,7 @@ async def upload_release(request: web.Request) -> web.Response:
         return await _answer(request, f"the speaker cannot keep the file ({exc.strerror or exc})", 503)
     try:
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
+            async with asyncio.timeout(UPLOAD_S):
                 size = await _receive(part, upload, MAX_BYTES)
         except TimeoutError:
             return await _answer(request, f"{name} did not arrive in time; try again", 408)
@@ -225,7 +231,7 @@ async def _receive(part: BodyPartReader, path: Path, limit: int) -> int | None:
     (nothing more is read)."""
     size = 0
     with open(path, "wb") as f:
-        while chunk := await part.read_chunk(CHUNK):
+        while chunk := await asyncio.wait_for(part.read_chunk(CHUNK), UPLOAD_IDLE_S):
             size += len(chunk)
             if size > limit:
                 return None

@@ -35,6 +35,7 @@ client nor exhaust file descriptors:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import resource
 import traceback
@@ -51,6 +52,11 @@ from kiosk.errors import KioskError
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Middleware = Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]
+
+
+#: Set on each request the guard watches: a handler that knows who is sending (a signed-in staff upload, which may
+#: rightly take minutes over a museum's Wi-Fi) calls `request[LONGER_BODY](seconds)`; never for an unknown sender.
+LONGER_BODY = web.RequestKey("longer_body", Callable[[float], None])
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,7 @@ class ConnectionGuard:
                 return await handler(request)
             connection.requests_in_progress += 1
             self._watch(request.protocol, connection, request)
+            request[LONGER_BODY] = functools.partial(self._give_longer, request.protocol)
             try:
                 return await handler(request)
             finally:
@@ -250,6 +257,17 @@ class ConnectionGuard:
         connection.deadline = connection.waiting_since + self.limits.request_timeout_s
         first_check = min(connection.receiving_since + self.limits.body_grace_s, connection.deadline)
         connection.check = loop.call_at(first_check, self._check_body, handler)
+
+    def _give_longer(self, handler: RequestHandler, seconds: float) -> None:
+        """`request[LONGER_BODY](seconds)`: the body still arriving has `seconds` from now, and is not cut as slow."""
+        connection = self._connections.get(handler)
+        if connection is None or not connection.reading_body():
+            return
+        loop = asyncio.get_running_loop()
+        connection.deadline = max(connection.deadline, loop.time() + seconds)
+        if connection.check is not None:
+            connection.check.cancel()
+        connection.check = loop.call_at(connection.deadline, self._check_body, handler)
 
     def _check_body(self, handler: RequestHandler) -> None:
         """At the end of the grace, and at the request deadline: cut a body that is one slow body too many for its
