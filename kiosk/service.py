@@ -195,7 +195,12 @@ class Service:
         p.speaker.stop()
         self.presses.disconnect()
         p.captions.close()
-        await all_within(STOP_ROUND_S, p.supervisor.stop(timeout=STOP_ROUND_S), *(r.cleanup() for r in self._runners))
+        await all_within(
+            STOP_ROUND_S,
+            p.supervisor.stop(timeout=STOP_ROUND_S),
+            self.fleet.updates.stop(),
+            *(r.cleanup() for r in self._runners),
+        )
         await all_within(
             STOP_ROUND_S,
             asyncio.to_thread(p.player.close, STOP_ROUND_S),

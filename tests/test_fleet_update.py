@@ -337,3 +337,18 @@ async def test_a_trickling_stalling_oversize_or_looping_server_is_cut_off(tmp_pa
         assert solo.origins == []  # and the speaker is well: it still speaks
         solo.service.play(phrase="welcome", text=None, origin="api")
         await solo.idle()
+
+
+async def test_a_download_still_running_when_the_service_stops_is_stopped_and_leaves_nothing(tmp_path, server, broker):
+    async with one_speaker(tmp_path, server, broker) as (watch, solo), hostile_server() as hostile:
+        before = time.time()
+        body = {"url": f"http://127.0.0.1:{hostile.port}/stall", "sha256": "0" * 64, "version": NEW}
+        await watch.publish("kiosk/solo/update", json.dumps(body))
+        await until(lambda: (r := record(solo)) is not None and r["result"] == "downloading" and r["time"] > before)
+        await until(lambda: any(spool(solo).iterdir()))  # the temp file the download writes into
+        started = time.monotonic()
+        await solo.service.stop()
+        assert time.monotonic() - started < 3  # SIGTERM's bound: the download does not hold the stop
+        stopped = record(solo)
+        assert stopped["result"] == "refused" and stopped["message"] == f"the download of {NEW} was stopped"
+        assert list(spool(solo).iterdir()) == []

@@ -131,6 +131,12 @@ class Updates:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def stop(self) -> None:
+        """The service stops: a download still running is stopped (its temp file removed, the record saying so)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        await self.wait()
+
     async def _run(self, order: Order) -> None:
         state = self.state()
         await self._note(state, DOWNLOADING, order.version, f"downloading {order.version} from {order.url[:200]}")
