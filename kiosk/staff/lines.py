@@ -39,7 +39,7 @@ async def lines_page(
     backend = request.app[BACKEND]
     cfg = backend.cfg
     values = values or {}
-    ready = set((await backend.status())["cache"].get("ready_ids", []))
+    ready = set(await asyncio.to_thread(backend.ready_lines))  # reads the cache directory: not on the loop
     said_by: dict[str, list[str]] = {}
     for b in cfg.buttons:
         if plays_a_line(b):
