@@ -254,7 +254,7 @@ class Service:
         p.captions.configure(title=new.captions.title, prompt=new.captions.prompt)
         p.history.keep_days = new.history.keep_days
         p.clock.enabled = new.clock.check
-        p.limiter = RateLimiter(new.api.rate_limit_per_min)
+        p.limiter.set_rate(new.api.rate_limit_per_min)
         self.presses.connect(new.buttons, pin_factory=self._pin_factory, presence=new.presence, knob=new.knob)
         self._start_fleet(new)
         servers = ("api.bind", "api.port", "history.file", "captions.enabled", "captions.bind", "captions.port")

@@ -18,6 +18,7 @@ from test_fleet_mqtt import online, status_of, until, write_config
 
 from kiosk.config import load_config
 from kiosk.fleet import mqtt as fleet_mqtt
+from kiosk.ratelimit import RateLimiter
 from kiosk.service import Service
 from kiosk.systemd import Notifier
 
@@ -171,3 +172,34 @@ async def test_a_line_stopped_mid_way_is_published_as_played_and_stopped(tmp_pat
             assert set(event) == {"type", "origin", "line", "source", "response_ms", "outcome", "time"}
     finally:
         await service.stop()
+
+
+async def test_volume_sets_one_after_another_are_held_to_the_rate_limit(tmp_path, server, broker):
+    """Each volume set saves the settings and reloads the service; the reload keeps the tokens already spent (it
+    once handed out a fresh burst, so sets from Home Assistant one after another were never limited)."""
+    config = write_config(tmp_path, "solo", server.url, broker.port)
+    config.write_text(config.read_text().replace("api:\n  port: 0\n", "api:\n  port: 0\n  rate_limit_per_min: 2\n"))
+    service = await start(config)
+    try:
+        async with Watcher(broker.port) as watch:
+            await watch.wait_for(online("solo"))
+            for volume in (41, 42):  # the burst: two
+                await command(watch, "volume", str(volume).encode(), volume=volume)
+            sent = time.monotonic()
+            await watch.publish("kiosk/solo/volume", b"43")
+            error = json.loads((await watch.wait_for(lambda s: s.topic == "kiosk/solo/error", after=sent)).payload)
+            assert error["status"] == 429 and error["retry_after_s"] > 0
+            assert service.cfg.audio.volume == 42 and saved_volume(config) == 42
+    finally:
+        await service.stop()
+
+
+def test_a_new_rate_keeps_the_tokens_already_spent():
+    now = [0.0]
+    limiter = RateLimiter(2, clock=lambda: now[0])
+    assert limiter.take() is None and limiter.take() is None and limiter.take() is not None
+    limiter.set_rate(2)  # a reload with the same rate
+    assert limiter.take() is not None
+    limiter.set_rate(60)  # a higher one: tokens come back at the new rate, not all at once
+    now[0] += 1.0
+    assert limiter.take() is None and limiter.take() is not None

@@ -37,6 +37,13 @@ ORIGIN = {"name": "kiosk", "sw_version": __version__}
 #: characters), or "none"; its attributes: the whole refusal (command, topic, status, error, time).
 REFUSAL_TEMPLATE = "{% set r = value_json.last_refusal %}{{ (r.command ~ ': ' ~ r.error)[:255] if r else 'none' }}"
 REFUSAL_ATTRIBUTES = "{{ (value_json.last_refusal or {}) | tojson }}"
+#: The volume's attributes: its last refused set. Home Assistant writes an MQTT entity's state only when its value or
+#: attributes change, and a refused set leaves the volume as it was: the refusal's time and words are what make it
+#: send its dashboards the volume again, so that a slider moved to the refused value is told where it is.
+VOLUME_ATTRIBUTES = (
+    "{% set r = value_json.last_refusal %}"
+    "{{ ({'refused': r.error, 'refused_at': r.time} if r and r.command == 'volume' else {}) | tojson }}"
+)
 
 
 #: (object id, name, status key, unit, device class, state class, icon)
@@ -126,6 +133,8 @@ def messages(discovery_prefix: str, topics: Topics, info: DeviceInfo) -> list[tu
             command_topic=topics.own("volume"),
             state_topic=topics.status,
             value_template="{{ value_json.volume }}",
+            json_attributes_topic=topics.status,
+            json_attributes_template=VOLUME_ATTRIBUTES,
             min=0,
             max=100,
             step=1,
