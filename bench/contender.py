@@ -3,12 +3,14 @@
     python bench/contender.py APPROACH --device pulse
 
 Reads one JSON job per line on stdin ({"base_url", "text", "cache_dir", optionally "stop_after_s"}), presses
-"the button" and answers one JSON line per job: when the first audio reached the device, every write the device
-accepted, the underruns it reported, CPU seconds and peak RSS. Every approach writes through the same `AlsaOutput`
-with the product's device settings, so only the buffering policy differs:
+"the button" and answers one JSON line per job: the press time on the wall clock (so the benchmark can find the
+line in the sink's monitor), when the first audio reached the device, every write the device accepted, the
+underruns it reported, CPU seconds and peak RSS. Every approach writes through the same `AlsaOutput` with the
+product's device settings, so only the buffering policy differs:
 
 - product:     kiosk itself with its default settings (announcer, phrase cache, adaptive pre-roll, writer thread)
-- download:    fetch the whole response, then play it (openai.helpers.LocalAudioPlayer.play() and most tutorials)
+- download:    fetch the whole response, then play it (what most tutorials do; the real LocalAudioPlayer is measured
+               too: bench/peers_contender.py)
 - prebuffer:   stream, but hold 150 KB before starting (a common forum recipe)
 - no-preroll:  stream, and write each chunk the moment it arrives
 """
@@ -110,7 +112,7 @@ async def product(job: dict, device: str) -> dict:
         sink = sinks[-1]
         sink.writes.clear()  # opening the device writes nothing, but be sure the log starts at the press
         await _settle()
-        usage, pressed = Usage(reset_peak=False), time.monotonic()
+        usage, pressed, pressed_wall = Usage(reset_peak=False), time.monotonic(), time.time()
         saying = asyncio.ensure_future(announcer.say(job["text"]))
         if job.get("stop_after_s") is not None:
             await _stop_after(announcer, saying, job["stop_after_s"])
@@ -120,7 +122,7 @@ async def product(job: dict, device: str) -> dict:
         raise RuntimeError(trace.error)
     first_byte_at = None if trace.first_byte_ms is None else pressed + trace.first_byte_ms / 1000
     report = _device_report(sink, pressed, first_byte_at)
-    return {**result, **report, "source": trace.source}
+    return {**result, **report, "source": trace.source, "pressed_wall": pressed_wall}
 
 
 async def _settle() -> None:
@@ -180,13 +182,14 @@ def baseline(play, job: dict, device: str) -> dict:
     sink, arrivals = RecordingSink(device), []
     try:
         with openai.OpenAI(base_url=job["base_url"], max_retries=0, timeout=120) as client:
-            usage, pressed = Usage(), time.monotonic()
+            usage, pressed, pressed_wall = Usage(), time.monotonic(), time.time()
             play(client, job["text"], sink, arrivals)
             sink.wait_played(threading.Event())  # never set: play to the end
             result = usage.result()
     finally:
         sink.close()
-    return {**result, **_device_report(sink, pressed, arrivals[0] if arrivals else None)}
+    report = _device_report(sink, pressed, arrivals[0] if arrivals else None)
+    return {**result, **report, "pressed_wall": pressed_wall}
 
 
 APPROACHES = {

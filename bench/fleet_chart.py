@@ -47,7 +47,8 @@ def draw(main: dict, more: list[dict], fifty: dict | None, out: Path) -> None:
     counts = [r["speakers"] for r in runs]
     for key, colour, label in (("with_start_time", "C0", "with a start time"), ("without_start_time", "C1", "without")):
         right.plot(counts, [r[key]["spread_p95_ms"] for r in runs], "o-", color=colour, label=f"{label}, p95")
-        right.plot(counts, [r[key]["spread_p50_ms"] for r in runs], "o--", color=colour, alpha=0.6, label=f"{label}, p50")
+        p50 = [r[key]["spread_p50_ms"] for r in runs]
+        right.plot(counts, p50, "o--", color=colour, alpha=0.6, label=f"{label}, p50")
     clean = [m for m in more if not impaired(m)]
     for run in clean:
         right.plot([run["speakers"]], [run["with_start_time"]["spread_p95_ms"]], "s", color="C2")

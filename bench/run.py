@@ -1,13 +1,20 @@
 """Press-to-sound and underruns, for kiosk and the usual ways of playing streamed speech, over seeded networks.
 
-    .venv/bin/python bench/run.py            # quick: the short line, 2 trials (under 2 minutes)
-    .venv/bin/python bench/run.py --full     # both lines, more trials (about half an hour: the long line is 49 s)
+    .venv/bin/python bench/run.py            # quick: the short line, 2 trials (about 7 minutes with the real peers)
+    .venv/bin/python bench/run.py --full     # both lines, more trials (hours: six approaches in turn, a 49 s line)
     .venv/bin/python bench/run.py --cpu-budget 100 25 12.5 --approaches product   # confined like a small Pi
+    bench/peers.sh && .venv/bin/python bench/run.py --approaches product openai-localaudioplayer realtimetts
+    .venv/bin/python bench/run.py --side-by-side    # all at once, device-side figures only (the real peers left out)
 
 Starts its own PulseAudio null sink (a device that keeps time, so underruns are real) and the loopback
 OpenAI-compatible test server, runs each approach in its own process, and writes results.json, results.md and
-results.png to --out. In each round every approach speaks the same line over the same seeded network at the same
-time, each through its own stream on the same device.
+results.png to --out. In each round every approach speaks the same line over the same seeded network, one after
+another, while the sink's monitor is recorded: each approach's first audio, underruns and length are then taken
+where they are heard (bench/heard.py), not from what the approach says of itself. With --side-by-side they speak at
+the same time, each through its own stream, and only the device-side figures are available.
+
+The real peers (openai-localaudioplayer, realtimetts) run from bench/.peers-venv (made by bench/peers.sh) through
+PortAudio to the same sink; they have no phrase cache, which the cached rows say.
 
 With --cpu-budget PCT... each contender process runs in a cgroup v1 cpu group limited to PCT % of one core
 (bench/cgroup.py), one budget after another; where cgroups are unavailable the budgeted runs are skipped and the
@@ -35,13 +42,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from cgroup import CpuBudget  # noqa: E402
-from fake_openai import SAMPLE_RATE, ThreadedFakeOpenAI  # noqa: E402
+from fake_openai import SAMPLE_RATE, ThreadedFakeOpenAI, pcm_for  # noqa: E402
+from heard import heard  # noqa: E402
 from profiles import CACHED, CACHED_FROM, LINES, PROFILES, audio_s  # noqa: E402
-from pulse_sink import NullSink  # noqa: E402
+from pulse_sink import NullSink, SinkRecorder  # noqa: E402
 from report import write_report  # noqa: E402
 from timeline import gaps  # noqa: E402
 
-APPROACHES = ("product", "download", "prebuffer", "no-preroll")
+PEERS = ("openai-localaudioplayer", "realtimetts")
+APPROACHES = ("product", "download", "prebuffer", "no-preroll", *PEERS)
+PEERS_PYTHON = ROOT / "bench" / ".peers-venv" / "bin" / "python"
+TAIL_S = 0.3  # after an answer, for the line's last samples to reach the monitor
 MODES = {
     "quick": {"lines": ["short"], "trials": {"brief": 2, "short": 2, "long": 1}, "cached_trials": 10},
     "full": {"lines": ["short", "long"], "trials": {"brief": 10, "short": 10, "long": 3}, "cached_trials": 40},
@@ -56,7 +67,7 @@ class Contender:
         self.name = name
         env = dict(os.environ, OPENAI_API_KEY="bench-key")
         self._proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "contender.py"), name, "--device", device],
+            [*contender_command(name), name, "--device", device],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -89,18 +100,32 @@ class Contender:
             self._proc.wait(timeout=5)
 
 
+def contender_command(name: str) -> list[str]:
+    """The real peers run in their own venv, so their pins never meet the product's."""
+    if name not in PEERS:
+        return [sys.executable, str(ROOT / "bench" / "contender.py")]
+    if not PEERS_PYTHON.exists():
+        raise SystemExit(f"bench: {name} needs {PEERS_PYTHON.parent.parent}: run bench/peers.sh first")
+    return [str(PEERS_PYTHON), str(ROOT / "bench" / "peers_contender.py")]
+
+
 def profile_url(server: ThreadedFakeOpenAI, profile: str, seed: int) -> str:
     return f"{server.url}/profiles/{profile}/{seed}/v1"
 
 
-def run_round(contenders: list[Contender], job: dict, one_at_a_time: bool) -> list[dict]:
-    """Every contender speaks the job's line; all at once unless `one_at_a_time`."""
+def run_round(contenders: list[Contender], job: dict, one_at_a_time: bool, recorder=None) -> list[dict]:
+    """Every contender speaks the job's line; all at once unless `one_at_a_time`. With a recorder (one at a time),
+    each answer gains what the sink's monitor heard of that contender's line."""
     timeout_s = audio_s(job["text"]) * 2 + ANSWER_SLACK_S
     if one_at_a_time:
         answers = []
         for contender in contenders:
             contender.ask(job)
-            answers.append(contender.answer(timeout_s))
+            answer = contender.answer(timeout_s)
+            if recorder is not None and "pressed_wall" in answer:
+                time.sleep(TAIL_S)
+                answer.update(heard(recorder, answer["pressed_wall"], pcm_for(job["text"])))
+            answers.append(answer)
         return answers
     for contender in contenders:
         contender.ask(job)
@@ -111,15 +136,25 @@ def trial_record(approach: str, line: str, profile: str, trial: int, answer: dic
     record = {"approach": approach, "line": line, "profile": profile, "trial": trial, "budget": budget}
     if "error" in answer:
         return {**record, "error": answer["error"]}
-    dry = gaps([tuple(w) for w in answer["writes"]], SAMPLE_RATE)
+    sink_first = answer.get("sink_first_audio_ms")
+    if "sink_first_audio_ms" in answer and sink_first is None:
+        return {**record, "error": "nothing was heard at the sink"}
+    device_side = answer["epipe"] is not None  # the real peers play through PortAudio: no writes to see
+    dry = gaps([tuple(w) for w in answer["writes"]], SAMPLE_RATE) if device_side else []
     return {
         **record,
-        "first_audio_ms": answer["first_audio_ms"],
+        # Where it was heard when the sink was recorded; otherwise what the approach's writes say.
+        "first_audio_ms": answer["first_audio_ms"] if sink_first is None else sink_first,
+        "device_first_audio_ms": answer["first_audio_ms"],
         "first_byte_ms": answer["first_byte_ms"],
         "epipe": answer["epipe"],
-        "timeline_underruns": len(dry),
-        "gap_ms": sum(dry) * 1000,
-        "audio_s": answer["frames"] / SAMPLE_RATE,
+        "timeline_underruns": len(dry) if device_side else None,
+        "gap_ms": sum(dry) * 1000 if device_side else None,
+        "audio_s": answer["frames"] / SAMPLE_RATE if device_side else answer.get("sink_audio_s"),
+        "sink_underruns": answer.get("sink_underruns"),
+        "sink_gap_ms": answer.get("sink_gap_ms"),
+        "sink_audio_s": answer.get("sink_audio_s"),
+        "line_s": answer.get("line_s"),
         "cpu_s": answer["cpu_s"],
         "peak_rss_mb": answer["peak_rss_mb"],
         "source": answer.get("source"),
@@ -140,13 +175,16 @@ def run(args: argparse.Namespace, meta: dict | None = None) -> list[dict]:
         scratch = Path(scratch)
         (scratch / "pulse").mkdir()
         with NullSink(scratch / "pulse") as device, ThreadedFakeOpenAI(profiles=PROFILES) as server:
-            for budget in budgets:
-                with CpuBudget(budget) if budget is not None else contextlib.nullcontext() as group:
-                    records += run_budget(args, server, device, scratch / f"budget-{budget}", group)
+            # The monitor is only a fair witness when one approach plays at a time.
+            listening = SinkRecorder() if args.one_at_a_time else contextlib.nullcontext()
+            with listening as recorder:
+                for budget in budgets:
+                    with CpuBudget(budget) if budget is not None else contextlib.nullcontext() as group:
+                        records += run_budget(args, server, device, scratch / f"budget-{budget}", group, recorder)
     return records
 
 
-def run_budget(args, server, device: str, scratch: Path, group: CpuBudget | None) -> list[dict]:
+def run_budget(args, server, device: str, scratch: Path, group: CpuBudget | None, recorder=None) -> list[dict]:
     mode = MODES[args.mode]
     lines = args.lines or mode["lines"]
     profiles = args.profiles or [*PROFILES, CACHED]
@@ -162,28 +200,33 @@ def run_budget(args, server, device: str, scratch: Path, group: CpuBudget | None
                     trials = args.cached_trials or args.trials or mode["cached_trials"]
                 else:
                     trials = args.trials or mode["trials"][line]
-                records += run_profile(contenders, server, scratch, line, profile, trials, args, group)
+                records += run_profile(contenders, server, scratch, line, profile, trials, args, group, recorder)
     finally:
         for contender in contenders:
             contender.close()
     return records
 
 
-def run_profile(contenders, server, scratch: Path, line, profile, trials, args, group=None) -> list[dict]:
+def run_profile(contenders, server, scratch: Path, line, profile, trials, args, group=None, recorder=None) -> list:
     records = []
     budget = group.pct if group is not None else None
     network, job = profile, {"text": LINES[line]}
     if profile == CACHED:
+        records += [
+            {"approach": c.name, "line": line, "profile": profile, "trial": 0, "budget": budget, "absent": "no cache"}
+            for c in contenders
+            if c.name != "product"
+        ]
         contenders = [c for c in contenders if c.name == "product"]  # the others have no cache
         if not contenders:
-            return []
+            return records
         network, job["cache_dir"] = CACHED_FROM, str(scratch / f"cache-{line}")
         run_round(contenders, {**job, "base_url": profile_url(server, network, 0)}, args.one_at_a_time)  # now cached
         job["stop_after_s"] = args.cached_stop_s
     for trial in range(trials):
         job["base_url"] = profile_url(server, network, args.seed + trial)
         started, cpu_before = time.monotonic(), host_cpu()
-        answers = run_round(contenders, job, args.one_at_a_time)
+        answers = run_round(contenders, job, args.one_at_a_time, recorder)
         steal = steal_pct(cpu_before, host_cpu())
         for contender, answer in zip(contenders, answers, strict=True):
             record = trial_record(contender.name, line, profile, trial, answer, budget)
@@ -211,7 +254,8 @@ def steal_pct(before: list[int], after: list[int]) -> float:
 def _brief(record: dict) -> str:
     if "error" in record:
         return f"{record['approach']} ERROR {record['error']}"
-    return f"{record['approach']} {record['first_audio_ms']:.0f} ms/{record['epipe']} xrun"
+    underruns = record["sink_underruns"] if record.get("sink_underruns") is not None else record["epipe"]
+    return f"{record['approach']} {record['first_audio_ms']:.0f} ms/{underruns} xrun"
 
 
 def machine() -> dict:
@@ -238,9 +282,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="trials per cell (default: by mode)")
     parser.add_argument("--lines", nargs="+", choices=list(LINES))
     parser.add_argument("--profiles", nargs="+", choices=[*PROFILES, CACHED])
-    parser.add_argument("--approaches", nargs="+", choices=APPROACHES, default=list(APPROACHES))
+    parser.add_argument(
+        "--approaches", nargs="+", choices=APPROACHES, help="default: all (the real peers once bench/peers.sh has run)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the first trial; trial n uses seed+n")
-    parser.add_argument("--one-at-a-time", action="store_true", help="approaches in turn, not side by side")
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        default=True,
+        help="approaches in turn, each heard at the sink (the default)",
+    )
+    parser.add_argument(
+        "--side-by-side",
+        dest="one_at_a_time",
+        action="store_false",
+        help="approaches at the same time, each on its own stream: device-side figures only, no real peers",
+    )
     parser.add_argument(
         "--cpu-budget",
         nargs="+",
@@ -256,6 +313,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def default_approaches(one_at_a_time: bool) -> list[str]:
+    """Every approach this machine can run: the real peers need their venv and a sink that is listened to."""
+    ours = [a for a in APPROACHES if a not in PEERS]
+    if not one_at_a_time:
+        return ours
+    if not PEERS_PYTHON.exists():
+        print("bench: the real peers are left out: bench/peers.sh makes their venv", file=sys.stderr, flush=True)
+        return ours
+    return list(APPROACHES)
+
+
 def _budget(value: str) -> float:
     pct = float(value)
     if not 0 < pct <= 100:
@@ -265,6 +333,10 @@ def _budget(value: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.approaches = args.approaches or default_approaches(args.one_at_a_time)
+    if not args.one_at_a_time and set(args.approaches) & set(PEERS):
+        print("bench: the real peers are only measured at the sink, one approach at a time", file=sys.stderr)
+        return 2
     missing = NullSink.missing()
     if missing:
         print(f"bench: {missing}", file=sys.stderr)
@@ -274,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run(args, meta)
     command = "bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
     meta.update(command=command.strip(), machine=machine(), wall_s=round(time.monotonic() - started))
-    rounds = {(r["budget"], r["line"], r["profile"], r["trial"]): r["steal_pct"] for r in records}
+    rounds = {(r["budget"], r["line"], r["profile"], r["trial"]): r["steal_pct"] for r in records if "steal_pct" in r}
     meta["steal_pct"] = list(rounds.values())
     write_report(args.out, records, meta)
     print((args.out / "results.md").read_text())
