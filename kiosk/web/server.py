@@ -26,29 +26,25 @@ client nor exhaust file descriptors:
     refusals are still held), then closed (a machine that connects again the moment it is closed would otherwise
     cost thousands of connections a second, and their garbage full collections that stall the loop).
   Each closure is counted, never logged with a traceback.
-- A body that cannot be decoded (a bad `Content-Encoding` or chunk) is the client's fault: a handler that reads it
-  answers 400 saying so, and aiohttp's own attempt to drain it afterwards is logged at INFO in one line.
-- A request aiohttp's parser refuses (no Host, a control character in a header, a line too long) is answered 400
-  and logged at INFO in one line: it is the client's mistake, not a fault of the service.
+- What a client sends wrongly (a body that cannot be decoded, a request aiohttp's parser refuses) is a 400 or one
+  INFO line, never a traceback (kiosk.web.client_faults).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import resource
-import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestHandler
 
 from kiosk.errors import KioskError
+from kiosk.web.client_faults import refuse_unreadable_bodies, request_log
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Middleware = Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]
@@ -297,23 +293,6 @@ def _stop_watching(connection: _Connection) -> None:
     connection.receiving = connection.check = None
 
 
-@web.middleware
-async def refuse_unreadable_bodies(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """A body the client sent wrongly (not valid for its `Content-Encoding`, a bad chunk) is a 400 that says so:
-    aiohttp raises it from `request.read()`/`post()`/`json()`, and left alone it would be a 500 with a traceback."""
-    try:
-        return await handler(request)
-    except (RequestPayloadError, HttpProcessingError) as exc:
-        raise web.HTTPBadRequest(text=f"the request body could not be read: {_client_fault(exc)}") from None
-
-
-def _client_fault(exc: BaseException) -> str:
-    """aiohttp's own words for what the client did wrong, in one line."""
-    cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
-    text = cause.message if isinstance(cause, HttpProcessingError) else str(exc)
-    return (text.strip().splitlines() or ["malformed"])[0].rstrip(":")
-
-
 class GuardedRunner(web.AppRunner):
     """A `web.AppRunner` whose server is capped by `guard` (a `ConnectionGuard`) once `setup()` has run."""
 
@@ -347,7 +326,7 @@ async def serve(
         shutdown_timeout=0.5,
         keepalive_timeout=limits.idle_timeout_s,
         handler_cancellation=True,  # a client that hangs up cancels its handler instead of leaving it running
-        logger=_request_log(),
+        logger=request_log(),
     )
     await runner.setup()
     try:
@@ -356,37 +335,6 @@ async def serve(
         await runner.cleanup()
         raise KioskError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
     return runner, runner.addresses[0][1]
-
-
-class _ClientFaults(logging.Filter):
-    """aiohttp logs at ERROR with a traceback what is a client's doing: a request its parser refuses, a body it
-    cannot decode while draining it after the answer, a `100 Continue` to a client that has already hung up. One
-    INFO line instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        address = record.args[0] if isinstance(record.args, tuple) and record.args else "a client"
-        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
-            record.msg, record.args = "refused a malformed request from %s: %s", (address, _client_fault(exc))
-        elif isinstance(exc, ConnectionResetError) and _in_expect_handler(exc):
-            record.msg, record.args = "%s hung up before its 100 Continue", (address,)
-        else:
-            return True
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        record.exc_info = record.exc_text = None
-        return True
-
-
-def _in_expect_handler(exc: BaseException) -> bool:
-    # aiohttp answers `Expect: 100-continue` before any middleware runs, so only its traceback tells it apart.
-    return any(frame.f_code.co_name == "handle_expect_header" for frame, _ in traceback.walk_tb(exc.__traceback__))
-
-
-def _request_log() -> logging.Logger:
-    log = logging.getLogger("kiosk.web.requests")
-    if not any(isinstance(f, _ClientFaults) for f in log.filters):
-        log.addFilter(_ClientFaults())
-    return log
 
 
 def raise_open_file_limit() -> tuple[int, int]:
