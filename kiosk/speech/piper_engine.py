@@ -3,10 +3,12 @@
 list`, `kiosk doctor`) costs neither their import time nor their memory.
 
 Works with no network and no key, so a fresh install speaks out of the box. The voice is loaded once and kept. Piper
-makes a whole sentence in one run of the model, so long sentences are fed to it clause by clause
-(kiosk.speech.text.speech_pieces), and each piece's audio is handed on the moment it exists: one worker thread makes
-the pieces one after another and pushes every chunk into the event loop, so the first clause plays while the next
-is being made. Output is the voice's own rate (22 050 Hz for the bundled voice); the device is opened at that rate.
+makes each piece of text in one run of the model, so a line is fed to it in pieces planned from the voice's own
+pace on this machine and the audio already queued (kiosk.speech.pace): a short first piece, then pieces each made
+before the audio ahead of it has played, whole sentences wherever that allows. The pace is measured by a warm-up
+sentence when the voice loads and after every piece. One worker thread makes the pieces one after another and
+hands each piece's audio on the moment it exists, so the first piece plays while the next is being made. Output is
+the voice's own rate (22 050 Hz for the bundled voice); the device is opened at that rate.
 
 The model runs in an onnxruntime session set up for a small device: no CPU memory arena (the arena keeps the
 largest tensors of any sentence ever spoken), and after each line the C library is asked to hand freed memory back
@@ -23,6 +25,8 @@ import contextlib
 import functools
 import json
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,17 +35,25 @@ from kiosk.errors import SpeechError
 from kiosk.memory import limit_malloc_arenas, release_freed_memory
 from kiosk.pcm import AudioFormat
 from kiosk.speech import AudioCallback
-from kiosk.speech.text import speech_pieces
+from kiosk.speech.pace import VoicePace, pieces, spoken_chars
+from kiosk.speech.text import ends_clause, ends_sentence
 
 BUNDLED_VOICE = "joe-us"
-# Piper's memory grows with the length of a run-on piece; short pieces keep the first audio quick and memory flat.
-_PIECE_CHARS = 200
+# Said twice when the voice loads: the model's first run is slow (it sets up its buffers), the second gives the pace.
+_WARM_UP = "The exhibit speaker is ready."
 # Each piece's audio is handed on in slices of this many bytes (93 ms at 22 050 Hz), all at once: the player then
 # sees audio arriving far faster than real time, as it does, and starts at once instead of waiting for the next
 # piece to measure the rate.
 _SLICE_BYTES = 4096
 # onnxruntime threads for one model run; 0: its default, one per core (see the module docstring).
 _INTRA_OP_THREADS = 0
+# The voice ends every piece as it ends an utterance, with silence after it and a little before the next. Where a
+# sentence goes on across a cut, that silence is trimmed to a breath (before "in", "which": none is said there)
+# or, after a comma, to about the pause the voice makes at a comma inside a sentence (0.3-0.4 s, measured).
+_BREATH_S = 0.04
+_CLAUSE_PAUSE_S = 0.3
+_LEAD_S = 0.02
+_QUIET = 500  # peak sample value below which audio counts as silence (-36 dBFS)
 
 
 def _voice_paths(voice: str) -> tuple[Path, Path]:
@@ -78,19 +90,34 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
 class PiperEngine:
     name = "piper"
 
-    def __init__(self, cfg: PiperConfig):
+    def __init__(self, cfg: PiperConfig, *, pace: VoicePace | None = None, clock: Callable[[], float] = time.monotonic):
         self._cfg = cfg
         self._model, self._config = _voice_paths(cfg.voice)
-        self.fmt = AudioFormat(rate=self._sample_rate(), channels=1, sample_width=2)
+        voice_config = self._voice_config()
+        self.fmt = AudioFormat(rate=self._sample_rate(voice_config), channels=1, sample_width=2)
+        self.language = str(voice_config.get("espeak", {}).get("voice", "")) or None  # "en-us": for the cuts
+        #: Measured when the voice loads unless given (a test's fixed pace).
+        self.pace = pace if pace is not None else VoicePace()
+        self._measure_pace = pace is None
+        self._clock = clock
         self._voice = None
         self._load_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
-    def _sample_rate(self) -> int:
+    def _voice_config(self) -> dict:
         try:
-            return int(json.loads(self._config.read_text(encoding="utf-8"))["audio"]["sample_rate"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            config = json.loads(self._config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             raise SpeechError(f"piper: cannot read the voice config {self._config}: {exc}") from exc
+        if not isinstance(config, dict):
+            raise SpeechError(f"piper: the voice config {self._config} is not a JSON object")
+        return config
+
+    def _sample_rate(self, config: dict) -> int:
+        try:
+            return int(config["audio"]["sample_rate"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise SpeechError(f"piper: cannot read the voice config {self._config}: {exc!r}") from exc
 
     def identity(self) -> dict:
         return {"engine": self.name, "voice": self._model.name, "speed": self._cfg.speed}
@@ -101,7 +128,6 @@ class PiperEngine:
 
     async def synthesize(self, text: str, on_audio: AudioCallback, speed: float = 1.0) -> None:
         voice = await asyncio.to_thread(self._loaded_voice)
-        pieces = speech_pieces(text, _PIECE_CHARS)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         cancelled = threading.Event()
@@ -123,7 +149,7 @@ class PiperEngine:
             error = None
             try:
                 push = functools.partial(loop.call_soon_threadsafe, deliver)
-                self._make(voice, pieces, cancelled, push, self.length_scale(speed))
+                self._make(voice, text, cancelled, push, self.length_scale(speed))
             except Exception as exc:
                 error = SpeechError(f"piper: synthesis failed: {exc}")
             finally:
@@ -135,25 +161,41 @@ class PiperEngine:
         try:
             await done
         finally:
-            cancelled.set()  # a cancelled line: the worker stops after the sentence it is making
+            cancelled.set()  # a cancelled line: the worker stops after the piece it is making
 
     def length_scale(self, speed: float = 1.0) -> float:
         """Piper's length scale (longer: slower) for `speed` times the configured speed."""
         return 1.0 / (self._cfg.speed * speed)
 
-    def _make(self, voice, pieces: list[str], cancelled: threading.Event, push, length_scale: float) -> None:
-        from piper import SynthesisConfig
-
-        config = SynthesisConfig(length_scale=length_scale)
-        for piece in pieces:
-            # synthesize() yields one chunk per sentence, each as soon as it is made.
-            for chunk in voice.synthesize(piece, syn_config=config):
+    def _make(self, voice, text: str, cancelled: threading.Event, push, length_scale: float) -> None:
+        """Make the line piece by piece, each planned from the pace and the audio queued ahead when its turn comes."""
+        queued = _Queued(self._clock, self.fmt.rate)
+        plan = pieces(text, self.pace, queued.ahead_s, language=self.language, length_scale=length_scale)
+        goes_on = False  # the piece before ended inside a sentence
+        for piece in plan:
+            started, before = self._clock(), queued.samples
+            audio = []
+            # synthesize() yields one chunk per sentence (a piece may hold several), each as soon as it is made; the
+            # last one is held until the piece is done, to trim its silence where the sentence goes on.
+            for chunk in _chunks(voice, piece, length_scale):
                 if cancelled.is_set():
                     return
+                if audio:
+                    self._hand_on(audio.pop(), push, queued)
                 # audio_int16_bytes is native-endian: little-endian on the Pi and on x86, as the device format says.
-                push(chunk.audio_int16_bytes)
+                audio.append(chunk.audio_int16_bytes)
+            if audio:
+                self._hand_on(joined(audio.pop(), self.fmt.rate, piece, goes_on=goes_on), push, queued)
+            audio_s = (queued.samples - before) / self.fmt.rate
+            self.pace.note(spoken_chars(piece), audio_s, self._clock() - started, length_scale)
+            goes_on = not ends_sentence(piece)
             if cancelled.is_set():
                 return
+
+    @staticmethod
+    def _hand_on(audio: bytes, push, queued: _Queued) -> None:
+        push(audio)
+        queued.add(len(audio) // 2)
 
     async def probe(self) -> None:
         """A local voice is reachable when it loads."""
@@ -176,7 +218,63 @@ class PiperEngine:
         with self._load_lock:
             if self._voice is None:
                 try:
-                    self._voice = load_voice(self._model, self._config)
+                    voice = load_voice(self._model, self._config)
+                    if self._measure_pace:
+                        self._warm_up(voice)
                 except Exception as exc:
                     raise SpeechError(f"piper: cannot load the voice {self._model}: {exc}") from exc
+                self._voice = voice
             return self._voice
+
+    def _warm_up(self, voice) -> None:
+        """Run the model twice on a short sentence; the second run sets the pace (the first one sets up buffers)."""
+        for _ in range(2):
+            started = self._clock()
+            samples = sum(len(chunk.audio_int16_bytes) // 2 for chunk in _chunks(voice, _WARM_UP, 1.0))
+        self.pace.note(spoken_chars(_WARM_UP), samples / self.fmt.rate, self._clock() - started, weight=1.0)
+        release_freed_memory()
+
+
+class _Queued:
+    """Audio handed on for one line, and how much of it is still ahead of the listener: the line is taken to play
+    from its first audio at real time, which is if anything early (the device starts a little later)."""
+
+    def __init__(self, clock: Callable[[], float], rate: int):
+        self._clock, self._rate = clock, rate
+        self.samples = 0
+        self._first_at: float | None = None
+
+    def add(self, samples: int) -> None:
+        if self._first_at is None:
+            self._first_at = self._clock()
+        self.samples += samples
+
+    def ahead_s(self) -> float:
+        if self._first_at is None:
+            return 0.0
+        return self.samples / self._rate - (self._clock() - self._first_at)
+
+
+def joined(audio: bytes, rate: int, piece: str, *, goes_on: bool) -> bytes:
+    """A piece's (last) audio with the silence trimmed where its sentence goes on across a cut: after it (unless it
+    ends the sentence) and, when `goes_on` (the piece before ended inside the sentence), before it."""
+    tail = None if ends_sentence(piece) else _CLAUSE_PAUSE_S if ends_clause(piece) else _BREATH_S
+    return _trim(audio, rate, _LEAD_S if goes_on else None, tail)
+
+
+def _trim(audio: bytes, rate: int, lead_s: float | None, tail_s: float | None) -> bytes:
+    """16-bit audio with its silence at the start cut to `lead_s` and at the end to `tail_s` (None: left alone)."""
+    samples = memoryview(audio).cast("h")
+    start = next((n for n in range(len(samples)) if abs(samples[n]) > _QUIET), None)
+    if start is None:
+        return audio  # all silence: nothing to trim towards
+    end = next(n for n in range(len(samples) - 1, -1, -1) if abs(samples[n]) > _QUIET) + 1
+    first = 0 if lead_s is None else max(0, start - round(lead_s * rate))
+    last = len(samples) if tail_s is None else min(len(samples), end + round(tail_s * rate))
+    return audio[2 * first : 2 * last]
+
+
+def _chunks(voice, text: str, length_scale: float):
+    from piper import SynthesisConfig
+
+    return voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale))

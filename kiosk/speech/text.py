@@ -47,72 +47,120 @@ def _fit(sentence: str, limit: int) -> list[str]:
     return parts
 
 
-# --- pieces for a local voice --------------------------------------------------------------------------------------
+# --- where a local voice's pieces may be cut -----------------------------------------------------------------------
 #
-# A local voice (Piper) synthesizes a sentence in one go, so its first audio waits for the whole first sentence. Long
-# sentences are therefore fed to it clause by clause, cut only where a speaker pauses anyway: after a comma,
-# semicolon or colon, or a dash standing between spaces. Short sentences stay whole (their prosody is worth more than
-# the few milliseconds), and so do clauses of only a word or two, which join the next one ("by boat, by cart").
+# A local voice (Piper) makes a sentence in one run, so its first audio waits for the whole piece it is given;
+# kiosk.speech.pace decides how long each piece may be, and these are the places it may choose from, between two
+# words of a sentence. A clause cut (after a comma, semicolon or colon, a dash standing between spaces, or around a
+# parenthesis) is where a speaker pauses anyway. A word cut comes before a preposition, conjunction, relative
+# pronoun or article ("... in a pocket of hot water | until a miner broke it open"), where a phrase begins and a
+# speaker may take a breath, but not straight after another such word ("of | the" is no phrase); it is
+# offered only in languages with a word list, and never inside a name ("Bank of England", "Santa Maria") or a
+# number ("one hundred and twenty"). A year or a name ends a phrase too ("Between 1851 and 1914 | more than 2,000
+# engines", "the Bank of England | issued this note").
 
-#: A sentence of up to this many words is spoken whole.
-SHORT_SENTENCE_WORDS = 12
-#: A clause shorter than this many words joins the next one.
-MIN_CLAUSE_WORDS = 4
-#: A clause more than this many times as long as the one before is joined to it: the voice makes a clause while
-#: the one before it plays, and on a Pi 4 it runs at about half real time, so a clause that is much longer than
-#: the one playing would leave a gap.
-MAX_GROWTH = 2.0
-_CLAUSE_END = re.compile(r"(?:[,;:]|\s(?:—|–|--?))[\"'”’)\]]*(?=\s)")
+CLAUSE_CUT = 2
+WORD_CUT = 1
+_CLAUSE_MARK = re.compile(r"[,;:][\"'”’)\]]*$")
+_DASHES = {"—", "–", "-", "--"}
+_CONNECTORS = {
+    "en": (
+        "about above across after against along among around at before behind below beneath beside between beyond "
+        "by in on despite during except for from inside into like near of off onto outside over past since through "
+        "throughout till to toward towards under underneath until unlike upon via with within without and but or "
+        "nor yet so because although though while whereas unless whether where when whose which who whom that "
+        "the a an this these those its his her their our your"
+    ),
+    "de": (
+        "an auf aus bei bis durch für gegen hinter in mit nach neben ohne seit über um unter von vor während wegen "
+        "zu zwischen und aber oder sondern denn weil obwohl wenn als dass ob damit deren dessen welche welcher "
+        "welches wo der die das den dem des ein eine einen einem einer"
+    ),
+    "fr": (
+        "à après avant avec chez contre dans depuis derrière devant durant en entre malgré par parmi pendant pour sans "
+        "selon sous sur vers et mais ou donc car puisque lorsque quand comme parce que qui dont où lequel "
+        "laquelle lesquels lesquelles le la les un une des ce cette ces"
+    ),
+}
+CONNECTORS = {lang: frozenset(words.split()) for lang, words in _CONNECTORS.items()}
+_AND = {"and", "und", "et"}
+# Where every noun is capitalised, a capital says nothing about a name ending.
+_NOUNS_CAPITALISED = {"de"}
+_NUMBER_WORD_LIST = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand million "
+    "billion oh"
+)
+_NUMBER_WORDS = frozenset(_NUMBER_WORD_LIST.split())
+_DIGIT = re.compile(r"\d")
+_YEAR = re.compile(r"1\d{3}$|20\d{2}$")
 
 
-def speech_pieces(text: str, limit: int = 200) -> list[str]:
-    """The text in pieces for a local voice: sentences, long ones cut into clauses; never inside a word.
+def sentences(text: str) -> list[str]:
+    """The text's sentences, each stripped, none empty."""
+    return _sentences(text.strip())
 
-    Joined with single spaces, the pieces are the text with its runs of whitespace made single spaces. A piece
-    longer than `limit` characters is cut at its last space within the limit (a single longer word stays whole).
+
+def ends_sentence(piece: str) -> bool:
+    """Whether a piece ends its sentence (else the text goes on after a cut)."""
+    return bool(_SENTENCE_END.search(piece + " "))
+
+
+def ends_clause(piece: str) -> bool:
+    """Whether a piece ends where a speaker pauses anyway (a clause cut)."""
+    last = piece.split()[-1] if piece.split() else ""
+    return bool(_CLAUSE_MARK.search(last)) or last in _DASHES or last.endswith(")")
+
+
+def cut_points(words: list[str], language: str | None = None) -> dict[int, int]:
+    """Where a sentence (its words) may be cut: {number of words before the cut: CLAUSE_CUT or WORD_CUT}.
+
+    `language`: a code such as "en" or "en-us"; one with no word list gets clause cuts only.
     """
-    pieces: list[str] = []
-    for sentence in _sentences(text.strip()):
-        parts = [sentence] if len(sentence.split()) <= SHORT_SENTENCE_WORDS else _clauses(sentence)
-        for part in parts:
-            pieces.extend(_fit_words(part, limit))
-    return pieces
+    code = (language or "").lower()[:2]
+    connectors = CONNECTORS.get(code, frozenset())
+    names = code not in _NOUNS_CAPITALISED
+    cuts = {}
+    for i in range(1, len(words)):
+        before, after = words[i - 1], words[i]
+        if _CLAUSE_MARK.search(before) or before in _DASHES or after.startswith("(") or before.endswith(")"):
+            cuts[i] = CLAUSE_CUT
+        elif _word_cut(words, i, connectors, names):
+            cuts[i] = WORD_CUT
+    return cuts
 
 
-def _clauses(sentence: str) -> list[str]:
-    cuts, start = [], 0
-    for match in _CLAUSE_END.finditer(sentence):
-        cuts.append(sentence[start : match.end()].strip())
-        start = match.end()
-    cuts.append(sentence[start:].strip())
-    clauses: list[str] = []
-    for clause in filter(None, cuts):
-        previous = clauses[-1] if clauses else None
-        too_short = previous is not None and len(previous.split()) < MIN_CLAUSE_WORDS
-        too_long = previous is not None and len(clause) > MAX_GROWTH * len(previous)
-        if too_short or too_long:
-            clauses[-1] = f"{previous} {clause}"
-        else:
-            clauses.append(clause)
-    if len(clauses) > 1 and len(clauses[-1].split()) < MIN_CLAUSE_WORDS:
-        last = clauses.pop()
-        clauses[-1] = f"{clauses[-1]} {last}"
-    return clauses
+def _word_cut(words: list[str], i: int, connectors: frozenset[str], names: bool) -> bool:
+    """Before a connecting word, unless it follows another ("and | at last"); or after a year or a name that ends a
+    phrase ("Between 1851 and 1914 | more than", "the Bank of England | issued"); never inside a name or a number."""
+    before, after = words[i - 1], words[i]
+    if not connectors or not after[:1].islower() or _inside_name_or_number(words, i):
+        return False
+    if _bare(after) in connectors:
+        return _bare(before) not in connectors
+    ends_name = names and before[:1].isupper() and i > 1
+    return (ends_name or bool(_YEAR.match(before))) and not _is_number(after)
 
 
-def _fit_words(part: str, limit: int) -> list[str]:
-    words = part.split()
-    pieces, current = [], ""
-    for word in words:
-        joined = f"{current} {word}" if current else word
-        if len(joined) <= limit or not current:
-            current = joined
-        else:
-            pieces.append(current)
-            current = word
-    if current:
-        pieces.append(current)
-    return pieces
+def _bare(word: str) -> str:
+    return word.strip("\"'“”‘’()[]").lower()
+
+
+def _inside_name_or_number(words: list[str], i: int) -> bool:
+    """A cut before words[i] would split "Bank of England" or "one hundred and twenty"."""
+    following = words[i + 1] if i + 1 < len(words) else ""
+    if words[i - 1][:1].isupper() and following[:1].isupper():
+        return True
+    # Only numbers said in words run on across "and"; "1851 and 1914" are two numbers.
+    return _bare(words[i]) in _AND and _is_number_word(words[i - 1]) and _is_number_word(following)
+
+
+def _is_number_word(word: str) -> bool:
+    return _bare(word).rstrip(".,;:") in _NUMBER_WORDS
+
+
+def _is_number(word: str) -> bool:
+    return bool(_DIGIT.search(word)) or _bare(word).rstrip(".,;:") in _NUMBER_WORDS
 
 
 # --- how much audio a line can need --------------------------------------------------------------------------------

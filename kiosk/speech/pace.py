@@ -1,0 +1,151 @@
+"""The local voice's pace on this machine, and the pieces a line is given to it in.
+
+A local voice (Piper) makes each piece it is given in one run: the first audio of a line waits for the whole first
+piece, and each later piece must be made before the audio queued ahead of it has played, or the listener hears a
+gap. How long that takes depends on the machine: here a medium voice makes a second of speech in about 0.07 s, a
+Pi 4 in about 0.36 s. So the pieces are planned from the voice's own measured pace, one piece at a time, just
+before it is made:
+
+- `VoicePace` holds the real-time factor (seconds of making per second of audio) and the seconds of audio per
+  character of text, measured by a short warm-up sentence when the voice loads and then after every piece (an
+  exponential moving average, so a machine that gets busier is noticed within a few pieces). A piece's making
+  time is estimated as `rtf * audio_s_per_char * spoken characters * length_scale`, where a digit counts as
+  DIGIT_CHARS characters ("1851" is said "eighteen fifty-one", "1,200" "one thousand two hundred").
+- The budget for the next piece: with nothing queued (a line's first piece) `FIRST_PIECE_S`; otherwise
+  `AHEAD_SHARE` of the seconds of audio queued ahead, the rest kept for a misjudged estimate or a busy moment.
+- Within a sentence, the piece is the whole rest of it if it fits the budget; else the longest that fits and ends
+  at a clause (kiosk.speech.text.cut_points: comma, semicolon, colon, dash, parenthesis); else the longest that
+  fits at a word cut (before a connecting word, after a year or a name); and if none fits, the shortest there is.
+  No piece is one short word (`MIN_PIECE_CHARS`), nor leaves one behind. A piece never spans two sentences (the
+  voice makes and hands on each sentence on its own anyway).
+
+Each cut costs a little prosody: the voice ends the piece as if it were the end of an utterance (the engine trims
+the silence it leaves there, kiosk.speech.piper_engine.joined, but the last word stays drawn out). A whole sentence
+sounds best, a cut at a comma is close to a speaker's own pause, a cut before "in" or "which" is a short breath.
+Hence the order above: a piece is kept whole wherever the queue allows, and a word cut is used only when no clause
+fits. Since every piece plays for longer than it takes to make (rtf below 1), the queue grows with every piece, and
+a sentence's later pieces come out longer and longer, usually whole from the second or third on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from kiosk.speech.text import CLAUSE_CUT, WORD_CUT, cut_points, sentences
+
+#: Making time allowed for a line's first piece: the visitor waits this long (plus the device's start) for audio.
+FIRST_PIECE_S = 0.15
+#: The share of the queued audio's seconds that the next piece's estimated making time may use.
+AHEAD_SHARE = 0.5
+#: No piece is a single word shorter than this (in spoken characters), nor leaves one behind in its sentence: a
+#: lone short word ("Carved | from a") sounds clipped, where "Visitors | who climb the 312 steps" sounds like a
+#: speaker's pause.
+MIN_PIECE_CHARS = 8
+#: Characters a digit counts for: digits are said as words, about five letters each.
+DIGIT_CHARS = 5
+#: Weight of each new measurement in the moving averages.
+NEW_WEIGHT = 0.3
+#: A piece of more (spoken) characters is cut even where the queue allows it: the voice's memory grows with a piece.
+MAX_PIECE_CHARS = 240
+
+
+@dataclass
+class VoicePace:
+    """How fast the voice makes audio here (see the module docstring). The defaults, before anything is measured,
+    are a Pi 4's: a slow machine is assumed until the warm-up says otherwise."""
+
+    rtf: float = 0.4
+    audio_s_per_char: float = 0.055  # at length scale 1
+
+    def audio_s(self, chars: int, length_scale: float = 1.0) -> float:
+        return chars * self.audio_s_per_char * length_scale
+
+    def make_s(self, chars: int, length_scale: float = 1.0) -> float:
+        return self.rtf * self.audio_s(chars, length_scale)
+
+    def note(self, chars: int, audio_s: float, make_s: float, length_scale: float = 1.0, *, weight=NEW_WEIGHT):
+        """One piece of `chars` characters gave `audio_s` seconds of audio in `make_s` seconds."""
+        if chars <= 0 or audio_s <= 0 or make_s <= 0:
+            return
+        self.rtf += weight * (make_s / audio_s - self.rtf)
+        self.audio_s_per_char += weight * (audio_s / (chars * length_scale) - self.audio_s_per_char)
+
+
+def budget_s(ahead_s: float) -> float:
+    """Making time allowed for the next piece with `ahead_s` seconds of audio queued ahead of it."""
+    return FIRST_PIECE_S if ahead_s <= 0 else AHEAD_SHARE * ahead_s
+
+
+def next_piece(words: list[str], cuts: dict[int, int], budget: float, make_s: Callable[[int], float]) -> int:
+    """How many of a sentence's remaining `words` the next piece takes; `make_s(chars)`: the estimated making time
+    of a piece of that many characters."""
+    chars = _char_counts(words)
+    allowed = [n for n in sorted(cuts) if _stands(words[:n], chars[n]) and _stands(words[n:], chars[-1] - chars[n])]
+    if chars[len(words)] <= MAX_PIECE_CHARS and make_s(chars[len(words)]) <= budget:
+        return len(words)
+    short = [n for n in allowed if chars[n] <= MAX_PIECE_CHARS]
+    for strength in (CLAUSE_CUT, WORD_CUT):
+        fitting = [n for n in short if cuts[n] == strength and make_s(chars[n]) <= budget]
+        if fitting:
+            return max(fitting)
+    if short:
+        return short[0]
+    return _longest_within(chars, len(words)) if chars[len(words)] > MAX_PIECE_CHARS else len(words)
+
+
+def _stands(words: list[str], chars: int) -> bool:
+    """Whether words can be a piece of their own (see MIN_PIECE_CHARS)."""
+    return len(words) >= 2 or chars >= MIN_PIECE_CHARS
+
+
+def spoken_chars(text: str) -> int:
+    """The text's length as it is said: a digit counts as DIGIT_CHARS characters."""
+    return len(text) + (DIGIT_CHARS - 1) * sum(c.isdigit() for c in text)
+
+
+def _char_counts(words: list[str]) -> list[int]:
+    """Spoken characters of the first n words joined by spaces, for every n."""
+    counts = [0]
+    for word in words:
+        counts.append(counts[-1] + spoken_chars(word) + (1 if counts[-1] else 0))
+    return counts
+
+
+def _longest_within(chars: list[int], total: int) -> int:
+    """A run-on stretch with no cut: the most words within MAX_PIECE_CHARS (at least one)."""
+    return max((n for n in range(1, total + 1) if chars[n] <= MAX_PIECE_CHARS), default=1)
+
+
+def pieces(
+    text: str,
+    pace: VoicePace,
+    ahead_s: Callable[[], float],
+    *,
+    language: str | None = None,
+    length_scale: float = 1.0,
+) -> Iterator[str]:
+    """The text's pieces, each planned when it is asked for; `ahead_s()`: seconds of audio queued at that moment.
+    Joined with single spaces they are the text with its runs of whitespace made single spaces."""
+
+    def make_s(chars: int) -> float:
+        return pace.make_s(chars, length_scale)
+
+    for sentence in sentences(text):
+        words = sentence.split()
+        while words:
+            take = next_piece(words, cut_points(words, language), budget_s(ahead_s()), make_s)
+            yield " ".join(words[:take])
+            words = words[take:]
+
+
+def plan_pieces(text: str, pace: VoicePace, *, language: str | None = None, length_scale: float = 1.0) -> list[str]:
+    """The pieces `pieces` gives when the voice keeps exactly to `pace` (the queue is then predicted, not measured):
+    what a line would be cut into on a machine of that pace."""
+    queue = {"ahead_s": 0.0}
+    planned = []
+    for piece in pieces(text, pace, lambda: queue["ahead_s"], language=language, length_scale=length_scale):
+        made_in = pace.make_s(spoken_chars(piece), length_scale)
+        queue["ahead_s"] = max(0.0, queue["ahead_s"] - made_in) + pace.audio_s(spoken_chars(piece), length_scale)
+        planned.append(piece)
+    return planned
