@@ -283,7 +283,7 @@ class Announcer:
         speed: float,
         private: bool = False,
     ) -> Trace:
-        attempts = chain.attempts()
+        attempts = chain.attempts(private=private)
         if not attempts:
             reasons = "; ".join(f"{h['name']}: {h['reason']}" for h in chain.state())
             attempt = Attempt(error=f"no speech engine available now ({reasons})")

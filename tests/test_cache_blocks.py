@@ -32,6 +32,7 @@ class SilentEngine:
     """An engine that cannot speak: whatever reaches the device came from the cache."""
 
     name = "silent"
+    on_device = True
     fmt = OPENAI_PCM
 
     def identity(self) -> dict:

@@ -12,13 +12,18 @@ import re
 import aiohttp
 import pytest
 import yarl
-from test_staff_ux import AXE, PHONE, base, check_page, new_page, start_service, until  # noqa: F401
+from conftest import file_sink_opener
+from gpiozero.pins.mock import MockFactory
+from test_staff_ux import AXE, PHONE, base, check_page, new_page, start_service, until, write_config  # noqa: F401
 
-from kiosk.config import parse_config
+from kiosk.config import load_config, parse_config
 from kiosk.errors import ConfigError
+from kiosk.service import Service
 from kiosk.setup_code import HOLD_S as HOLD_S_DEFAULT
 from kiosk.setup_code import VALID_S, SetupCodes, spoken
+from kiosk.speech.chain import EngineChain
 from kiosk.staff.auth import PasswordFile
+from kiosk.systemd import Notifier
 
 SETUP_PIN = 17  # the first configured button: the default setup button
 NEW_PASSWORD = "a new staff password"
@@ -200,3 +205,50 @@ def test_a_code_is_six_digits_said_twice_valid_once_and_for_ten_minutes():
     clock[0] = VALID_S
     assert not codes.use(code)  # expired
     assert HOLD_S_DEFAULT == 5.0
+
+
+class _Engine:
+    """Only its name and where it runs matter here: which engine a line is asked of first."""
+
+    fmt = None
+
+    def __init__(self, name: str, on_device: bool):
+        self.name, self.on_device = name, on_device
+
+
+def test_a_setup_code_is_asked_of_the_voice_on_this_machine_first():
+    """The code is a secret for whoever stands at the exhibit: with a local voice it never goes to OpenAI (whose
+    requests are kept on its side); without one it still is said (it lives ten minutes, once, on the museum's LAN)."""
+    online, local = _Engine("openai", on_device=False), _Engine("piper", on_device=True)
+    chain = EngineChain([online, local], failover_s=2.5)
+    assert chain.attempts() == [(online, 2.5), (local, None)]  # every other line: the configured order
+    assert chain.attempts(private=True) == [(local, 2.5), (online, None)]
+    assert EngineChain([online], failover_s=2.5).attempts(private=True) == [(online, None)]
+
+
+async def test_a_held_button_with_a_local_voice_sends_no_code_to_openai(tmp_path, server, alsa_file, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ux-test-not-secret")
+    config = write_config(tmp_path, server.url)
+    config.write_text(config.read_text().replace("fallback: none", "fallback: piper"))
+    pins = MockFactory()
+    svc = Service(
+        load_config(config),
+        config_path=config,
+        open_sink=file_sink_opener(alsa_file[0]),
+        pin_factory=pins,
+        notifier=Notifier({}),
+    )
+    await asyncio.wait_for(svc.start(), timeout=30)
+    try:
+        svc.presses.setup_hold_s = HOLD_S
+        svc.presses.connect(svc.cfg.buttons, pin_factory=pins)
+        before = len(server.requests)
+        pins.pin(SETUP_PIN).drive_low()
+        await until(lambda: any(r.origin == "setup" for r in svc.speaker.history.values()), timeout=10)
+        pins.pin(SETUP_PIN).drive_high()
+        request = next(r for r in svc.speaker.history.values() if r.origin == "setup")
+        await until(lambda: request.trace is not None, timeout=20)
+        assert request.trace.engine == "piper" and request.trace.error is None, request.trace
+        assert not [r for r in server.requests[before:] if _code(r)]
+    finally:
+        await svc.stop()

@@ -185,6 +185,7 @@ class ScriptedEngine:
     None pauses without end (until cancelled)."""
 
     name = "scripted"
+    on_device = False
     fmt = AudioFormat(rate=1000, channels=1, sample_width=1)
 
     def __init__(self, script):

@@ -15,6 +15,7 @@ class SpeechEngine(Protocol):
 
     name: str
     fmt: AudioFormat
+    on_device: bool  # True: the text never leaves this machine (a local voice); False: it is sent to a service
 
     def identity(self) -> dict:
         """Everything about this engine that shapes the audio (part of the phrase cache key)."""

@@ -69,10 +69,13 @@ class EngineChain:
         """Engines to ask now, in order: those in back-off are skipped."""
         return [e for e in self.engines if not self.health[e.name].in_backoff]
 
-    def attempts(self) -> list[tuple[SpeechEngine, float | None]]:
+    def attempts(self, *, private: bool = False) -> list[tuple[SpeechEngine, float | None]]:
         """The usable engines, each with its first-audio deadline: `failover_s` while another stands behind it,
-        none for the last (a slow answer beats none)."""
+        none for the last (a slow answer beats none). A `private` line (a setup code) asks the engines that run on
+        this machine first: its words leave it only when no such engine can say them."""
         engines = self.usable()
+        if private:
+            engines.sort(key=lambda e: not e.on_device)
         return [(e, self.failover_s if i + 1 < len(engines) else None) for i, e in enumerate(engines)]
 
     async def synthesize(

@@ -66,6 +66,7 @@ class _Retryable(Exception):
 
 class OpenAIEngine:
     name = "openai"
+    on_device = False
     fmt = OPENAI_PCM
 
     def __init__(self, cfg: OpenAIConfig, api_key: str | None, *, offline_hint: str = NO_KEY_HINT):

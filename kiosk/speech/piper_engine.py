@@ -89,6 +89,7 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_T
 
 class PiperEngine:
     name = "piper"
+    on_device = True
 
     def __init__(self, cfg: PiperConfig, *, pace: VoicePace | None = None, clock: Callable[[], float] = time.monotonic):
         self._cfg = cfg
