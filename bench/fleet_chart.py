@@ -63,7 +63,7 @@ def draw(main: dict, more: list[dict], fifty: dict | None, out: Path) -> None:
     right.set(yscale="log", xlabel="speakers (all on this machine's CPUs)", ylabel="spread (ms, log)")
     right.set_xticks(sorted({*counts, *([fifty["speakers"]] if fifty else [])}))
     right.set_title("spread against the number of speakers")
-    right.legend(fontsize=7, loc="upper left")
+    right.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
 
