@@ -38,7 +38,7 @@ from pathlib import Path
 import aiomqtt
 from fake_openai import FakeOpenAI
 from fleet import ROOT, speaker_config
-from fleet_netns import WELCOME, Listener, netns_round, netns_summary, start_broker
+from fleet_netns import WELCOME, Listener, cache_warm, netns_round, netns_summary, start_broker
 from mosquitto import need_mosquitto
 
 #: The exhibit's buttons as in config/kiosk.yaml: each is a Home Assistant device trigger.
@@ -198,14 +198,7 @@ def spawn(tmp: Path, names: list[str], port: int) -> list[subprocess.Popen]:
 async def warm_cache(tmp: Path, port: int) -> None:
     """The line made once against the loopback test server; its cache is copied to every speaker."""
     async with FakeOpenAI() as server:
-        config = fifty_config(tmp / "warm", "warm", server.url, port)
-        done = await asyncio.create_subprocess_exec(
-            str(ROOT / ".venv" / "bin" / "kiosk"), "cache", "warm", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        output = (await done.communicate())[0].decode()
-        if done.returncode != 0:
-            raise RuntimeError(f"kiosk cache warm failed: {output}")
+        await cache_warm(fifty_config(tmp / "warm", "warm", server.url, port))
 
 
 async def until_ready(listener: Listener, names: list[str], tmp: Path, timeout: float = 600) -> None:

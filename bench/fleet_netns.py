@@ -60,6 +60,17 @@ def start_broker(tmp: Path, address: str, port: int = 1883, extra: str = "") -> 
         time.sleep(0.02)
 
 
+async def cache_warm(config: Path) -> None:
+    """`kiosk cache warm --config config`: the lines made once, their cache then copied to every speaker."""
+    done = await asyncio.create_subprocess_exec(
+        str(ROOT / ".venv" / "bin" / "kiosk"), "cache", "warm", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output = (await asyncio.wait_for(done.communicate(), 120))[0].decode()
+    if done.returncode != 0:
+        raise RuntimeError(f"kiosk cache warm failed: {output[-1000:]}")
+
+
 class Listener:
     """The sender's MQTT client: every speaker's status and played events, as they arrive."""
 
@@ -214,14 +225,7 @@ async def run_netns(args) -> int:
         try:
             async with FakeOpenAI() as server:
                 # the line made once, here, and its cache copied to every speaker (same voice: same cache key)
-                warm = netns_config(tmp / "warm", "warm", server.url, netns.BROKER_IP)
-                done = await asyncio.create_subprocess_exec(
-                    str(ROOT / ".venv" / "bin" / "kiosk"), "cache", "warm", "--config", str(warm),
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                )  # fmt: skip
-                output = (await done.communicate())[0].decode()
-                if done.returncode != 0:
-                    raise RuntimeError(f"kiosk cache warm failed: {output}")
+                await cache_warm(netns_config(tmp / "warm", "warm", server.url, netns.BROKER_IP))
             env = {**os.environ, "OPENAI_API_KEY": "bench-key"}
             for index, name in enumerate(names):
                 config = netns_config(tmp / name, name, "http://127.0.0.1:9", netns.BROKER_IP)

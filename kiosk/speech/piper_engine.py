@@ -47,6 +47,10 @@ _WARM_UP = "The exhibit speaker is ready."
 _SLICE_BYTES = 4096
 # onnxruntime threads for one model run; 0: its default, one per core (see the module docstring).
 _INTRA_OP_THREADS = 0
+# After a line's first piece the worker pauses this long before making the next: the model's threads take every
+# core (or a whole CPU share) while they run, and the player must get to start the device first (measured at a Pi-4
+# share: first byte to first audio about 100 ms without the pause, about 35 ms with it).
+_FIRST_HAND_OVER_S = 0.05
 # The voice ends every piece as it ends an utterance, with silence after it and a little before the next. Where a
 # sentence goes on across a cut, that silence is trimmed to a breath (before "in", "which": none is said there)
 # or, after a comma, to about the pause the voice makes at a comma inside a sentence (0.3-0.4 s, measured).
@@ -190,6 +194,8 @@ class PiperEngine:
             audio_s = (queued.samples - before) / self.fmt.rate
             self.pace.note(spoken_chars(piece), audio_s, self._clock() - started, length_scale)
             goes_on = not ends_sentence(piece)
+            if before == 0 and not cancelled.is_set():
+                cancelled.wait(_FIRST_HAND_OVER_S)  # the device starts before the model takes the CPU again
             if cancelled.is_set():
                 return
 
