@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import openai
+from usage import Usage  # bench/usage.py: this script's own directory is on sys.path
 
 from kiosk.alsa_output import AlsaOutput
 from kiosk.build import open_announcer
@@ -67,25 +67,6 @@ class RecordingSink:
 
     def close(self) -> None:
         self._out.close()
-
-
-class Usage:
-    """CPU seconds and peak resident memory from one moment on (the kernel's high-water mark is reset)."""
-
-    def __init__(self, reset_peak: bool = True) -> None:
-        if reset_peak:
-            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        self._cpu = _cpu_s()
-
-    def result(self) -> dict:
-        status = Path("/proc/self/status").read_text()
-        peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return {"cpu_s": _cpu_s() - self._cpu, "peak_rss_mb": peak_kb / 1024}
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- the product ---

@@ -22,30 +22,12 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
-from pathlib import Path
+
+from usage import Usage  # bench/usage.py: this script's own directory is on sys.path
 
 MODEL, VOICE = "gpt-4o-mini-tts", "coral"  # as bench/contender.py asks for
-
-
-class Usage:
-    """CPU seconds and peak resident memory from one moment on (the kernel's high-water mark is reset)."""
-
-    def __init__(self) -> None:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        self._cpu = _cpu_s()
-
-    def result(self) -> dict:
-        status = Path("/proc/self/status").read_text()
-        peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return {"cpu_s": _cpu_s() - self._cpu, "peak_rss_mb": peak_kb / 1024}
-
-
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _answer(usage: Usage, pressed_wall: float) -> dict:

@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 from fake_openai import FakeOpenAI
 from home_assistant import HomeAssistant, HomeAssistantUnavailable, ha_venv
-from mosquitto import Broker
+from mosquitto import Broker, Seen
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KIOSK_HA_TESTS") != "1", reason="a real Home Assistant: set KIOSK_HA_TESTS=1 to run"
@@ -73,14 +73,6 @@ async def warm_cache(home: Path, broker_port: int) -> None:
 
 def speaker_env() -> dict[str, str]:
     return {**os.environ, "OPENAI_API_KEY": "sk-test-not-secret", "GPIOZERO_PIN_FACTORY": "mock"}
-
-
-@dataclass
-class Seen:
-    topic: str
-    payload: bytes
-    retain: bool
-    at: float
 
 
 class Listener:

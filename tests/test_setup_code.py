@@ -12,18 +12,14 @@ import re
 import aiohttp
 import pytest
 import yarl
-from conftest import file_sink_opener
-from gpiozero.pins.mock import MockFactory
 from test_staff_ux import AXE, PHONE, base, check_page, new_page, start_service, until, write_config  # noqa: F401
 
-from kiosk.config import load_config, parse_config
+from kiosk.config import parse_config
 from kiosk.errors import ConfigError
-from kiosk.service import Service
 from kiosk.setup_code import HOLD_S as HOLD_S_DEFAULT
 from kiosk.setup_code import VALID_S, SetupCodes, spoken
 from kiosk.speech.chain import EngineChain
 from kiosk.staff.auth import PasswordFile
-from kiosk.systemd import Notifier
 
 SETUP_PIN = 17  # the first configured button: the default setup button
 NEW_PASSWORD = "a new staff password"
@@ -226,29 +222,17 @@ def test_a_setup_code_is_asked_of_the_voice_on_this_machine_first():
     assert EngineChain([online], failover_s=2.5).attempts(private=True) == [(online, None)]
 
 
-async def test_a_held_button_with_a_local_voice_sends_no_code_to_openai(tmp_path, server, alsa_file, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-ux-test-not-secret")
-    config = write_config(tmp_path, server.url)
+async def test_a_held_button_with_a_local_voice_sends_no_code_to_openai(tmp_path, server, start_service):  # noqa: F811
+    config = write_config(tmp_path, server.url)  # the file start_service loads, written again: now with a local voice
     config.write_text(config.read_text().replace("fallback: none", "fallback: piper"))
-    pins = MockFactory()
-    svc = Service(
-        load_config(config),
-        config_path=config,
-        open_sink=file_sink_opener(alsa_file[0]),
-        pin_factory=pins,
-        notifier=Notifier({}),
-    )
-    await asyncio.wait_for(svc.start(), timeout=30)
-    try:
-        svc.presses.setup_hold_s = HOLD_S
-        svc.presses.connect(svc.cfg.buttons, pin_factory=pins)
-        before = len(server.requests)
-        pins.pin(SETUP_PIN).drive_low()
-        await until(lambda: any(r.origin == "setup" for r in svc.speaker.history.values()), timeout=10)
-        pins.pin(SETUP_PIN).drive_high()
-        request = next(r for r in svc.speaker.history.values() if r.origin == "setup")
-        await until(lambda: request.trace is not None, timeout=20)
-        assert request.trace.engine == "piper" and request.trace.error is None, request.trace
-        assert not [r for r in server.requests[before:] if _code(r)]
-    finally:
-        await svc.stop()
+    svc = await start_service(password=False)
+    svc.presses.setup_hold_s = HOLD_S
+    svc.presses.connect(svc.cfg.buttons, pin_factory=svc.test_pins)
+    before = len(server.requests)
+    svc.test_pins.pin(SETUP_PIN).drive_low()
+    await until(lambda: any(r.origin == "setup" for r in svc.speaker.history.values()), timeout=10)
+    svc.test_pins.pin(SETUP_PIN).drive_high()
+    request = next(r for r in svc.speaker.history.values() if r.origin == "setup")
+    await until(lambda: request.trace is not None, timeout=20)
+    assert request.trace.engine == "piper" and request.trace.error is None, request.trace
+    assert not [r for r in server.requests[before:] if _code(r)]
