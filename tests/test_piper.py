@@ -62,56 +62,99 @@ def engine():
     return piper
 
 
-class HeldModel:
-    """Wraps the model run: from the second run on, each waits (bounded) until audio has been handed on, and notes
-    whether it had been by then."""
+class HeldStretches:
+    """Wraps the frames part of the split model: from the second stretch of a line on, each waits (bounded) until
+    audio has been handed on, and notes whether it had been by then."""
 
     def __init__(self, monkeypatch):
-        from piper import PiperVoice
+        from kiosk.speech.piper_voice import SplitVoice
 
-        self.runs: list[int] = []  # phoneme ids per run
+        self.stretches: list[int] = []  # frames per stretch
         self.delivered = threading.Event()
-        self.audio_before_second_run: bool | None = None
-        real = PiperVoice.phoneme_ids_to_audio
+        self.audio_before_second: bool | None = None
+        real = SplitVoice.audio
 
-        def run(voice, phoneme_ids, *args, **kwargs):
-            if self.runs and self.audio_before_second_run is None:
-                self.audio_before_second_run = self.delivered.wait(timeout=10)
-            self.runs.append(len(phoneme_ids))
-            return real(voice, phoneme_ids, *args, **kwargs)
+        def audio(split, latent, start, end):
+            if self.stretches and self.audio_before_second is None:
+                self.audio_before_second = self.delivered.wait(timeout=10)
+            self.stretches.append(end - start)
+            return real(split, latent, start, end)
 
-        monkeypatch.setattr(PiperVoice, "phoneme_ids_to_audio", run)
+        monkeypatch.setattr(SplitVoice, "audio", audio)
 
     def on_audio(self, chunk: bytes) -> None:
         self.delivered.set()
 
 
-async def test_a_long_sentence_is_spoken_piece_by_piece_as_each_is_made(engine, monkeypatch):
-    """At a Pi's pace the 40-word sentence goes to the model in pieces, and the first piece's audio is handed on
-    before the second is made (the second run waits for it: were the audio held back, it would wait in vain)."""
+def a_pi4(engine, monkeypatch):
+    """The engine kept to a Pi 4's pace: measurements change nothing (weight 0)."""
     from kiosk.speech.pace import VoicePace
 
-    monkeypatch.setattr(engine, "pace", VoicePace(rtf=0.4))
-    model = HeldModel(monkeypatch)
+    pace = VoicePace(rtf=0.36, text_s_per_char=0.004, context_s=engine.pace.context_s, weight=0.0)
+    monkeypatch.setattr(engine, "pace", pace)
+
+
+async def test_a_long_sentence_is_heard_while_the_rest_of_it_is_made(engine, monkeypatch):
+    """At a Pi's pace the 40-word sentence's first stretch of audio is handed on before the second is made (the
+    second waits for it: were the audio held back, it would wait in vain), and it is a small part of the line."""
+    a_pi4(engine, monkeypatch)
+    held = HeldStretches(monkeypatch)
     chunks: list[bytes] = []
 
     def on_audio(chunk: bytes) -> None:
         chunks.append(chunk)
-        model.on_audio(chunk)
+        held.on_audio(chunk)
 
     await asyncio.wait_for(engine.synthesize(LION, on_audio), timeout=60)
-    assert len(model.runs) >= 2 and model.audio_before_second_run is True
-    assert model.runs[0] < sum(model.runs) / 4  # the first run is a few words, not the sentence
+    assert len(held.stretches) >= 3 and held.audio_before_second is True
+    assert held.stretches[0] < sum(held.stretches) / 8  # the first stretch is a word or two, not the sentence
     assert sum(map(len, chunks)) > 2 * 22_050 * 8  # more than 8 s of speech in all
 
 
-async def test_each_sentence_is_handed_on_as_soon_as_it_is_made(engine, monkeypatch):
-    from kiosk.speech.pace import VoicePace
+async def test_a_fast_voice_makes_each_sentence_in_few_stretches(engine, monkeypatch):
+    held = HeldStretches(monkeypatch)
+    await asyncio.wait_for(engine.synthesize("Look closely at the crystal. You may touch it.", held.on_audio), 60)
+    assert held.audio_before_second is True and 2 <= len(held.stretches) <= 4
 
-    monkeypatch.setattr(engine, "pace", VoicePace(rtf=0.001))  # so fast that every sentence stays whole
-    model = HeldModel(monkeypatch)
-    await asyncio.wait_for(engine.synthesize("Look closely at the crystal. You may touch it.", model.on_audio), 60)
-    assert len(model.runs) == 2 and model.audio_before_second_run is True
+
+def test_stretches_joined_are_the_sentence_made_in_one_run(engine):
+    """The frames part made stretch by stretch, each with its context, gives what one run over all frames gives."""
+    import numpy as np
+
+    split = engine._loaded_voice().split
+    voice = engine._loaded_voice().voice
+    ids = voice.phonemes_to_ids(voice.phonemize(LION)[0])
+    latent = split.latent(ids, np.array([0.0, 1.0, 0.0], dtype=np.float32))  # no noise: the same latent each run
+    whole = split.audio(latent, 0, latent.frames)
+    for sizes in ((16, 40, 120), (33, 7, 400), (200,)):
+        stretches, start, number = [], 0, 0
+        while start < latent.frames:
+            end = min(latent.frames, start + sizes[min(number, len(sizes) - 1)])
+            stretches.append(split.audio(latent, start, end))
+            start, number = end, number + 1
+        joined = np.concatenate(stretches)
+        assert joined.shape == whole.shape
+        difference = float(np.sum((joined - whole) ** 2)) or 1e-30
+        assert 10 * np.log10(float(np.sum(whole**2)) / difference) > 60, sizes  # dB: far below hearing
+        assert float(np.max(np.abs(joined - whole))) < 0.005
+
+
+def test_a_model_that_cannot_be_split_is_run_whole(tmp_path):
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    from kiosk.speech.piper_voice import split_voice
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "not-piper",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1])],
+    )
+    model = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph), str(model))
+    assert split_voice(model, onnxruntime.SessionOptions(), 256) is None
 
 
 def test_the_voice_measures_its_pace_when_it_loads(engine):
@@ -120,6 +163,8 @@ def test_the_voice_measures_its_pace_when_it_loads(engine):
     assert engine.language == "en-us"
     assert 0 < engine.pace.rtf < 1 and engine.pace.rtf != VoicePace().rtf
     assert 0.03 < engine.pace.audio_s_per_char < 0.12
+    assert 0 < engine.pace.text_s_per_char < 0.01
+    assert abs(engine.pace.context_s - 24 * 256 / 22_050) < 1e-9  # the voice streams
 
 
 async def test_a_cancelled_line_stops_the_worker(engine):
@@ -136,9 +181,9 @@ async def test_a_cancelled_line_stops_the_worker(engine):
     assert len(got) == heard
 
 
-def test_the_model_session_suits_a_small_device(engine):
-    options = engine._loaded_voice().session.get_session_options()
-    assert options.enable_cpu_mem_arena is False
+def test_the_model_sessions_suit_a_small_device(engine):
+    sessions = engine._loaded_voice().sessions()
+    assert len(sessions) == 2 and all(s.get_session_options().enable_cpu_mem_arena is False for s in sessions)
 
 
 def test_a_voice_that_is_not_loaded_costs_no_onnxruntime():

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from kiosk.speech.pace import (
     FIRST_PIECE_S,
     MAX_PIECE_CHARS,
+    MIN_STRETCH_S,
     VoicePace,
     budget_s,
     next_piece,
@@ -32,8 +33,17 @@ ORGAN = (
 FULL_SPEED, PI4 = 0.07, 0.36  # real-time factors measured here and published for a Pi 4
 
 
+CONTEXT_S = 24 * 256 / 22_050  # the bundled voice streams with 24 frames of context on each side of a stretch
+
+
 def plan(text: str, rtf: float) -> list[str]:
+    """The pieces for a voice that makes each piece in one run (a voice whose model cannot be split)."""
     return plan_pieces(text, VoicePace(rtf=rtf), language="en")
+
+
+def streaming(rtf: float) -> VoicePace:
+    """A streaming voice's pace: its text part about a ninetieth of its frames part per character, as measured."""
+    return VoicePace(rtf=rtf, text_s_per_char=rtf / 90, context_s=CONTEXT_S)
 
 
 def predicted_gaps(planned: list[str], pace: VoicePace) -> list[float]:
@@ -57,9 +67,9 @@ def test_the_first_piece_is_short_and_the_rest_grows():
     assert at_a_pi[:3] == ["Look closely", "at the quartz", "in the center case,"]
     assert max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # the queue has grown: later pieces are longer
     assert plan(QUARTZ, FULL_SPEED) == [
-        "Look closely at the quartz",
-        "in the center case, whose crystals grew slowly over millions of years in a pocket of hot water deep "
-        "underground until a miner broke it open in nineteen twenty one.",
+        "Look closely at the quartz in the center case,",
+        "whose crystals grew slowly over millions of years in a pocket of hot water deep underground until a miner "
+        "broke it open in nineteen twenty one.",
     ]
 
 
@@ -97,6 +107,36 @@ def test_queued_audio_lets_a_whole_sentence_through():
     pace = VoicePace(rtf=PI4)
     assert list(pieces(QUARTZ, pace, lambda: 30.0, language="en")) == [QUARTZ]
     assert budget_s(0.0) == FIRST_PIECE_S
+
+
+def test_a_streaming_voice_keeps_sentences_whole_here_and_cuts_only_the_start_at_a_pi():
+    for text in (LION, QUARTZ, ORGAN):
+        assert plan_pieces(text, streaming(FULL_SPEED), language="en") == [text]
+    assert plan_pieces(QUARTZ, streaming(PI4), language="en") == [
+        "Look closely",
+        "at the quartz in the center case,",
+        "whose crystals grew slowly over millions of years in a pocket of hot water deep underground until a miner "
+        "broke it open in nineteen twenty one.",
+    ]
+    for text in (LION, QUARTZ, ORGAN):  # fewer pieces than a voice that makes each piece whole
+        assert len(plan_pieces(text, streaming(PI4), language="en")) < len(plan(text, PI4))
+
+
+def test_a_lines_first_stretch_is_enough_for_the_queue_to_grow_from_there():
+    """Each stretch is made with context that is not heard; from the first stretch on, every stretch made in
+    AHEAD_SHARE of the queue leaves more queued than before, at a Pi's pace and here."""
+    for rtf in (FULL_SPEED, PI4, 0.6):
+        pace = streaming(rtf)
+        ahead = pace.stretch_s(0.0)
+        assert ahead <= 1.5
+        for _ in range(12):
+            stretch = max(MIN_STRETCH_S, pace.stretch_s(ahead))
+            made_in = rtf * (stretch + 2 * CONTEXT_S)
+            assert made_in < ahead, (rtf, ahead)
+            ahead, before = ahead - made_in + stretch, ahead
+            assert ahead > before
+    pi = streaming(PI4)  # the first audio waits for the text part and one stretch, not for the sentence
+    assert pi.first_audio_s(200) - 200 * pi.text_s_per_char < 0.45 < pi.make_s(200) / 3
 
 
 def test_the_pace_follows_what_it_measures():

