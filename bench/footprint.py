@@ -97,15 +97,16 @@ class ServiceRun:
             time.sleep(0.2)
         raise RuntimeError("the configured lines were not warmed in time")
 
-    def play(self, **what: str) -> dict:
-        """Trigger a line and wait until it has been spoken; its trace."""
+    def play(self, poll_s: float = 0.02, **what: str) -> dict:
+        """Trigger a line and wait until it has been spoken; its trace. Each poll is a request the service answers:
+        where the service's CPU is scarce (bench/voice_pace.py), poll seldom."""
         playing = self.call("POST", "/api/play", what)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             answer = self.call("GET", f"/api/play/{playing['id']}")
             if answer.get("trace"):
                 return answer["trace"]
-            time.sleep(0.02)
+            time.sleep(poll_s)
         raise RuntimeError(f"{what} did not finish")
 
     def proc_field(self, name: str, field: str) -> int:

@@ -63,7 +63,7 @@ def engine():
 
 
 class HeldStretches:
-    """Wraps the frames part of the split model: from the second stretch of a line on, each waits (bounded) until
+    """Wraps the decoder of the split model: from the second stretch of a line on, each waits (bounded) until
     audio has been handed on, and notes whether it had been by then."""
 
     def __init__(self, monkeypatch):
@@ -118,11 +118,11 @@ async def test_a_fast_voice_makes_each_sentence_in_few_stretches(engine, monkeyp
 
 
 def test_stretches_joined_are_the_sentence_made_in_one_run(engine):
-    """The frames part made stretch by stretch, each with its context, gives what one run over all frames gives."""
+    """The decoder run stretch by stretch, each with its context, gives what one run over all frames gives."""
     import numpy as np
 
-    split = engine._loaded_voice().split
-    voice = engine._loaded_voice().voice
+    split = engine.loaded_voice().split
+    voice = engine.loaded_voice().voice
     ids = voice.phonemes_to_ids(voice.phonemize(LION)[0])
     latent = split.latent(ids, np.array([0.0, 1.0, 0.0], dtype=np.float32))  # no noise: the same latent each run
     whole = split.audio(latent, 0, latent.frames)
@@ -163,8 +163,8 @@ def test_the_voice_measures_its_pace_when_it_loads(engine):
     assert engine.language == "en-us"
     assert 0 < engine.pace.rtf < 1 and engine.pace.rtf != VoicePace().rtf
     assert 0.03 < engine.pace.audio_s_per_char < 0.12
-    assert 0 < engine.pace.text_s_per_char < 0.01
-    assert abs(engine.pace.context_s - 24 * 256 / 22_050) < 1e-9  # the voice streams
+    assert 0 < engine.pace.text_s_per_char < 0.01 and 0 <= engine.pace.run_s < 0.2
+    assert abs(engine.pace.context_s - 12 * 256 / 22_050) < 1e-9  # the voice streams
 
 
 async def test_a_cancelled_line_stops_the_worker(engine):
@@ -182,7 +182,7 @@ async def test_a_cancelled_line_stops_the_worker(engine):
 
 
 def test_the_model_sessions_suit_a_small_device(engine):
-    sessions = engine._loaded_voice().sessions()
+    sessions = engine.loaded_voice().sessions()
     assert len(sessions) == 2 and all(s.get_session_options().enable_cpu_mem_arena is False for s in sessions)
 
 

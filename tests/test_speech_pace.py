@@ -33,7 +33,7 @@ ORGAN = (
 FULL_SPEED, PI4 = 0.07, 0.36  # real-time factors measured here and published for a Pi 4
 
 
-CONTEXT_S = 24 * 256 / 22_050  # the bundled voice streams with 24 frames of context on each side of a stretch
+CONTEXT_S = 12 * 256 / 22_050  # the bundled voice streams with 12 frames of context on each side of a stretch
 
 
 def plan(text: str, rtf: float) -> list[str]:
@@ -42,8 +42,9 @@ def plan(text: str, rtf: float) -> list[str]:
 
 
 def streaming(rtf: float) -> VoicePace:
-    """A streaming voice's pace: its text part about a ninetieth of its frames part per character, as measured."""
-    return VoicePace(rtf=rtf, text_s_per_char=rtf / 90, context_s=CONTEXT_S)
+    """A streaming voice's pace: its text part per character about a fortieth of its decoder's real-time factor,
+    as measured."""
+    return VoicePace(rtf=rtf, text_s_per_char=rtf / 40, context_s=CONTEXT_S)
 
 
 def predicted_gaps(planned: list[str], pace: VoicePace) -> list[float]:
@@ -109,17 +110,25 @@ def test_queued_audio_lets_a_whole_sentence_through():
     assert budget_s(0.0) == FIRST_PIECE_S
 
 
-def test_a_streaming_voice_keeps_sentences_whole_here_and_cuts_only_the_start_at_a_pi():
+def test_a_streaming_voice_keeps_whole_what_fits_and_starts_short_at_a_pi():
     for text in (LION, QUARTZ, ORGAN):
-        assert plan_pieces(text, streaming(FULL_SPEED), language="en") == [text]
-    assert plan_pieces(QUARTZ, streaming(PI4), language="en") == [
-        "Look closely",
-        "at the quartz in the center case,",
-        "whose crystals grew slowly over millions of years in a pocket of hot water deep underground until a miner "
-        "broke it open in nineteen twenty one.",
-    ]
-    for text in (LION, QUARTZ, ORGAN):  # fewer pieces than a voice that makes each piece whole
-        assert len(plan_pieces(text, streaming(PI4), language="en")) < len(plan(text, PI4))
+        assert plan_pieces(text, streaming(0.001), language="en") == [text]
+        assert len(plan_pieces(text, streaming(FULL_SPEED), language="en")) <= 2
+    at_a_pi = plan_pieces(QUARTZ, streaming(PI4), language="en")
+    assert at_a_pi[:2] == ["Look closely", "at the quartz"]
+    assert " ".join(at_a_pi) == QUARTZ and max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # later pieces grow
+
+
+def test_a_streaming_voice_plans_each_pieces_first_audio_before_the_queue_runs_out():
+    for rtf in (FULL_SPEED, PI4, 0.6):
+        pace = streaming(rtf)
+        for text in (LION, QUARTZ, ORGAN):
+            ahead = 0.0
+            for number, piece in enumerate(plan_pieces(text, pace, language="en")):
+                chars = spoken_chars(piece)
+                if number:
+                    assert pace.first_audio_s(chars, ahead_s=ahead) < ahead, (rtf, piece)
+                ahead = max(0.0, ahead - pace.make_s(chars)) + pace.audio_s(chars)
 
 
 def test_a_lines_first_stretch_is_enough_for_the_queue_to_grow_from_there():
@@ -127,11 +136,12 @@ def test_a_lines_first_stretch_is_enough_for_the_queue_to_grow_from_there():
     AHEAD_SHARE of the queue leaves more queued than before, at a Pi's pace and here."""
     for rtf in (FULL_SPEED, PI4, 0.6):
         pace = streaming(rtf)
+        pace.run_s = rtf / 7  # every run costs this much whatever its size: 50 ms at a Pi's pace
         ahead = pace.stretch_s(0.0)
         assert ahead <= 1.5
         for _ in range(12):
             stretch = max(MIN_STRETCH_S, pace.stretch_s(ahead))
-            made_in = rtf * (stretch + 2 * CONTEXT_S)
+            made_in = pace.run_s + rtf * (stretch + 2 * CONTEXT_S)
             assert made_in < ahead, (rtf, ahead)
             ahead, before = ahead - made_in + stretch, ahead
             assert ahead > before

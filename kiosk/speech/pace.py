@@ -35,9 +35,12 @@ from dataclasses import dataclass
 from kiosk.speech.text import CLAUSE_CUT, WORD_CUT, cut_points, sentences
 
 #: Making time allowed for a line's first piece: the visitor waits this long (plus the device's start) for audio.
-FIRST_PIECE_S = 0.4
-#: The share of the queued audio's seconds that the next piece's estimated making time may use.
-AHEAD_SHARE = 0.6
+FIRST_PIECE_S = 0.25
+#: The share of the queued audio's seconds that the next stretch's estimated making time may use.
+AHEAD_SHARE = 0.5
+#: The same for a piece's text part and first stretch: smaller, since the text part's cost is the less certain (it
+#: grows faster than the text, and a short piece costs more per character than a long one).
+PIECE_SHARE = 0.4
 #: No piece is a single word shorter than this (in spoken characters), nor leaves one behind in its sentence: a
 #: lone short word ("Carved | from a") sounds clipped, where "Visitors | who climb the 312 steps" sounds like a
 #: speaker's pause.
@@ -60,13 +63,16 @@ class VoicePace:
     """How fast the voice makes audio here (see the module docstring). The defaults, before anything is measured,
     are a Pi 4's: a slow machine is assumed until the warm-up says otherwise."""
 
-    rtf: float = 0.4  # seconds of making per second of audio (a streaming voice: its frames part)
+    rtf: float = 0.4  # seconds of making per second of audio (a streaming voice: its decoder)
     audio_s_per_char: float = 0.055  # at length scale 1
     #: A streaming voice's text part, per spoken character (0: a voice that makes each piece in one run).
     text_s_per_char: float = 0.0
     #: Seconds of audio a streaming voice makes on each side of a stretch as context; None: it makes a piece in one
     #: run, and the piece's first audio waits for all of it.
     context_s: float | None = None
+    #: Seconds every run of the model costs whatever its size (its threads waking, its buffers set up): measured by
+    #: a one-word run when the voice loads, and taken off each measurement before it is divided by its size.
+    run_s: float = 0.0
     #: Weight of each new measurement (1: each replaces the last, as while the voice warms up).
     weight: float = NEW_WEIGHT
 
@@ -74,7 +80,8 @@ class VoicePace:
         return chars * self.audio_s_per_char * length_scale
 
     def make_s(self, chars: int, length_scale: float = 1.0) -> float:
-        return self.text_s_per_char * chars + self.rtf * self.audio_s(chars, length_scale)
+        runs = 1 if self.context_s is None else 2  # a streaming voice: its text part and at least one stretch
+        return runs * self.run_s + self.text_s_per_char * chars + self.rtf * self.audio_s(chars, length_scale)
 
     def first_audio_s(self, chars: int, length_scale: float = 1.0, ahead_s: float = 0.0) -> float:
         """Making time until a piece of `chars` characters has its first audio, with `ahead_s` queued: a streaming
@@ -83,19 +90,20 @@ class VoicePace:
             return self.make_s(chars, length_scale)
         stretch = self.stretch_s(0.0) if ahead_s <= 0 else MIN_STRETCH_S
         first = min(self.audio_s(chars, length_scale), stretch)
-        return self.text_s_per_char * chars + self.rtf * (first + self.context_s)
+        return 2 * self.run_s + self.text_s_per_char * chars + self.rtf * (first + self.context_s)
 
     def stretch_s(self, ahead_s: float) -> float:
         """Seconds of audio a streaming voice's next stretch holds with `ahead_s` seconds queued ahead of it: as much
         as can be made (with its context) in AHEAD_SHARE of the queue. A line's first stretch is the least that
-        lets the queue grow from there on: each stretch also makes 2 * context_s that are not heard, so the queue
-        only grows once it holds more than 2 * context_s / (AHEAD_SHARE * (1 / rtf - 1))."""
+        lets the queue grow from there on: each stretch also costs run_s and makes 2 * context_s that are not
+        heard, so the queue only grows once it holds more than
+        (run_s / rtf + 2 * context_s) / (AHEAD_SHARE * (1 / rtf - 1))."""
         context = self.context_s or 0.0
         if ahead_s > 0:
-            return AHEAD_SHARE * ahead_s / self.rtf - 2 * context
+            return (AHEAD_SHARE * ahead_s - self.run_s) / self.rtf - 2 * context
         if self.rtf >= 1:
             return MAX_FIRST_STRETCH_S
-        growth = 2 * context / (AHEAD_SHARE * (1 / self.rtf - 1))
+        growth = (self.run_s / self.rtf + 2 * context) / (AHEAD_SHARE * (1 / self.rtf - 1))
         return min(MAX_FIRST_STRETCH_S, max(MIN_STRETCH_S, GROWTH_MARGIN * growth))
 
     def note(self, chars: int, audio_s: float, make_s: float, length_scale: float = 1.0):
@@ -104,9 +112,9 @@ class VoicePace:
         self.note_length(chars, audio_s, length_scale)
 
     def note_rtf(self, audio_s: float, make_s: float) -> None:
-        """`audio_s` seconds of audio (a streaming voice: of its frames part, context included) took `make_s`."""
+        """`audio_s` seconds of audio (a streaming voice: of its decoder, context included) took `make_s`."""
         if audio_s > 0 and make_s > 0:
-            self.rtf += self.weight * (make_s / audio_s - self.rtf)
+            self.rtf += self.weight * (max(make_s - self.run_s, 0.0) / audio_s - self.rtf)
 
     def note_length(self, chars: int, audio_s: float, length_scale: float = 1.0) -> None:
         if chars > 0 and audio_s > 0:
@@ -115,12 +123,12 @@ class VoicePace:
     def note_text(self, chars: int, make_s: float) -> None:
         """A streaming voice's text part took `make_s` for `chars` characters."""
         if chars > 0 and make_s > 0:
-            self.text_s_per_char += self.weight * (make_s / chars - self.text_s_per_char)
+            self.text_s_per_char += self.weight * (max(make_s - self.run_s, 0.0) / chars - self.text_s_per_char)
 
 
 def budget_s(ahead_s: float) -> float:
     """Making time allowed for the next piece with `ahead_s` seconds of audio queued ahead of it."""
-    return FIRST_PIECE_S if ahead_s <= 0 else AHEAD_SHARE * ahead_s
+    return FIRST_PIECE_S if ahead_s <= 0 else PIECE_SHARE * ahead_s
 
 
 def next_piece(words: list[str], cuts: dict[int, int], budget: float, make_s: Callable[[int], float]) -> int:

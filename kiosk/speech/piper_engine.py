@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -36,8 +37,10 @@ from kiosk.errors import SpeechError
 from kiosk.memory import release_freed_memory
 from kiosk.pcm import AudioFormat
 from kiosk.speech import AudioCallback
-from kiosk.speech.pace import NEW_WEIGHT, VoicePace, pieces, spoken_chars
+from kiosk.speech.pace import VoicePace, pieces, spoken_chars
 from kiosk.speech.text import ends_clause, ends_sentence
+
+log = logging.getLogger(__name__)
 
 BUNDLED_VOICE = "joe-us"
 # Said twice when the voice loads: the model's first run is slow (it sets up its buffers), the second gives the pace.
@@ -58,6 +61,7 @@ _FIRST_HAND_OVER_S = 0.05
 _BREATH_S = 0.04
 _CLAUSE_PAUSE_S = 0.3
 _LEAD_S = 0.02
+_LATE_S = 0.005  # audio this late is logged: the voice fell behind the listener
 _QUIET = 500  # peak sample value below which audio counts as silence (-36 dBFS)
 
 
@@ -110,10 +114,10 @@ class PiperEngine:
 
     async def load(self) -> None:
         """Load the voice now (about 2 s) instead of at the first line."""
-        await asyncio.to_thread(self._loaded_voice)
+        await asyncio.to_thread(self.loaded_voice)
 
     async def synthesize(self, text: str, on_audio: AudioCallback, speed: float = 1.0) -> None:
-        voice = await asyncio.to_thread(self._loaded_voice)
+        voice = await asyncio.to_thread(self.loaded_voice)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
         cancelled = threading.Event()
@@ -167,6 +171,9 @@ class PiperEngine:
                 if cancelled.is_set():
                     return
                 lead = _LEAD_S if goes_on and queued.samples == before else None
+                if started and queued.ahead_s() < -_LATE_S:  # the listener hears a gap (a device underrun)
+                    where = "at the start of" if queued.samples == before else "within"
+                    log.info("piper: the voice fell %.0f ms behind %s %r", -1000 * queued.ahead_s(), where, piece[:40])
                 self._hand_on(_trim(audio, self.fmt.rate, lead, _tail_s(piece) if last else None), push, queued)
                 if not started:
                     started = True
@@ -198,7 +205,8 @@ class PiperEngine:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="piper-synthesis")
         return self._pool
 
-    def _loaded_voice(self):
+    def loaded_voice(self):
+        """The voice (kiosk.speech.piper_voice.LoadedVoice), loaded and warmed up on first use."""
         with self._load_lock:
             if self._voice is None:
                 try:
@@ -212,13 +220,15 @@ class PiperEngine:
             return self._voice
 
     def _warm_up(self, loaded) -> None:
-        """Make a short sentence twice: the first run sets up the model's buffers and gives the voice's gain, the
-        second gives the pace (unless a pace was given)."""
+        """Run the model on a short sentence, which sets up its buffers and gives the voice's gain, then measure the
+        pace (unless a pace was given) and the length of speech per character."""
         loaded.set_gain(loaded.raw_audio(_WARM_UP))
-        pace = VoicePace(context_s=loaded.context_s, weight=1.0)
-        samples = sum(len(audio) // 2 for audio, _ in loaded.piece_audio(_WARM_UP, pace, lambda: 0.0, self._clock))
+        pace = VoicePace(context_s=loaded.context_s)
+        loaded.calibrate(pace, self._clock, _WARM_UP)
+        samples = sum(
+            len(audio) // 2 for audio, _ in loaded.piece_audio(_WARM_UP, VoicePace(), lambda: 0.0, time.monotonic)
+        )
         pace.note_length(spoken_chars(_WARM_UP), samples / self.fmt.rate)
-        pace.weight = NEW_WEIGHT
         if self._measure_pace:
             self.pace = pace
         self.pace.context_s = pace.context_s

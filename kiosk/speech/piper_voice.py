@@ -2,19 +2,20 @@
 The only module that imports `piper`, `onnx` and `onnxruntime`; kiosk.speech.piper_engine imports it only once the
 voice is loaded.
 
-A Piper voice (VITS) works in two steps. The text part turns phoneme ids into latent frames (text encoder,
-duration predictor, the prior sampled at each frame): about a tenth of the work. The frames part turns frames into
-audio, 256 samples each (a normalizing flow, then the HiFi-GAN decoder): the rest. Every layer of the frames part
-is a convolution of bounded reach along time, so a stretch of frames made together with CONTEXT_FRAMES of its
-neighbours on each side gives the samples one run over the whole would give (measured on the bundled voice, the
-stretches joined against one run: 71 dB signal to difference with 24 frames, largest sample difference 0.0013 of
-full scale; 44 dB with 20, 28 dB with 16). So the model file is split once when the voice loads, with onnx's own
-Extractor at the two tensors that join the parts, into two onnxruntime sessions: a sentence's first audio then
-waits for its text part and one short stretch, not for all of it, and the sentence keeps its prosody whole.
+A Piper voice (VITS) works in two steps. The text part turns phoneme ids into latent frames (text encoder, duration
+predictor, the prior sampled at each frame, a normalizing flow): about a third of the work. The decoder (HiFi-GAN)
+turns frames into audio, 256 samples each: the rest. Every layer of the decoder is a convolution of bounded reach
+along time, so a stretch of frames decoded together with CONTEXT_FRAMES of its neighbours on each side gives the
+samples one run over the whole would give (measured on the bundled voice, the stretches joined against one run:
+above 100 dB signal to difference with 12 frames, 59 dB with 8, 31 dB with 4). So the model file is split once when
+the voice loads, with onnx's own Extractor at the tensor that joins the parts, into two onnxruntime sessions: a
+sentence's first audio waits for its text part and one short stretch, not for all of it, and the sentence keeps
+its prosody whole. (The flow is a convolution of bounded reach too, but a wider one, about 24 frames: split before
+it, each stretch would make twice as much context as here.)
 
 A piece's audio is made stretch by stretch (`LoadedVoice.piece_audio`): a line's first stretch is short, each later
 one as long as can be made before the audio queued ahead of it runs out (kiosk.speech.pace.VoicePace.stretch_s), and
-the pace is noted as it goes: the text part per character, the frames part per second of audio made.
+the pace is noted as it goes: the text part per character, the decoder per second of audio made.
 
 The model's own level is kept (no per-sentence peak normalisation as in piper's `synthesize`, which would need the
 whole sentence before its first sample): one gain per voice, set when it loads so that the warm-up sentence peaks
@@ -37,14 +38,12 @@ import numpy as np
 from kiosk.memory import limit_malloc_arenas, release_freed_memory
 from kiosk.speech.pace import VoicePace, spoken_chars
 
-#: The prior sampled at each frame, [1, channels, frames]: the frames part's input.
-LATENT = "/Add_output_0"
-#: Which frames are real, [1, 1, frames] (all of them for one sentence).
-FRAME_MASK = "/Cast_2_output_0"
+#: The latent frames after the flow, [1, channels, frames], masked: the decoder's input.
+LATENT = "/Mul_7_output_0"
 TEXT_INPUTS = ("input", "input_lengths", "scales")
-#: Frames of context made on each side of a stretch and then dropped (see the module docstring).
-CONTEXT_FRAMES = 24
-#: A stretch holds at most this many frames (4.6 s at 22 050 Hz): the frames part's memory grows with a stretch.
+#: Frames of context decoded on each side of a stretch and then dropped (see the module docstring).
+CONTEXT_FRAMES = 12
+#: A stretch holds at most this many frames (4.6 s at 22 050 Hz): the decoder's memory grows with a stretch.
 MAX_STRETCH_FRAMES = 400
 #: A piece's last stretch holds at least this many frames, so that the silence the voice ends it with (about 0.3 s)
 #: comes in one stretch and can be trimmed where the sentence goes on.
@@ -58,7 +57,6 @@ class Latent:
     """One sentence's latent frames, made by the text part."""
 
     z: np.ndarray
-    mask: np.ndarray
 
     @property
     def frames(self) -> int:
@@ -66,28 +64,26 @@ class Latent:
 
 
 class SplitVoice:
-    """The two parts of a voice's model as onnxruntime sessions."""
+    """The two parts of a voice's model as onnxruntime sessions: text part and decoder."""
 
-    def __init__(self, text_session, frames_session, hop_length: int):
-        self.text_session, self.frames_session = text_session, frames_session
+    def __init__(self, text_session, decoder_session, hop_length: int):
+        self.text_session, self.decoder_session = text_session, decoder_session
         self.hop_length = hop_length
 
     def latent(self, phoneme_ids: list[int], scales: np.ndarray) -> Latent:
         ids = np.array([phoneme_ids], dtype=np.int64)
         inputs = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": scales}
-        z, mask = self.text_session.run(None, inputs)
-        return Latent(z, mask)
+        return Latent(self.text_session.run(None, inputs)[0])
 
     def audio(self, latent: Latent, start: int, end: int) -> np.ndarray:
         """The float samples of frames [start, end), made with their context."""
         first, last = max(0, start - CONTEXT_FRAMES), min(latent.frames, end + CONTEXT_FRAMES)
-        inputs = {LATENT: latent.z[:, :, first:last], FRAME_MASK: latent.mask[:, :, first:last]}
-        samples = self.frames_session.run(None, inputs)[0].reshape(-1)
+        samples = self.decoder_session.run(None, {LATENT: latent.z[:, :, first:last]})[0].reshape(-1)
         return samples[(start - first) * self.hop_length : (end - first) * self.hop_length]
 
     @staticmethod
     def computed_frames(latent: Latent, start: int, end: int) -> int:
-        """How many frames `audio(latent, start, end)` runs the frames part over (its cost)."""
+        """How many frames `audio(latent, start, end)` runs the decoder over (its cost)."""
         return min(latent.frames, end + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
 
 
@@ -100,12 +96,12 @@ def split_voice(model: Path, options, hop_length: int) -> SplitVoice | None:
     graph_model = onnx.load(str(model))
     graph = graph_model.graph
     made = {name for node in graph.node for name in node.output}
-    if {i.name for i in graph.input} != set(TEXT_INPUTS) or not {LATENT, FRAME_MASK} <= made:
+    if {i.name for i in graph.input} != set(TEXT_INPUTS) or LATENT not in made:
         return None
     extractor = Extractor(graph_model)
     parts = (
-        extractor.extract_model(list(TEXT_INPUTS), [LATENT, FRAME_MASK]),
-        extractor.extract_model([LATENT, FRAME_MASK], [graph.output[0].name]),
+        extractor.extract_model(list(TEXT_INPUTS), [LATENT]),
+        extractor.extract_model([LATENT], [graph.output[0].name]),
     )
     del graph_model, extractor  # the parsed file: its weights now live in the two parts
     sessions = []
@@ -116,7 +112,7 @@ def split_voice(model: Path, options, hop_length: int) -> SplitVoice | None:
                     part.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
                 )
             )
-    if len(sessions) != 2 or [i.name for i in sessions[1].get_inputs()] != [LATENT, FRAME_MASK]:
+    if len(sessions) != 2 or [i.name for i in sessions[1].get_inputs()] != [LATENT]:
         return None
     return SplitVoice(*sessions, hop_length)
 
@@ -175,8 +171,43 @@ class LoadedVoice:
                 audio.append(self.split.audio(latent, 0, latent.frames))
         return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
+    def calibrate(self, pace: VoicePace, clock: Callable[[], float], text: str) -> None:
+        """Measure the pace: each part of the model on a small and a larger input (the median of three runs each),
+        so that what a run costs whatever its size (`run_s`) is told apart from what it costs per character of text
+        and per second of audio."""
+
+        def timed(run) -> float:
+            times = []
+            for _ in range(3):
+                started = clock()
+                run()
+                times.append(clock() - started)
+            return sorted(times)[1]
+
+        ids = [self.voice.phonemes_to_ids(self.voice.phonemize(t)[0]) for t in ("Yes.", text)]
+        chars = [spoken_chars("Yes."), spoken_chars(text)]
+        if self.split is None:
+            from piper import SynthesisConfig
+
+            small, large = (timed(lambda i=i: self.voice.phoneme_ids_to_audio(i, SynthesisConfig())) for i in ids)
+            audio_s = [len(self.voice.phoneme_ids_to_audio(i, SynthesisConfig())) / self.rate for i in ids]
+            pace.rtf = max(large - small, 1e-4) / max(audio_s[1] - audio_s[0], 1e-3)
+            pace.run_s = max(0.0, small - pace.rtf * audio_s[0])
+            return
+        scales = np.array([0.0, 1.0, 0.0], np.float32)
+        small, large = (timed(lambda i=i: self.split.latent(i, scales)) for i in ids)
+        pace.text_s_per_char = max(large - small, 1e-5) / (chars[1] - chars[0])
+        latent = self.split.latent(ids[1], scales)
+        frames = min(latent.frames, 100)
+        one, many = (timed(lambda n=n: self.split.audio(latent, 0, n)) for n in (1, frames))
+        frame_s = self.split.hop_length / self.rate
+        computed = [self.split.computed_frames(latent, 0, n) * frame_s for n in (1, frames)]
+        pace.rtf = max(many - one, 1e-4) / max(computed[1] - computed[0], 1e-3)
+        text_run = small - pace.text_s_per_char * chars[0]
+        pace.run_s = max(0.0, (text_run + one - pace.rtf * computed[0]) / 2)
+
     def sessions(self) -> list:
-        return [self.voice.session] if self.split is None else [self.split.text_session, self.split.frames_session]
+        return [self.voice.session] if self.split is None else [self.split.text_session, self.split.decoder_session]
 
     def set_gain(self, audio: np.ndarray) -> None:
         """The gain that brings `audio` (the warm-up sentence, as the model makes it) to TARGET_PEAK."""
@@ -217,7 +248,10 @@ class LoadedVoice:
         pace.note_text(chars, clock() - started)
         start = 0
         while start < latent.frames:
-            end = self._stretch_end(latent.frames, start, pace.stretch_s(ahead_s()))
+            # A later piece's first stretch is the shortest: its text part has just used up part of the queue.
+            ahead = ahead_s()
+            stretch_s = pace.stretch_s(ahead) if start or ahead <= 0 else 0.0
+            end = self._stretch_end(latent.frames, start, stretch_s)
             started = clock()
             audio = self.split.audio(latent, start, end)
             made_s = self.split.computed_frames(latent, start, end) * self.split.hop_length / self.rate
