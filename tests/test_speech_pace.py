@@ -36,6 +36,10 @@ FULL_SPEED, PI4 = 0.07, 0.36  # real-time factors measured here and published fo
 CONTEXT_S = 12 * 256 / 22_050  # the bundled voice streams with 12 frames of context on each side of a stretch
 
 
+#: The bundled voice's pace as it measured itself on this machine (decoder, text part, cost of a run).
+HERE = VoicePace(rtf=0.028, text_s_per_char=0.0005, run_s=0.009, context_s=CONTEXT_S)
+
+
 def plan(text: str, rtf: float) -> list[str]:
     """The pieces for a voice that makes each piece in one run (a voice whose model cannot be split)."""
     return plan_pieces(text, VoicePace(rtf=rtf), language="en")
@@ -68,7 +72,8 @@ def test_the_first_piece_is_short_and_the_rest_grows():
     assert at_a_pi[:3] == ["Look closely", "at the quartz", "in the center case,"]
     assert max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # the queue has grown: later pieces are longer
     assert plan(QUARTZ, FULL_SPEED) == [
-        "Look closely at the quartz in the center case,",
+        "Look closely at the quartz",
+        "in the center case,",
         "whose crystals grew slowly over millions of years in a pocket of hot water deep underground until a miner "
         "broke it open in nineteen twenty one.",
     ]
@@ -113,7 +118,7 @@ def test_queued_audio_lets_a_whole_sentence_through():
 def test_a_streaming_voice_keeps_whole_what_fits_and_starts_short_at_a_pi():
     for text in (LION, QUARTZ, ORGAN):
         assert plan_pieces(text, streaming(0.001), language="en") == [text]
-        assert len(plan_pieces(text, streaming(FULL_SPEED), language="en")) <= 2
+        assert plan_pieces(text, HERE, language="en") == [text]
     at_a_pi = plan_pieces(QUARTZ, streaming(PI4), language="en")
     assert at_a_pi[:2] == ["Look closely", "at the quartz"]
     assert " ".join(at_a_pi) == QUARTZ and max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # later pieces grow

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from kiosk.speech.text import CLAUSE_CUT, WORD_CUT, cut_points, sentences
 
 #: Making time allowed for a line's first piece: the visitor waits this long (plus the device's start) for audio.
-FIRST_PIECE_S = 0.25
+FIRST_PIECE_S = 0.15
 #: The share of the queued audio's seconds that the next stretch's estimated making time may use.
 AHEAD_SHARE = 0.5
 #: The same for a piece's text part and first stretch: smaller, since the text part's cost is the less certain (it
