@@ -13,10 +13,10 @@ the pieces one after another and hands each stretch's audio on the moment it exi
 
 The model runs in onnxruntime sessions set up for a small device: no CPU memory arena (the arena keeps the largest
 tensors of any sentence ever spoken), and after each line the C library is asked to hand freed memory back (glibc's
-malloc_trim; elsewhere nothing happens). Measured here: RSS after speaking a 40-word sentence 144 MB against 525 MB
-with piper's defaults. The sessions keep onnxruntime's default of one thread per core: one thread saved no memory
-once the arena was off and made the first clause 60-100 ms slower here; on a Pi it would halve the speed of a voice
-that runs at about half real time there.
+malloc_trim; elsewhere nothing happens). Measured here: RSS after speaking a 40-word sentence 158 MB (144 MB when
+each piece ran whole in one session) against 525 MB with piper's defaults. The sessions keep onnxruntime's default
+of one thread per core: one thread saved no memory once the arena was off and made the first clause 60-100 ms
+slower here; on a Pi it would halve the speed of a voice that runs at about half real time there.
 """
 
 from __future__ import annotations
