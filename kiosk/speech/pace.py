@@ -1,18 +1,21 @@
 """The local voice's pace on this machine, and the pieces a line is given to it in.
 
-A local voice (Piper) makes each piece it is given in one run: the first audio of a line waits for the whole first
-piece, and each later piece must be made before the audio queued ahead of it has played, or the listener hears a
-gap. How long that takes depends on the machine: here a medium voice makes a second of speech in about 0.07 s, a
-Pi 4 in about 0.36 s. So the pieces are planned from the voice's own measured pace, one piece at a time, just
-before it is made:
+The bundled voice streams (kiosk.speech.piper_voice): a piece of text goes through the model's text part in one
+run, then its audio is decoded stretch by stretch, so the piece's first audio waits for the text part and one
+stretch. (A voice whose model cannot be split makes each piece in one run, and its first audio waits for all of
+it.) Each later piece's first audio, and each later stretch, must be made before the audio queued ahead of it has
+played, or the listener hears a gap. How long that takes depends on the machine (here the decoder makes a second
+of speech in about 0.03 s, at a Pi 4's pace in about 0.2 s), so pieces and stretches are planned from the voice's
+own measured pace, each just before it is made:
 
-- `VoicePace` holds the real-time factor (seconds of making per second of audio) and the seconds of audio per
-  character of text, measured by a short warm-up sentence when the voice loads and then after every piece (an
-  exponential moving average, so a machine that gets busier is noticed within a few pieces). A piece's making
-  time is estimated as `rtf * audio_s_per_char * spoken characters * length_scale`, where a digit counts as
-  DIGIT_CHARS characters ("1851" is said "eighteen fifty-one", "1,200" "one thousand two hundred").
-- The budget for the next piece: with nothing queued (a line's first piece) `FIRST_PIECE_S`; otherwise
-  `AHEAD_SHARE` of the seconds of audio queued ahead, the rest kept for a misjudged estimate or a busy moment.
+- `VoicePace` holds what a model run costs whatever its size (`run_s`), the text part per spoken character, the
+  decoder per second of audio (`rtf`; for a voice that runs whole, the whole model's) and the seconds of audio per
+  character, measured when the voice loads and then after every piece and stretch (an exponential moving
+  average, so a machine that gets busier is noticed within a few runs). A digit counts as DIGIT_CHARS characters
+  ("1851" is said "eighteen fifty-one", "1,200" "one thousand two hundred").
+- The budget for the next piece's first audio: with nothing queued (a line's first piece) `FIRST_PIECE_S`;
+  otherwise `PIECE_SHARE` of the seconds of audio queued ahead, the rest kept for a misjudged estimate or a busy
+  moment. A stretch may use `AHEAD_SHARE` of the queue (`VoicePace.stretch_s`).
 - Within a sentence, the piece is the whole rest of it if it fits the budget; else the longest that fits and ends
   at a clause (kiosk.speech.text.cut_points: comma, semicolon, colon, dash, parenthesis); else the longest that
   fits at a word cut (before a connecting word, after a year or a name); and if none fits, the shortest there is.
@@ -20,11 +23,11 @@ before it is made:
   voice makes and hands on each sentence on its own anyway).
 
 Each cut costs a little prosody: the voice ends the piece as if it were the end of an utterance (the engine trims
-the silence it leaves there, kiosk.speech.piper_engine.joined, but the last word stays drawn out). A whole sentence
-sounds best, a cut at a comma is close to a speaker's own pause, a cut before "in" or "which" is a short breath.
-Hence the order above: a piece is kept whole wherever the queue allows, and a word cut is used only when no clause
-fits. Since every piece plays for longer than it takes to make (rtf below 1), the queue grows with every piece, and
-a sentence's later pieces come out longer and longer, usually whole from the second or third on.
+the silence it leaves there, kiosk.speech.piper_engine.joined, but the last word stays drawn out); the joins
+between stretches cost none. A whole sentence sounds best, a cut at a comma is close to a speaker's own pause, a
+cut before "in" or "which" is a short breath. Hence the order above: a piece is kept whole wherever the queue
+allows, and a word cut is used only when no clause fits. Since the voice makes audio faster than it plays, the
+queue grows with every stretch, and a sentence's later pieces come out longer and longer.
 """
 
 from __future__ import annotations
