@@ -260,12 +260,6 @@ def _tail_s(piece: str) -> float | None:
     return None if ends_sentence(piece) else _CLAUSE_PAUSE_S if ends_clause(piece) else _BREATH_S
 
 
-def joined(audio: bytes, rate: int, piece: str, *, goes_on: bool) -> bytes:
-    """A piece's (last) audio with the silence trimmed where its sentence goes on across a cut: after it (unless it
-    ends the sentence) and, when `goes_on` (the piece before ended inside the sentence), before it."""
-    return _trim(audio, rate, _LEAD_S if goes_on else None, _tail_s(piece))
-
-
 def _trim(audio: bytes, rate: int, lead_s: float | None, tail_s: float | None) -> bytes:
     """16-bit audio with its silence at the start cut to `lead_s` and at the end to `tail_s` (None: left alone)."""
     samples = memoryview(audio).cast("h")
