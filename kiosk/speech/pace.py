@@ -23,7 +23,7 @@ own measured pace, each just before it is made:
   voice makes and hands on each sentence on its own anyway).
 
 Each cut costs a little prosody: the voice ends the piece as if it were the end of an utterance (the engine trims
-the silence it leaves there, kiosk.speech.piper_engine.joined, but the last word stays drawn out); the joins
+the silence it leaves there, kiosk.speech.piper_engine._tail_s, but the last word stays drawn out); the joins
 between stretches cost none. A whole sentence sounds best, a cut at a comma is close to a speaker's own pause, a
 cut before "in" or "which" is a short breath. Hence the order above: a piece is kept whole wherever the queue
 allows, and a word cut is used only when no clause fits. Since the voice makes audio faster than it plays, the

@@ -94,7 +94,10 @@ def split_voice(model: Path, options, hop_length: int, parts_dir: Path | None = 
     onnx (0.6 s here) nor splits again; where that directory cannot be written, the parts stay in memory."""
     import onnxruntime
 
-    parts = _kept_parts(model, parts_dir or split_parts_dir()) or _split(model)
+    try:
+        parts = _kept_parts(model, parts_dir or split_parts_dir())
+    except OSError:  # the directory cannot be written: the parts stay in memory
+        parts = _split(model)
     if parts is None:
         return None
     sessions = []
@@ -115,23 +118,21 @@ def split_parts_dir() -> Path:
 
 
 def _kept_parts(model: Path, directory: Path) -> tuple[str, str] | None:
-    """The two parts' files for this model file (its name, size and time), made and kept now if need be."""
-    try:
-        stat = model.stat()
-        stem = f"{model.stem}-{stat.st_size}-{stat.st_mtime_ns}"
-        paths = (directory / f"{stem}.text.onnx", directory / f"{stem}.decoder.onnx")
-        if not all(path.is_file() for path in paths):
-            parts = _split(model)
-            if parts is None:
-                return None
-            directory.mkdir(parents=True, exist_ok=True)
-            for path, part in zip(paths, parts, strict=True):
-                temporary = path.with_suffix(".partial")
-                temporary.write_bytes(part)
-                temporary.replace(path)  # whole or not at all, even across a power cut
-        return str(paths[0]), str(paths[1])
-    except OSError:
-        return None
+    """The two parts' files for this model file (its name, size and time), made and kept now if need be; None where
+    the model cannot be split."""
+    stat = model.stat()
+    stem = f"{model.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    paths = (directory / f"{stem}.text.onnx", directory / f"{stem}.decoder.onnx")
+    if not all(path.is_file() for path in paths):
+        parts = _split(model)
+        if parts is None:
+            return None
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, part in zip(paths, parts, strict=True):
+            temporary = path.with_suffix(".partial")
+            temporary.write_bytes(part)
+            temporary.replace(path)  # whole or not at all, even across a power cut
+    return str(paths[0]), str(paths[1])
 
 
 def _split(model: Path) -> tuple[bytes, bytes] | None:
@@ -200,8 +201,7 @@ class LoadedVoice:
             if self.split is None:
                 audio.append(self.voice.phoneme_ids_to_audio(ids, SynthesisConfig()))
             else:
-                scales = np.array([self.voice.config.noise_scale, 1.0, self.voice.config.noise_w_scale], np.float32)
-                latent = self.split.latent(ids, scales)
+                latent = self.split.latent(ids, self._scales())
                 audio.append(self.split.audio(latent, 0, latent.frames))
         return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
@@ -210,30 +210,32 @@ class LoadedVoice:
         so that what a run costs whatever its size (`run_s`) is told apart from what it costs per character of text
         and per second of audio."""
 
-        def timed(run) -> float:
+        def timed(run) -> tuple[float, object]:
+            """The median of three runs' times, and what the last one made."""
             times = []
             for _ in range(3):
                 started = clock()
-                run()
+                made = run()
                 times.append(clock() - started)
-            return sorted(times)[1]
+            return sorted(times)[1], made
 
         ids = [self.voice.phonemes_to_ids(self.voice.phonemize(t)[0]) for t in ("Yes.", text)]
         chars = [spoken_chars("Yes."), spoken_chars(text)]
         if self.split is None:
             from piper import SynthesisConfig
 
-            small, large = (timed(lambda i=i: self.voice.phoneme_ids_to_audio(i, SynthesisConfig())) for i in ids)
-            audio_s = [len(self.voice.phoneme_ids_to_audio(i, SynthesisConfig())) / self.rate for i in ids]
+            (small, quiet), (large, said) = (
+                timed(lambda i=i: self.voice.phoneme_ids_to_audio(i, SynthesisConfig())) for i in ids
+            )
+            audio_s = [len(quiet) / self.rate, len(said) / self.rate]
             pace.rtf = max(large - small, 1e-4) / max(audio_s[1] - audio_s[0], 1e-3)
             pace.run_s = max(0.0, small - pace.rtf * audio_s[0])
             return
-        scales = np.array([0.0, 1.0, 0.0], np.float32)
-        small, large = (timed(lambda i=i: self.split.latent(i, scales)) for i in ids)
+        scales = self._scales(noise=False)
+        (small, _), (large, latent) = (timed(lambda i=i: self.split.latent(i, scales)) for i in ids)
         pace.text_s_per_char = max(large - small, 1e-5) / (chars[1] - chars[0])
-        latent = self.split.latent(ids[1], scales)
         frames = min(latent.frames, 100)
-        one, many = (timed(lambda n=n: self.split.audio(latent, 0, n)) for n in (1, frames))
+        (one, _), (many, _) = (timed(lambda n=n: self.split.audio(latent, 0, n)) for n in (1, frames))
         frame_s = self.split.hop_length / self.rate
         computed = [self.split.computed_frames(latent, 0, n) * frame_s for n in (1, frames)]
         pace.rtf = max(many - one, 1e-4) / max(computed[1] - computed[0], 1e-3)
@@ -266,8 +268,14 @@ class LoadedVoice:
             for audio, last in self._run_audio(ids, chars, pace, ahead_s, clock, length_scale):
                 yield self._pcm(audio), last and last_run
 
-    def _run_audio(self, ids, chars, pace, ahead_s, clock, length_scale) -> Iterator[tuple[np.ndarray, bool]]:
+    def _scales(self, length_scale: float = 1.0, *, noise: bool = True) -> np.ndarray:
+        """The text part's scales input: the voice's noise (or none, for a result that is the same every run) and
+        `length_scale`."""
         config = self.voice.config
+        noise_scale, noise_w = (config.noise_scale, config.noise_w_scale) if noise else (0.0, 0.0)
+        return np.array([noise_scale, length_scale, noise_w], dtype=np.float32)
+
+    def _run_audio(self, ids, chars, pace, ahead_s, clock, length_scale) -> Iterator[tuple[np.ndarray, bool]]:
         if self.split is None:
             from piper import SynthesisConfig
 
@@ -277,8 +285,7 @@ class LoadedVoice:
             yield audio, True
             return
         started = clock()
-        scales = np.array([config.noise_scale, length_scale, config.noise_w_scale], dtype=np.float32)
-        latent = self.split.latent(ids, scales)
+        latent = self.split.latent(ids, self._scales(length_scale))
         pace.note_text(chars, clock() - started)
         start = 0
         while start < latent.frames:
