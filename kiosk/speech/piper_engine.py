@@ -220,15 +220,13 @@ class PiperEngine:
             return self._voice
 
     def _warm_up(self, loaded) -> None:
-        """Run the model on a short sentence, which sets up its buffers and gives the voice's gain, then measure the
-        pace (unless a pace was given) and the length of speech per character."""
-        loaded.set_gain(loaded.raw_audio(_WARM_UP))
+        """Run the model on a short sentence, which sets up its buffers and gives the voice's gain and its length of
+        speech per character, then measure the pace (unless a pace was given)."""
+        audio = loaded.raw_audio(_WARM_UP)
+        loaded.set_gain(audio)
         pace = VoicePace(context_s=loaded.context_s)
+        pace.audio_s_per_char = len(audio) / self.fmt.rate / spoken_chars(_WARM_UP)
         loaded.calibrate(pace, self._clock, _WARM_UP)
-        samples = sum(
-            len(audio) // 2 for audio, _ in loaded.piece_audio(_WARM_UP, VoicePace(), lambda: 0.0, time.monotonic)
-        )
-        pace.note_length(spoken_chars(_WARM_UP), samples / self.fmt.rate)
         if self._measure_pace:
             self.pace = pace
         self.pace.context_s = pace.context_s
