@@ -42,7 +42,7 @@ PI4_RTF = 0.36
 #: How often the benchmark asks whether a line is done: each question is a request the service answers from the
 #: same CPU share as the voice (at 50 a second they took a tenth of a Pi-4 share and caused underruns of their own).
 POLL_S = 0.5
-SHARES = (35, 40, 45, 50, 55)
+SHARES = (30, 35, 40, 45, 50, 55)
 RTF_LINE = "Look closely at the quartz in the center case, whose crystals grew slowly over millions of years."
 QUARTZ = (
     "Look closely at the quartz in the center case, whose crystals grew slowly over millions of years in a pocket "

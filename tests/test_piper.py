@@ -224,6 +224,10 @@ async def test_a_cancelled_line_stops_the_worker(engine):
 def test_the_model_sessions_suit_a_small_device(engine):
     sessions = engine.loaded_voice().sessions()
     assert len(sessions) == 2 and all(s.get_session_options().enable_cpu_mem_arena is False for s in sessions)
+    # Threads that spin between operators would use up a CPU share the player needs.
+    assert all(
+        s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0" for s in sessions
+    )
 
 
 def test_a_voice_that_is_not_loaded_costs_no_onnxruntime():

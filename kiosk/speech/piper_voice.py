@@ -181,6 +181,10 @@ def load_voice(model: Path, config: Path, *, intra_op_threads: int = 0, mem_aren
     options.enable_cpu_mem_arena = mem_arena
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
+    # onnxruntime's threads spin between the operators of a run, waiting for the next: that burns CPU the player and
+    # the rest of the service need, and under a CPU share it used up the share. Measured at the 55 % share (bench/
+    # voice_pace.py): a run's fixed cost 44 ms spinning, 9 ms not; at full speed no slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     voice_config = VoiceConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
     split = split_voice(model, options, voice_config.hop_length)
     session = None
