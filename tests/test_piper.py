@@ -115,7 +115,9 @@ async def test_a_long_sentence_is_heard_while_the_rest_of_it_is_made(engine, mon
 async def test_a_fast_voice_makes_each_sentence_in_few_stretches(engine, monkeypatch):
     held = HeldStretches(monkeypatch)
     await asyncio.wait_for(engine.synthesize("Look closely at the crystal. You may touch it.", held.on_audio), 60)
-    assert held.audio_before_second is True and 2 <= len(held.stretches) <= 4
+    assert held.audio_before_second is True and 2 <= len(held.stretches) <= 8
+    # Each sentence's stretches grow with the queue (the last holds what is left).
+    print(held.stretches)
 
 
 def test_stretches_joined_are_the_sentence_made_in_one_run(engine):

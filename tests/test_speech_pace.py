@@ -137,7 +137,23 @@ def test_a_streaming_voice_plans_each_pieces_first_audio_before_the_queue_runs_o
                 chars = spoken_chars(piece)
                 if number:
                     assert pace.first_audio_s(chars, ahead_s=ahead) < ahead, (rtf, piece)
-                ahead = max(0.0, ahead - pace.make_s(chars)) + pace.audio_s(chars)
+                ahead = pace.queue_after_s(chars, ahead_s=ahead)
+
+
+def test_a_first_piece_leaves_room_for_the_next():
+    """At a Pi's pace as measured in a CPU share, the shortest first phrase would be said before the next piece
+    could be made; the first piece is the shortest after which the next one starts within its budget."""
+    share = VoicePace(rtf=0.2, audio_s_per_char=0.065, text_s_per_char=0.0056, context_s=CONTEXT_S, run_s=0.05)
+    loom = "The loom on your left could weave a metre of silk in an hour, while the hand loom beside it needed a day."
+    planned = plan_pieces(loom, share, language="en")
+    assert planned[0] == "The loom on your left could weave"  # not "The loom": 0.6 s of audio
+    for text in (LION, QUARTZ, ORGAN, loom):
+        ahead = 0.0
+        for number, piece in enumerate(plan_pieces(text, share, language="en")):
+            chars = spoken_chars(piece)
+            if number:
+                assert share.first_audio_s(chars, ahead_s=ahead) <= budget_s(ahead), piece
+            ahead = share.queue_after_s(chars, ahead_s=ahead)
 
 
 def test_a_lines_first_stretch_is_enough_for_the_queue_to_grow_from_there():

@@ -56,11 +56,16 @@ MIN_PIECE_CHARS = 8
 DIGIT_CHARS = 5
 #: Weight of each new measurement in the moving averages.
 NEW_WEIGHT = 0.3
-#: A streaming voice's stretches: at least this many seconds of audio, a line's first at most the other.
-MIN_STRETCH_S = 0.35  # about kiosk.speech.piper_voice.TAIL_FRAMES
+#: A streaming voice's stretches: at least this many seconds of audio (a later piece's first stretch is this short,
+#: its text part having just used part of the queue), a line's first at most the other.
+MIN_STRETCH_S = 0.2
 MAX_FIRST_STRETCH_S = 1.5
 #: A line's first stretch holds this many times the least that lets the queue grow (see VoicePace.stretch_s).
-GROWTH_MARGIN = 1.25
+GROWTH_MARGIN = 2.0
+#: A later stretch holds at most this many times the audio queued ahead of it. On a fast machine half the queue
+#: would make a stretch ten times the queue; a stretch larger than any before it costs more than its measure (its
+#: buffers are new), and fewer, larger stretches save little once the context is a small part of each.
+MAX_STRETCH_GROWTH = 2.0
 #: A piece of more (spoken) characters is cut even where the queue allows it: the voice's memory grows with a piece.
 MAX_PIECE_CHARS = 240
 
@@ -115,13 +120,14 @@ class VoicePace:
 
     def stretch_s(self, ahead_s: float) -> float:
         """Seconds of audio a streaming voice's next stretch holds with `ahead_s` seconds queued ahead of it: as much
-        as can be made (with its context) in AHEAD_SHARE of the queue. A line's first stretch is the least that
+        as can be made (with its context) in AHEAD_SHARE of the queue, at most MAX_STRETCH_GROWTH times the queue (the
+        voice makes at least MIN_STRETCH_S whatever this says). A line's first stretch is the least that
         lets the queue grow from there on: each stretch also costs run_s and makes 2 * context_s that are not
         heard, so the queue only grows once it holds more than
         (run_s / rtf + 2 * context_s) / (AHEAD_SHARE * (1 / rtf - 1))."""
         context = self.context_s or 0.0
         if ahead_s > 0:
-            return (AHEAD_SHARE * ahead_s - self.run_s) / self.rtf - 2 * context
+            return min(MAX_STRETCH_GROWTH * ahead_s, (AHEAD_SHARE * ahead_s - self.run_s) / self.rtf - 2 * context)
         if self.rtf >= 1:
             return MAX_FIRST_STRETCH_S
         growth = (self.run_s / self.rtf + 2 * context) / (AHEAD_SHARE * (1 / self.rtf - 1))

@@ -16,7 +16,9 @@ tensors of any sentence ever spoken), and after each line the C library is asked
 malloc_trim; elsewhere nothing happens). Measured here: RSS after speaking a 40-word sentence 158 MB (144 MB when
 each piece ran whole in one session) against 525 MB with piper's defaults. The sessions keep onnxruntime's default
 of one thread per core: one thread saved no memory once the arena was off and made the first clause 60-100 ms
-slower here; on a Pi it would halve the speed of a voice that runs at about half real time there.
+slower here; on a Pi it would halve the speed of a voice that runs at about half real time there. Those threads do
+not spin between operators waiting for work (onnxruntime's default): spinning took CPU from the player and, in a CPU
+share standing in for a Pi, used up the share (kiosk.speech.piper_voice.load_voice).
 """
 
 from __future__ import annotations

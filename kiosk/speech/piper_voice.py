@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from kiosk.memory import limit_malloc_arenas, release_freed_memory
-from kiosk.speech.pace import VoicePace, spoken_chars
+from kiosk.speech.pace import MIN_STRETCH_S, VoicePace, spoken_chars
 
 #: The latent frames after the flow, [1, channels, frames], masked: the decoder's input.
 LATENT = "/Mul_7_output_0"
@@ -321,9 +321,14 @@ class LoadedVoice:
             start = end
 
     def _stretch_end(self, frames: int, start: int, stretch_s: float) -> int:
-        wanted = round(stretch_s * self.rate / self.split.hop_length)
-        end = start + min(MAX_STRETCH_FRAMES, max(TAIL_FRAMES, wanted))
-        return frames if frames - end < TAIL_FRAMES else end
+        """Where a stretch from `start` ends: about `stretch_s` on (at least MIN_STRETCH_S), and earlier rather than
+        later where the piece's last stretch would be left shorter than TAIL_FRAMES (a longer stretch than planned
+        is made late)."""
+        least = round(MIN_STRETCH_S * self.rate / self.split.hop_length)
+        end = start + min(MAX_STRETCH_FRAMES, max(least, round(stretch_s * self.rate / self.split.hop_length)))
+        if end >= frames or frames - end >= TAIL_FRAMES:
+            return min(end, frames)
+        return frames - TAIL_FRAMES if frames - TAIL_FRAMES - start >= least else frames
 
     def _pcm(self, audio: np.ndarray) -> bytes:
         # Native-endian 16-bit: little-endian on the Pi and on x86, as the device format says.
