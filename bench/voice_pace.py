@@ -319,7 +319,13 @@ def run_condition(scratch: Path, name: str, share: float | None, rounds: int) ->
             records = presses(run, rounds)
         finally:
             run.close()
-    return {"share_pct": share, **summarize(records), "records": records}
+    return {"share_pct": share, **summarize(records), "fell_behind": fell_behind(run.dir / "log"), "records": records}
+
+
+def fell_behind(log: Path) -> list[str]:
+    """The service's own account of each late stretch (kiosk.speech.piper_engine logs where the voice fell behind)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [line.split("piper: ", 1)[1] for line in lines if "piper: the voice fell" in line]
 
 
 def main(argv: list[str] | None = None) -> int:

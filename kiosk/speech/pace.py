@@ -43,8 +43,10 @@ from kiosk.speech.text import CLAUSE_CUT, WORD_CUT, cut_points, sentences
 
 #: Making time allowed for a line's first piece: the visitor waits this long (plus the device's start) for audio.
 FIRST_PIECE_S = 0.15
-#: The share of the queued audio's seconds that the next stretch's estimated making time may use.
-AHEAD_SHARE = 0.5
+#: The share of the queued audio's seconds that the next stretch's estimated making time may use: the rest covers an
+#: estimate that is short (a large stretch costs more per frame than a small one: measured at a Pi-4 share, 3.6 ms
+#: a frame for 200-400 frames against 1.9 for 20) or a busy moment.
+AHEAD_SHARE = 0.4
 #: The same for a piece's text part and first stretch: smaller, since the text part's cost is the less certain (it
 #: grows faster than the text, and a short piece costs more per character than a long one).
 PIECE_SHARE = 0.4
@@ -186,8 +188,8 @@ def next_piece(
 
 def _shortest_after(n: int, words: list[str], chars: list[int], allowed: list[int]) -> int:
     """Characters of the shortest piece that can follow a cut after `n` words."""
-    ends = [m for m in allowed if m > n and _stands(words[n:m], chars[m] - chars[n])]
-    return chars[min(ends, default=len(words))] - chars[n]
+    end = next((m for m in allowed if m > n and _stands(words[n:m], chars[m] - chars[n])), len(words))
+    return chars[end] - chars[n]
 
 
 def _stands(words: list[str], chars: int) -> bool:

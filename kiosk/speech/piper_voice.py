@@ -44,8 +44,9 @@ LATENT = "/Mul_7_output_0"
 TEXT_INPUTS = ("input", "input_lengths", "scales")
 #: Frames of context decoded on each side of a stretch and then dropped (see the module docstring).
 CONTEXT_FRAMES = 12
-#: A stretch holds at most this many frames (4.6 s at 22 050 Hz): the decoder's memory grows with a stretch.
-MAX_STRETCH_FRAMES = 400
+#: A stretch holds at most this many frames (2.3 s at 22 050 Hz): the decoder's memory grows with a stretch, and so
+#: does its cost per frame (larger than the cache), so larger stretches save nothing.
+MAX_STRETCH_FRAMES = 200
 #: A piece's last stretch holds at least this many frames, so that the silence the voice ends it with (about 0.3 s)
 #: comes in one stretch and can be trimmed where the sentence goes on.
 TAIL_FRAMES = 32
