@@ -1,8 +1,8 @@
 """The local voice at full speed and at a Pi 4's pace: press → first audio and gaps over museum-style sentences.
 
-    .venv/bin/python bench/voice_pace.py                    # finds the Pi-4 share, then both runs (about 10 min)
-    .venv/bin/python bench/voice_pace.py --share 45 --rounds 1
-    .venv/bin/python bench/voice_pace.py --samples         # bench/voice-pace-{cut,whole}.wav, to listen to
+    .venv/bin/python bench/voice_pace.py --rounds 1         # finds the Pi-4 share, then both runs (about 16 min)
+    .venv/bin/python bench/voice_pace.py --share 35 --rounds 1
+    .venv/bin/python bench/voice_pace.py --samples         # bench/voice-pace-{streamed,whole}.wav, to listen to
 
 Runs the real service (`python -m kiosk run`, engine piper, no fallback, no chime) as a child process on a clocked
 device (a PulseAudio null sink behind ALSA, tests/pulse_sink.py: it consumes audio at its sample clock and

@@ -50,6 +50,10 @@ AHEAD_SHARE = 0.4
 #: The same for a piece's text part and first stretch: smaller, since the text part's cost is the less certain (it
 #: grows faster than the text, and a short piece costs more per character than a long one).
 PIECE_SHARE = 0.4
+#: Seconds of the queue no piece's budget counts on: the engine's pause after a line's first stretch, and the delay
+#: before audio made reaches the player, costs that do not shrink with a short queue ("Visitors | who climb": 0.5 s
+#: of speech, the next piece planned within 40 % of it, was late at a Pi-4 share).
+QUEUE_RESERVE_S = 0.15
 #: No piece is a single word shorter than this (in spoken characters), nor leaves one behind in its sentence: a
 #: lone short word ("Carved | from a") sounds clipped, where "Visitors | who climb the 312 steps" sounds like a
 #: speaker's pause.
@@ -157,7 +161,7 @@ class VoicePace:
 
 def budget_s(ahead_s: float) -> float:
     """Making time allowed for the next piece with `ahead_s` seconds of audio queued ahead of it."""
-    return FIRST_PIECE_S if ahead_s <= 0 else PIECE_SHARE * ahead_s
+    return FIRST_PIECE_S if ahead_s <= 0 else PIECE_SHARE * max(0.0, ahead_s - QUEUE_RESERVE_S)
 
 
 def next_piece(
