@@ -106,7 +106,7 @@ class VoicePace:
         voice's text part and first stretch (a line's first as `stretch_s` says, a later piece's the shortest)."""
         if self.context_s is None:
             return self.make_s(chars, length_scale)
-        first = min(self.audio_s(chars, length_scale), self._first_stretch_s(ahead_s))
+        first = min(self.audio_s(chars, length_scale), self.first_stretch_s(ahead_s))
         return 2 * self.run_s + self.text_s_per_char * chars + self.rtf * (first + self.context_s)
 
     def queue_after_s(self, chars: int, length_scale: float = 1.0, ahead_s: float = 0.0) -> float:
@@ -114,14 +114,15 @@ class VoicePace:
         made (a line's first piece: counted from its first audio, when the line starts playing)."""
         audio = self.audio_s(chars, length_scale)
         made = self.make_s(chars, length_scale)
-        if self.context_s is not None and audio > self._first_stretch_s(ahead_s):  # a second stretch, its context
+        if self.context_s is not None and audio > self.first_stretch_s(ahead_s):  # a second stretch, its context
             made += self.run_s + 2 * self.rtf * self.context_s
         if ahead_s <= 0:
             return audio - (made - self.first_audio_s(chars, length_scale))
         return ahead_s + audio - made
 
-    def _first_stretch_s(self, ahead_s: float) -> float:
-        """A piece's first stretch: a line's first as `stretch_s` says, a later piece's the shortest."""
+    def first_stretch_s(self, ahead_s: float) -> float:
+        """A piece's first stretch: a line's first as `stretch_s` says, a later piece's the shortest (its text part
+        has just used up part of the queue)."""
         return self.stretch_s(0.0) if ahead_s <= 0 else MIN_STRETCH_S
 
     def stretch_s(self, ahead_s: float) -> float:

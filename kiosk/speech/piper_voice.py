@@ -310,9 +310,8 @@ class LoadedVoice:
         pace.note_text(chars, clock() - started)
         start = 0
         while start < latent.frames:
-            # A later piece's first stretch is the shortest: its text part has just used up part of the queue.
             ahead = ahead_s()
-            stretch_s = pace.stretch_s(ahead) if start or ahead <= 0 else 0.0
+            stretch_s = pace.stretch_s(ahead) if start else pace.first_stretch_s(ahead)
             end = self._stretch_end(latent.frames, start, stretch_s)
             started = clock()
             audio = self.split.audio(latent, start, end)
